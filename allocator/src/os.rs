@@ -1,0 +1,153 @@
+//! The OS contract: every system call on memory goes through this module.
+//!
+//! - `reserve`: address space only (`PROT_NONE`, `MAP_NORESERVE`): costs no
+//!   memory and no commit charge.
+//! - `commit`: makes a prefix-growing range readable and writable
+//!   (`mprotect`). Freshly committed pages read as zero.
+//! - `release`: `madvise(MADV_DONTNEED)`: the pages stay mapped and writable,
+//!   their memory goes back to the kernel, and they read as zero next time.
+//! - `map` / `unmap` / `remap`: direct mappings for huge blocks and metadata.
+//!
+//! All functions return `None`/`false` on failure and never panic.
+
+use core::ptr::{self, NonNull};
+
+/// The OS page size assumed for huge mappings (x86-64 and aarch64 with 4 KiB
+/// pages; the value from `sysconf` is checked at init).
+pub const OS_PAGE_BYTES: usize = 4096;
+
+/// Maps `len` bytes of fresh zeroed anonymous memory with protection `prot`;
+/// `noreserve` adds `MAP_NORESERVE`.
+pub fn map(len: usize, prot: i32, noreserve: bool) -> Option<NonNull<u8>> {
+    if len == 0 {
+        return None;
+    }
+    let mut flags = libc::MAP_PRIVATE | libc::MAP_ANONYMOUS;
+    if noreserve {
+        flags |= libc::MAP_NORESERVE;
+    }
+    // SAFETY: an anonymous private mapping at an address of the kernel's
+    // choosing cannot alias any existing Rust object.
+    let p = unsafe { libc::mmap(ptr::null_mut(), len, prot, flags, -1, 0) };
+    if p == libc::MAP_FAILED {
+        return None;
+    }
+    NonNull::new(p.cast())
+}
+
+/// Maps `len` bytes aligned to `align` (a power of two >= OS page) by
+/// over-mapping and trimming both ends.
+pub fn map_aligned(len: usize, align: usize, prot: i32, noreserve: bool) -> Option<NonNull<u8>> {
+    if align <= OS_PAGE_BYTES {
+        return map(len, prot, noreserve);
+    }
+    let over = len.checked_add(align)?;
+    let base = map(over, prot, noreserve)?.as_ptr() as usize;
+    let start = (base + align - 1) & !(align - 1);
+    let end = start + len;
+    // SAFETY: both trimmed pieces are parts of the mapping we just created and
+    // nothing points into them.
+    unsafe {
+        if start > base {
+            libc::munmap(base as *mut _, start - base);
+        }
+        if base + over > end {
+            libc::munmap(end as *mut _, base + over - end);
+        }
+    }
+    NonNull::new(start as *mut u8)
+}
+
+/// Unmaps a range.
+///
+/// # Safety
+/// `[p, p+len)` is a mapping (or part of one) created by this module that no
+/// live reference points into.
+pub unsafe fn unmap(p: *mut u8, len: usize) -> bool {
+    // SAFETY: per the contract, nothing live points into the range.
+    unsafe { libc::munmap(p.cast(), len) == 0 }
+}
+
+/// Grows or shrinks a mapping, moving it if needed (`mremap`).
+///
+/// # Safety
+/// `[p, p+old_len)` is a whole mapping created by `map`/`map_aligned` and no
+/// reference into it is used after a successful call.
+pub unsafe fn remap(p: *mut u8, old_len: usize, new_len: usize) -> Option<NonNull<u8>> {
+    // SAFETY: per the contract the mapping is ours and unreferenced.
+    let q = unsafe { libc::mremap(p.cast(), old_len, new_len, libc::MREMAP_MAYMOVE) };
+    if q == libc::MAP_FAILED {
+        return None;
+    }
+    NonNull::new(q.cast())
+}
+
+/// Reserves `len` bytes of address space aligned to `align` (PROT_NONE,
+/// MAP_NORESERVE).
+pub fn reserve(len: usize, align: usize) -> Option<NonNull<u8>> {
+    map_aligned(len, align, libc::PROT_NONE, true)
+}
+
+/// Commits `[p, p+len)` (inside a reservation) for reading and writing.
+///
+/// # Safety
+/// The range lies inside a reservation made by `reserve` and is not yet
+/// committed (or is committed and unused).
+pub unsafe fn commit(p: *mut u8, len: usize) -> bool {
+    // SAFETY: per the contract the range is ours; mprotect does not move it.
+    unsafe { libc::mprotect(p.cast(), len, libc::PROT_READ | libc::PROT_WRITE) == 0 }
+}
+
+/// Gives the memory of `[p, p+len)` back to the kernel; it reads as zero
+/// afterwards. Returns false if the kernel refused.
+///
+/// # Safety
+/// The range is committed, page aligned, and holds no live data.
+pub unsafe fn release(p: *mut u8, len: usize) -> bool {
+    // SAFETY: per the contract the range holds nothing we still need.
+    unsafe { libc::madvise(p.cast(), len, libc::MADV_DONTNEED) == 0 }
+}
+
+/// The OS page size from `sysconf` (for the init check).
+pub fn os_page_size() -> usize {
+    // SAFETY: sysconf has no memory-safety preconditions.
+    let v = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+    if v <= 0 {
+        OS_PAGE_BYTES
+    } else {
+        v as usize
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reserve_commit_release() {
+        let len = 4 << 20;
+        let p = reserve(len, 1 << 21).unwrap().as_ptr();
+        assert_eq!(p as usize % (1 << 21), 0);
+        // SAFETY: p is our reservation.
+        unsafe {
+            assert!(commit(p, 1 << 20));
+            p.write_bytes(0xab, 1 << 20);
+            assert_eq!(*p.add(12345), 0xab);
+            assert!(release(p, 1 << 20));
+            assert_eq!(*p.add(12345), 0);
+            assert!(unmap(p, len));
+        }
+    }
+
+    #[test]
+    fn remap_keeps_contents() {
+        let p = map(1 << 20, libc::PROT_READ | libc::PROT_WRITE, false).unwrap().as_ptr();
+        // SAFETY: p is a fresh mapping of 1 MiB.
+        unsafe {
+            *p.add(100) = 7;
+            let q = remap(p, 1 << 20, 8 << 20).unwrap().as_ptr();
+            assert_eq!(*q.add(100), 7);
+            assert!(unmap(q, 8 << 20));
+        }
+    }
+}

@@ -1,0 +1,153 @@
+//! Page map: heap page -> span id, in O(1) with lock-free reads.
+//!
+//! A flat array of `AtomicU32`, one entry per page of the heap reservation,
+//! itself living in the reservation (committed together with the pages it
+//! describes). A pointer outside `[base, base + npages * PAGE_BYTES)` is not
+//! ours; inside, entry 0 means "no live span here".
+//!
+//! Invariants (writers hold the page-heap lock):
+//! - every page of a span in use (small or large) maps to that span's id;
+//! - a free span maps only its first and last page to its id (for
+//!   coalescing); its other pages map to 0;
+//! - pages never handed out map to 0.
+//!
+//! Readers (`free`, `usable_size`) load with `Acquire`; writers store with
+//! `Release` after filling the span's fields, so a reader that sees an id
+//! sees the span it describes.
+
+use crate::size_class::{PAGE_BYTES, PAGE_SHIFT};
+use core::sync::atomic::{AtomicPtr, AtomicU32, AtomicUsize, Ordering};
+
+/// Id of a span in the span arena (never 0 for a real span).
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub struct SpanId(pub u32);
+
+/// The page map. Inert (everything foreign) until `init`.
+pub struct PageMap {
+    base: AtomicUsize,
+    npages: AtomicUsize,
+    entries: AtomicPtr<AtomicU32>,
+}
+
+impl PageMap {
+    /// An inert page map.
+    pub const fn new() -> Self {
+        PageMap {
+            base: AtomicUsize::new(0),
+            npages: AtomicUsize::new(0),
+            entries: AtomicPtr::new(core::ptr::null_mut()),
+        }
+    }
+
+    /// Sets the heap range and the entry array.
+    ///
+    /// # Safety
+    /// `entries` points to `npages` zeroed `u32`s (committed before any entry
+    /// is written or read through `page_of` for a page below the heap's
+    /// commit mark) that outlive `self`; called once, before any other thread
+    /// can reach this map (the caller publishes it with a release store).
+    pub unsafe fn init(&self, base: usize, npages: usize, entries: *mut u32) {
+        self.entries.store(entries.cast(), Ordering::Relaxed);
+        self.npages.store(npages, Ordering::Relaxed);
+        self.base.store(base, Ordering::Release);
+    }
+
+    /// The heap base address (0 before init).
+    #[inline(always)]
+    pub fn base(&self) -> usize {
+        self.base.load(Ordering::Relaxed)
+    }
+
+    /// Pages covered.
+    #[inline(always)]
+    pub fn npages(&self) -> usize {
+        self.npages.load(Ordering::Relaxed)
+    }
+
+    /// The page index of `addr` if it lies inside the heap reservation.
+    #[inline(always)]
+    pub fn page_of(&self, addr: usize) -> Option<usize> {
+        let off = addr.wrapping_sub(self.base.load(Ordering::Acquire));
+        let page = off >> PAGE_SHIFT;
+        if page < self.npages.load(Ordering::Relaxed) {
+            Some(page)
+        } else {
+            None
+        }
+    }
+
+    /// Address of page `page`.
+    #[inline(always)]
+    pub fn page_addr(&self, page: usize) -> usize {
+        self.base() + (page << PAGE_SHIFT)
+    }
+
+    #[inline(always)]
+    fn entry(&self, page: usize) -> &AtomicU32 {
+        debug_assert!(page < self.npages());
+        // SAFETY: `page < npages` (callers get pages from `page_of` or from
+        // spans inside the heap), and the entry array has `npages` entries
+        // which are committed for every page below the commit mark, the only
+        // pages that can hold a span.
+        unsafe { &*self.entries.load(Ordering::Relaxed).add(page) }
+    }
+
+    /// The span id at `page` (0 = none).
+    #[inline(always)]
+    pub fn get(&self, page: usize) -> u32 {
+        self.entry(page).load(Ordering::Acquire)
+    }
+
+    /// Sets one entry (page-heap lock held).
+    #[inline]
+    pub fn set(&self, page: usize, id: u32) {
+        self.entry(page).store(id, Ordering::Release)
+    }
+
+    /// Sets `n` entries starting at `page` (page-heap lock held).
+    pub fn set_range(&self, page: usize, n: usize, id: u32) {
+        for p in page..page + n {
+            self.set(p, id);
+        }
+    }
+
+    /// Bytes of entry array needed for `npages` pages.
+    pub const fn bytes_for(npages: usize) -> usize {
+        npages * 4
+    }
+}
+
+impl Default for PageMap {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// Size of an allocator page (re-export for users of this module).
+pub const PAGE: usize = PAGE_BYTES;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn foreign_and_ours() {
+        let mut entries = vec![0u32; 16];
+        let pm = PageMap::new();
+        assert_eq!(pm.page_of(0x1234), None);
+        let base = 1usize << 30;
+        // SAFETY: the vec outlives pm within this test.
+        unsafe { pm.init(base, 16, entries.as_mut_ptr()) };
+        assert_eq!(pm.page_of(base - 1), None);
+        assert_eq!(pm.page_of(base), Some(0));
+        assert_eq!(pm.page_of(base + PAGE * 16 - 1), Some(15));
+        assert_eq!(pm.page_of(base + PAGE * 16), None);
+        assert_eq!(pm.page_of(0), None);
+        pm.set_range(3, 4, 9);
+        assert_eq!(pm.get(2), 0);
+        assert_eq!(pm.get(3), 9);
+        assert_eq!(pm.get(6), 9);
+        assert_eq!(pm.get(7), 0);
+        assert_eq!(pm.page_addr(2), base + 2 * PAGE);
+    }
+}

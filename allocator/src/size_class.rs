@@ -1,0 +1,425 @@
+//! Size classes: the table, computed at compile time and checked by const
+//! assertions and an exhaustive test.
+//!
+//! Classes: 8 (only for requests with alignment <= 8), then 16..=128 in steps
+//! of 16, then four classes per power of two (`2^k + j * 2^(k-2)`, j = 1..4)
+//! up to 256 KiB: 53 classes, numbered 1..=53 (0 means "not a small object").
+//!
+//! **Waste bound** (checked for every size by `tests::exhaustive_table`): for
+//! a request of `s` bytes (s >= 1) the chosen class size `c` satisfies
+//! `c - s < max(16, s / 4)` (under 16 bytes for s <= 128, under 25 % above);
+//! the span layout wastes at most 1/8 of each span (`span_pages`).
+//!
+//! Every class >= 16 is a multiple of 16 and span starts are page aligned, so
+//! any object of such a class is 16-byte aligned; an object of class `c` is
+//! aligned to the largest power of two dividing `c` (capped at the page).
+//! A request with a larger alignment `a <= PAGE_BYTES` is served by rounding
+//! its size up to a multiple of `a` first: the class found is then a multiple
+//! of `a` (checked exhaustively by `tests::aligned_classes_are_aligned`).
+
+/// log2 of the allocator page (the unit of spans and of the page map).
+pub const PAGE_SHIFT: u32 = 13;
+/// The allocator page: 8 KiB (two OS pages).
+pub const PAGE_BYTES: usize = 1 << PAGE_SHIFT;
+/// The largest small (size-classed) object.
+pub const MAX_SMALL_BYTES: usize = 256 * 1024;
+/// Number of class slots including the unused slot 0.
+pub const NUM_CLASSES: usize = 54;
+
+/// A size class index, 1..NUM_CLASSES. Slot 0 is never a valid class.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub struct SizeClass(u8);
+
+impl SizeClass {
+    /// The class with index `i`, if `1 <= i < NUM_CLASSES`.
+    #[inline]
+    pub const fn from_index(i: usize) -> Option<SizeClass> {
+        if i >= 1 && i < NUM_CLASSES {
+            Some(SizeClass(i as u8))
+        } else {
+            None
+        }
+    }
+    /// The index of this class (1..NUM_CLASSES).
+    #[inline(always)]
+    pub const fn index(self) -> usize {
+        self.0 as usize
+    }
+    /// Object size in bytes.
+    #[inline(always)]
+    pub fn size_bytes(self) -> usize {
+        CLASS_SIZE[self.0 as usize] as usize
+    }
+    /// Objects moved between a per-CPU cache and the central list at once.
+    #[inline]
+    pub fn batch(self) -> usize {
+        CLASS_BATCH[self.0 as usize] as usize
+    }
+    /// Maximum objects of this class in one per-CPU cache.
+    #[inline]
+    pub fn capacity(self) -> usize {
+        CLASS_CAPACITY[self.0 as usize] as usize
+    }
+    /// Pages per span of this class.
+    #[inline]
+    pub fn span_pages(self) -> usize {
+        CLASS_SPAN_PAGES[self.0 as usize] as usize
+    }
+    /// Objects per span of this class.
+    #[inline]
+    pub fn objects_per_span(self) -> usize {
+        self.span_pages() * PAGE_BYTES / self.size_bytes()
+    }
+    /// `offset / size_bytes()` by multiplication (valid for offsets below
+    /// one span, checked exhaustively in the tests).
+    #[inline(always)]
+    pub fn div(self, offset: usize) -> usize {
+        ((offset as u64 * CLASS_RECIP[self.0 as usize]) >> 40) as usize
+    }
+    /// All classes, smallest first.
+    pub fn all() -> impl Iterator<Item = SizeClass> {
+        (1..NUM_CLASSES).map(|i| SizeClass(i as u8))
+    }
+}
+
+const fn build_sizes() -> [u32; NUM_CLASSES] {
+    let mut t = [0u32; NUM_CLASSES];
+    t[1] = 8;
+    let mut i = 2;
+    let mut s = 16;
+    while s <= 128 {
+        t[i] = s;
+        i += 1;
+        s += 16;
+    }
+    let mut k = 7;
+    while k < 18 {
+        let mut j = 1;
+        while j <= 4 {
+            t[i] = (1u32 << k) + j * (1u32 << (k - 2));
+            i += 1;
+            j += 1;
+        }
+        k += 1;
+    }
+    assert!(i == NUM_CLASSES);
+    t
+}
+
+/// Object size of each class (slot 0 unused).
+pub static CLASS_SIZE: [u32; NUM_CLASSES] = build_sizes();
+const SIZES: [u32; NUM_CLASSES] = build_sizes();
+
+const fn clamp(v: usize, lo: usize, hi: usize) -> usize {
+    if v < lo {
+        lo
+    } else if v > hi {
+        hi
+    } else {
+        v
+    }
+}
+
+/// Per-CPU cache capacity rule: about 64 KiB worth of objects per class,
+/// between 1 and 1024 objects; (16 KiB of 16 B objects, 1 object of 256 KiB).
+const fn capacity_for(size: usize) -> usize {
+    clamp(64 * 1024 / size, 1, 1024)
+}
+
+/// Batch rule: about 32 KiB per move, between 1 and 32 objects, and at most
+/// half the capacity (so a refill leaves room for frees).
+const fn batch_for(size: usize) -> usize {
+    let b = clamp(32 * 1024 / size, 1, 32);
+    let half = capacity_for(size) / 2;
+    if half == 0 {
+        1
+    } else if b > half {
+        half
+    } else {
+        b
+    }
+}
+
+const fn build_batch() -> [u16; NUM_CLASSES] {
+    let mut t = [0u16; NUM_CLASSES];
+    let mut i = 1;
+    while i < NUM_CLASSES {
+        t[i] = batch_for(SIZES[i] as usize) as u16;
+        i += 1;
+    }
+    t
+}
+
+const fn build_capacity() -> [u16; NUM_CLASSES] {
+    let mut t = [0u16; NUM_CLASSES];
+    let mut i = 1;
+    while i < NUM_CLASSES {
+        t[i] = capacity_for(SIZES[i] as usize) as u16;
+        i += 1;
+    }
+    t
+}
+
+/// Span size rule: at least `min(8 objects, 64 KiB)` rounded to pages, grown
+/// page by page until the tail waste is at most 1/8 of the span.
+const fn span_pages_for(size: usize) -> usize {
+    let mut want = size * 8;
+    if want > 64 * 1024 {
+        want = 64 * 1024;
+    }
+    if want < size {
+        want = size;
+    }
+    let mut pages = want.div_ceil(PAGE_BYTES);
+    while (pages * PAGE_BYTES) % size * 8 > pages * PAGE_BYTES {
+        pages += 1;
+    }
+    pages
+}
+
+const fn build_span_pages() -> [u16; NUM_CLASSES] {
+    let mut t = [0u16; NUM_CLASSES];
+    let mut i = 1;
+    while i < NUM_CLASSES {
+        t[i] = span_pages_for(SIZES[i] as usize) as u16;
+        i += 1;
+    }
+    t
+}
+
+const fn build_recip() -> [u64; NUM_CLASSES] {
+    let mut t = [0u64; NUM_CLASSES];
+    let mut i = 1;
+    while i < NUM_CLASSES {
+        // ceil(2^40 / size): exact for offsets below 2^21 since the rounding
+        // error times the offset stays below 2^40.
+        t[i] = ((1u64 << 40) + SIZES[i] as u64 - 1) / SIZES[i] as u64;
+        i += 1;
+    }
+    t
+}
+
+/// Batch size per class.
+pub static CLASS_BATCH: [u16; NUM_CLASSES] = build_batch();
+/// Per-CPU capacity (objects) per class; slot 0 is 0.
+pub static CLASS_CAPACITY: [u16; NUM_CLASSES] = build_capacity();
+/// Pages per span per class.
+pub static CLASS_SPAN_PAGES: [u16; NUM_CLASSES] = build_span_pages();
+static CLASS_RECIP: [u64; NUM_CLASSES] = build_recip();
+
+const fn cache_bytes_bound() -> usize {
+    let mut sum = 0;
+    let mut i = 1;
+    while i < NUM_CLASSES {
+        sum += capacity_for(SIZES[i] as usize) * SIZES[i] as usize;
+        i += 1;
+    }
+    sum
+}
+
+/// Upper bound on the bytes of free objects one per-CPU (or per-cid) cache can
+/// hold: the sum over classes of capacity x size = 3 960 448 bytes (about
+/// 3.8 MiB, asserted below at 4 MiB; 1.5 MiB of it is the one-object slots of
+/// the nine classes >= 64 KiB).
+pub const CPU_CACHE_MAX_BYTES: usize = cache_bytes_bound();
+const _: () = assert!(CPU_CACHE_MAX_BYTES <= 4 * 1024 * 1024);
+
+const fn total_capacity() -> usize {
+    let mut sum = 0;
+    let mut i = 1;
+    while i < NUM_CLASSES {
+        sum += capacity_for(SIZES[i] as usize);
+        i += 1;
+    }
+    sum
+}
+/// Total pointer slots all classes need in one per-CPU region.
+pub const CPU_CACHE_TOTAL_SLOTS: usize = total_capacity();
+const _: () = assert!(NUM_CLASSES <= rseq_sys_limits::MAX_CLASSES);
+const _: () = assert!(CPU_CACHE_TOTAL_SLOTS <= rseq_sys_limits::MAX_SLOTS);
+
+/// The rseq-sys per-region limits (mirrored here as constants so the table
+/// can be asserted at compile time).
+mod rseq_sys_limits {
+    pub const MAX_CLASSES: usize = 128;
+    pub const MAX_SLOTS: usize = (1 << 18) / 8 - MAX_CLASSES;
+}
+
+const SMALL_LOOKUP_MAX: usize = 1024;
+const SMALL_LOOKUP_LEN: usize = SMALL_LOOKUP_MAX / 8 + 1;
+const LARGE_LOOKUP_LEN: usize = MAX_SMALL_BYTES / 128 + 1;
+
+const fn smallest_class_at_least(s: usize) -> u8 {
+    let mut i = 1;
+    while i < NUM_CLASSES {
+        if SIZES[i] as usize >= s {
+            return i as u8;
+        }
+        i += 1;
+    }
+    0
+}
+
+const fn build_small_lookup() -> [u8; SMALL_LOOKUP_LEN] {
+    let mut t = [0u8; SMALL_LOOKUP_LEN];
+    let mut i = 0;
+    while i < SMALL_LOOKUP_LEN {
+        t[i] = smallest_class_at_least(i * 8);
+        i += 1;
+    }
+    t
+}
+
+const fn build_large_lookup() -> [u8; LARGE_LOOKUP_LEN] {
+    let mut t = [0u8; LARGE_LOOKUP_LEN];
+    let mut i = 0;
+    while i < LARGE_LOOKUP_LEN {
+        t[i] = smallest_class_at_least(i * 128);
+        i += 1;
+    }
+    t
+}
+
+/// `(size + 7) / 8` -> class, for sizes up to 1 KiB (all classes up to 1 KiB
+/// are multiples of 8).
+static SMALL_LOOKUP: [u8; SMALL_LOOKUP_LEN] = build_small_lookup();
+/// `(size + 127) / 128` -> class, for sizes up to 256 KiB (all classes above
+/// 1 KiB are multiples of 128).
+static LARGE_LOOKUP: [u8; LARGE_LOOKUP_LEN] = build_large_lookup();
+
+/// The class index of the smallest class >= `size`; `size <= MAX_SMALL_BYTES`.
+#[inline(always)]
+fn lookup(size: usize) -> u8 {
+    debug_assert!(size <= MAX_SMALL_BYTES);
+    if size <= SMALL_LOOKUP_MAX {
+        SMALL_LOOKUP[(size + 7) >> 3]
+    } else {
+        // `size <= MAX_SMALL_BYTES` keeps the index in bounds; `.get` makes
+        // an out-of-contract call land on "not small" instead of panicking.
+        match LARGE_LOOKUP.get((size + 127) >> 7) {
+            Some(&c) => c,
+            None => 0,
+        }
+    }
+}
+
+/// The index of the 16-byte class (the smallest with 16-byte alignment).
+pub const CLASS16: u8 = 2;
+
+/// The class for a request of `size` bytes aligned to `align` (a power of
+/// two), or `None` when it is not a small object (too large, or aligned beyond
+/// a page). Size 0 gets the smallest class allowed by `align`.
+#[inline(always)]
+pub fn class_for(size: usize, align: usize) -> Option<SizeClass> {
+    if size <= MAX_SMALL_BYTES && align <= 16 {
+        let mut c = lookup(size);
+        if align > 8 && c < CLASS16 {
+            c = CLASS16;
+        }
+        return Some(SizeClass(c));
+    }
+    class_for_aligned(size, align)
+}
+
+#[inline(never)]
+fn class_for_aligned(size: usize, align: usize) -> Option<SizeClass> {
+    if align > PAGE_BYTES || size > MAX_SMALL_BYTES {
+        return None;
+    }
+    let rounded = crate::util::round_up(size.max(1), align)?;
+    if rounded > MAX_SMALL_BYTES {
+        return None;
+    }
+    let c = lookup(rounded);
+    debug_assert!(c != 0 && SIZES[c as usize] as usize % align == 0);
+    Some(SizeClass(c))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn classes_increase_and_are_aligned() {
+        assert_eq!(CLASS_SIZE[1], 8);
+        assert_eq!(CLASS_SIZE[NUM_CLASSES - 1] as usize, MAX_SMALL_BYTES);
+        for i in 2..NUM_CLASSES {
+            assert!(CLASS_SIZE[i] > CLASS_SIZE[i - 1]);
+            assert_eq!(CLASS_SIZE[i] % 16, 0, "class {i}");
+        }
+    }
+
+    /// Every size 0..=256 KiB maps to the smallest class that fits, and the
+    /// waste bound `c - s < max(16, s/4)` holds.
+    #[test]
+    fn exhaustive_table() {
+        for align in [1usize, 8, 16] {
+            for s in 0..=MAX_SMALL_BYTES {
+                let c = class_for(s, align).expect("small");
+                let cs = c.size_bytes();
+                assert!(cs >= s, "size {s} -> {cs}");
+                assert!(cs >= align.min(16).max(if align > 8 { 16 } else { 0 }));
+                // smallest fitting: the previous class (if allowed) is too small
+                let min_idx = if align > 8 { CLASS16 as usize } else { 1 };
+                if c.index() > min_idx {
+                    assert!((CLASS_SIZE[c.index() - 1] as usize) < s.max(1), "size {s}");
+                }
+                if s >= 1 {
+                    assert!(cs - s < 16usize.max(s / 4), "waste: size {s} -> {cs}");
+                }
+            }
+            assert!(class_for(MAX_SMALL_BYTES + 1, align).is_none());
+        }
+    }
+
+    #[test]
+    fn aligned_classes_are_aligned() {
+        let mut align = 32;
+        while align <= PAGE_BYTES {
+            let mut s = 0;
+            while s <= MAX_SMALL_BYTES {
+                match class_for(s, align) {
+                    Some(c) => {
+                        assert!(c.size_bytes() >= s);
+                        assert_eq!(c.size_bytes() % align, 0, "size {s} align {align}");
+                    }
+                    None => assert!(s.next_multiple_of(align) > MAX_SMALL_BYTES),
+                }
+                s += 7;
+            }
+            align *= 2;
+        }
+        assert!(class_for(16, PAGE_BYTES * 2).is_none());
+        assert!(class_for(usize::MAX, 32).is_none());
+    }
+
+    #[test]
+    fn span_layout_waste_and_reciprocal() {
+        for c in SizeClass::all() {
+            let span = c.span_pages() * PAGE_BYTES;
+            let n = c.objects_per_span();
+            assert!(n >= 1);
+            assert!((span - n * c.size_bytes()) * 8 <= span, "class {c:?}");
+            // exhaustive check of the division by multiplication
+            for off in 0..span {
+                assert_eq!(c.div(off), off / c.size_bytes(), "class {c:?} off {off}");
+            }
+        }
+    }
+
+    #[test]
+    fn batch_and_capacity() {
+        let mut slots = 0;
+        let mut bytes = 0;
+        for c in SizeClass::all() {
+            assert!(c.batch() >= 1);
+            assert!(c.capacity() >= 1);
+            assert!(c.batch() <= c.capacity().max(1));
+            slots += c.capacity();
+            bytes += c.capacity() * c.size_bytes();
+        }
+        assert_eq!(slots, CPU_CACHE_TOTAL_SLOTS);
+        assert_eq!(bytes, CPU_CACHE_MAX_BYTES);
+        assert!(bytes <= 4 << 20);
+    }
+}

@@ -1,0 +1,174 @@
+//! Small helpers that never allocate: a stack message buffer written with
+//! `write(2)`, the invalid-pointer abort, and the calling thread's id.
+
+/// A fixed-capacity message buffer on the stack. Text that does not fit is
+/// silently truncated (a diagnostic must never fail or allocate).
+pub struct MsgBuf {
+    buf: [u8; 512],
+    len: usize,
+}
+
+impl MsgBuf {
+    /// An empty buffer.
+    #[inline]
+    pub const fn new() -> Self {
+        MsgBuf { buf: [0; 512], len: 0 }
+    }
+
+    /// Appends bytes, truncating at capacity.
+    pub fn bytes(&mut self, s: &[u8]) -> &mut Self {
+        for &b in s {
+            if self.len < self.buf.len() {
+                self.buf[self.len] = b;
+                self.len += 1;
+            }
+        }
+        self
+    }
+
+    /// Appends a string.
+    pub fn str(&mut self, s: &str) -> &mut Self {
+        self.bytes(s.as_bytes())
+    }
+
+    /// Appends an unsigned number in decimal.
+    pub fn dec(&mut self, mut v: u64) -> &mut Self {
+        let mut tmp = [0u8; 20];
+        let mut i = tmp.len();
+        loop {
+            i -= 1;
+            tmp[i] = b'0' + (v % 10) as u8;
+            v /= 10;
+            if v == 0 {
+                break;
+            }
+        }
+        self.bytes(&tmp[i..])
+    }
+
+    /// Appends an unsigned number in lower-case hexadecimal, without prefix.
+    pub fn hex(&mut self, mut v: u64) -> &mut Self {
+        let mut tmp = [0u8; 16];
+        let mut i = tmp.len();
+        loop {
+            i -= 1;
+            tmp[i] = b"0123456789abcdef"[(v & 15) as usize];
+            v >>= 4;
+            if v == 0 {
+                break;
+            }
+        }
+        self.bytes(&tmp[i..])
+    }
+
+    /// The bytes written so far.
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.buf[..self.len]
+    }
+
+    /// Writes the buffer to stderr with `write(2)` (retrying short writes) and
+    /// clears it.
+    pub fn flush_stderr(&mut self) {
+        write_stderr(self.as_bytes());
+        self.len = 0;
+    }
+}
+
+impl Default for MsgBuf {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// Writes all of `bytes` to file descriptor 2, ignoring errors.
+pub fn write_stderr(mut bytes: &[u8]) {
+    while !bytes.is_empty() {
+        // SAFETY: `bytes` is a valid readable slice for its whole length.
+        let n = unsafe { libc::write(2, bytes.as_ptr().cast(), bytes.len()) };
+        if n <= 0 {
+            // EINTR: retry; anything else: give up silently.
+            // SAFETY: reading errno through libc's thread-local location.
+            if n < 0 && unsafe { *libc::__errno_location() } == libc::EINTR {
+                continue;
+            }
+            return;
+        }
+        bytes = &bytes[n as usize..];
+    }
+}
+
+/// Prints `rseq-malloc: <who>: invalid pointer 0x<hex>` and aborts the
+/// process without touching the heap.
+#[cold]
+#[inline(never)]
+pub fn invalid_pointer(who: &str, ptr: *const u8) -> ! {
+    let mut m = MsgBuf::new();
+    m.str("rseq-malloc: ")
+        .str(who)
+        .str(": invalid pointer 0x")
+        .hex(ptr as usize as u64)
+        .str("\n");
+    m.flush_stderr();
+    // SAFETY: abort(3) has no preconditions; it does not return.
+    unsafe { libc::abort() }
+}
+
+/// Prints `rseq-malloc: fatal: <what>` and aborts (internal corruption that
+/// cannot be recovered from).
+#[cold]
+#[inline(never)]
+pub fn fatal(what: &str) -> ! {
+    let mut m = MsgBuf::new();
+    m.str("rseq-malloc: fatal: ").str(what).str("\n");
+    m.flush_stderr();
+    // SAFETY: abort(3) has no preconditions; it does not return.
+    unsafe { libc::abort() }
+}
+
+/// The kernel thread id of the caller (`gettid(2)`), never 0.
+#[inline]
+pub fn gettid() -> u32 {
+    // SAFETY: gettid has no arguments and cannot fail.
+    unsafe { libc::syscall(libc::SYS_gettid) as u32 }
+}
+
+/// Rounds `v` up to a multiple of `align` (a power of two); `None` on overflow.
+#[inline(always)]
+pub const fn round_up(v: usize, align: usize) -> Option<usize> {
+    match v.checked_add(align - 1) {
+        Some(x) => Some(x & !(align - 1)),
+        None => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn msgbuf_formats_numbers() {
+        let mut m = MsgBuf::new();
+        m.str("x=").dec(0).str(" ").dec(1234567890).str(" 0x").hex(0xdead_beef);
+        assert_eq!(m.as_bytes(), b"x=0 1234567890 0xdeadbeef");
+        let mut m = MsgBuf::new();
+        m.dec(u64::MAX).str(" ").hex(u64::MAX);
+        assert_eq!(m.as_bytes(), b"18446744073709551615 ffffffffffffffff");
+    }
+
+    #[test]
+    fn msgbuf_truncates() {
+        let mut m = MsgBuf::new();
+        for _ in 0..100 {
+            m.str("0123456789");
+        }
+        assert_eq!(m.as_bytes().len(), 512);
+    }
+
+    #[test]
+    fn round_up_works() {
+        assert_eq!(round_up(0, 16), Some(0));
+        assert_eq!(round_up(1, 16), Some(16));
+        assert_eq!(round_up(16, 16), Some(16));
+        assert_eq!(round_up(usize::MAX, 16), None);
+    }
+}
