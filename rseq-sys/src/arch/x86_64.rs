@@ -1,0 +1,457 @@
+//! x86_64 critical sections and the few machine-level helpers registration
+//! needs. This is the only file with assembly for this architecture.
+//!
+//! # Per-CPU region layout (shared with `percpu.rs`)
+//!
+//! Each region (one per CPU or per concurrency id) is `1 << REGION_SHIFT`
+//! bytes at `base + (index << REGION_SHIFT)`. It starts with one 8-byte
+//! header per class, then the pointer slots of all classes. Slot and header
+//! positions are counted in 8-byte units from the region start:
+//!
+//! ```text
+//! header[class] = { current: u16 @0, end: u16 @2, begin: u16 @4, lock: u16 @6 }
+//! slots of class = region[begin .. end], live items = region[begin .. current]
+//! ```
+//!
+//! Only `current` is written by the critical sections (the commit store).
+//! `begin`/`end` are written by initialisation and by a drain, which first
+//! "stops" the header (`begin = 0xffff`, `end = 0`: every pop sees it empty,
+//! every push sees it full) and then fences.
+//!
+//! # Anatomy of a section
+//!
+//! ```text
+//! 2:  rseq->rseq_cs = &descriptor          arm (outside the section)
+//! 4:  start_ip: cpu = rseq->cpu_id; if cpu < 0 -> exit "unregistered"
+//!     idx = rseq->cpu_id or rseq->mm_cid; region = base + idx << SHIFT
+//!     ... reads, and writes to free slots (harmless if we restart) ...
+//!     header.current = new value            the commit: one store
+//! 5:  post-commit: status = OK
+//!     abort (elsewhere, preceded by the signature):
+//! 6:  aborts++ (global counter); if ++retries < MAX_RETRIES goto 2 else exit "exhausted"
+//! ```
+//!
+//! Everything before the commit store can start over: an abort (preemption,
+//! migration, signal, membarrier fence) discards it. The descriptor goes to
+//! `__rseq_cs`, a pointer to it to `__rseq_cs_ptr_array`, and every exit
+//! `(start_ip, exit_ip)` to `__rseq_exit_point_array`, which is where
+//! debuggers look for them. Numeric labels only, because inlining duplicates
+//! the asm; never labels made only of 0s and 1s (read as binary literals).
+
+use core::arch::asm;
+use core::sync::atomic::AtomicU64;
+
+/// Process-wide count of rseq aborts, incremented by every abort handler.
+pub static ABORTS: AtomicU64 = AtomicU64::new(0);
+
+/// Number of consecutive aborts after which an operation gives up with
+/// [`STATUS_EXHAUSTED`]. A debugger that single-steps a section aborts it on
+/// every step; this bound makes stepping through malloc terminate.
+pub const MAX_RETRIES: u32 = 64;
+
+/// log2 of a region's size.
+pub const REGION_SHIFT: u32 = 18;
+
+/// The operation committed.
+pub const STATUS_OK: u32 = 0;
+/// Pop found the stack empty, or push found it full.
+pub const STATUS_MISS: u32 = 1;
+/// `cpu_id` is negative: this thread is not registered.
+pub const STATUS_UNREGISTERED: u32 = 2;
+/// [`MAX_RETRIES`] consecutive aborts.
+pub const STATUS_EXHAUSTED: u32 = 3;
+
+/// Iterations of the delay loop injected inside every critical section
+/// (feature `inject-delay`, tests only).
+#[cfg(feature = "inject-delay")]
+pub static DELAY_LOOPS: AtomicU64 = AtomicU64::new(0);
+
+/// Operands of the batch sections, read from memory so that a restart can
+/// reload them (the sections use more registers than x86_64 has to spare).
+#[repr(C)]
+pub struct BatchArgs {
+    /// Base of region 0.
+    pub base: *mut u8,
+    /// Header index of the class.
+    pub class: usize,
+    /// Pop: destination array. Push: source array.
+    pub buf: *mut *mut u8,
+    /// Maximum number of items to move (>= 1).
+    pub max: usize,
+}
+
+// The delay loop (feature `inject-delay`) sits just before the commit store,
+// where a preemption or signal does the most damage; without the feature it
+// is an empty string and costs nothing.
+#[cfg(feature = "inject-delay")]
+macro_rules! delay {
+    () => {
+        concat!(
+            "mov {dl}, qword ptr [rip + {dsym}@GOTPCREL]\n", // dl = &DELAY_LOOPS
+            "mov {dl}, qword ptr [{dl}]\n",                  // dl = DELAY_LOOPS
+            "22:\n",
+            "test {dl}, {dl}\n", // while dl != 0
+            "jz 23f\n",
+            "dec {dl}\n", //     dl -= 1
+            "jmp 22b\n",
+            "23:\n",
+        )
+    };
+}
+#[cfg(not(feature = "inject-delay"))]
+macro_rules! delay {
+    () => {
+        ""
+    };
+}
+
+// Emits one asm! block: `$body` is the section from start_ip (label 4) to
+// the commit store inclusive; it may jump to 7 (unregistered) and 8 (miss).
+// Register `{tmp}` holds the descriptor address while arming and is free
+// inside the body; `{rt}` counts retries and must not be touched by the body.
+macro_rules! rseq_section {
+    ($($body:expr),+ ; $($operands:tt)*) => {{
+        #[cfg(feature = "inject-delay")]
+        asm!(
+            rseq_section!(@text [$($body),+]),
+            dl = out(reg) _,
+            dsym = sym DELAY_LOOPS,
+            aborts = sym ABORTS,
+            max = const MAX_RETRIES,
+            shift = const REGION_SHIFT,
+            sig = const crate::abi::RSEQ_SIG,
+            $($operands)*
+            options(nostack),
+        );
+        #[cfg(not(feature = "inject-delay"))]
+        asm!(
+            rseq_section!(@text [$($body),+]),
+            aborts = sym ABORTS,
+            max = const MAX_RETRIES,
+            shift = const REGION_SHIFT,
+            sig = const crate::abi::RSEQ_SIG,
+            $($operands)*
+            options(nostack),
+        );
+    }};
+    (@text [$($body:expr),+]) => {
+        concat!(
+            "xor {rt:e}, {rt:e}\n",                        // retries = 0
+            "2:\n",
+            "lea {tmp}, [rip + 3f]\n",                     // tmp = &descriptor
+            "mov qword ptr fs:[{off} + 8], {tmp}\n",       // rseq->rseq_cs = tmp (arm)
+            "4:\n",                                        // start_ip
+            "mov {tmp:e}, dword ptr fs:[{off} + 4]\n",     // tmp = rseq->cpu_id
+            "test {tmp:e}, {tmp:e}\n",                     // if (s32)tmp < 0
+            "js 7f\n",                                     //     goto unregistered
+            $($body,)+
+            "5:\n",                                        // post-commit
+            "xor {st:e}, {st:e}\n",                        // status = OK
+            "jmp 9f\n",
+            "7:\n",                                        // unregistered:
+            "mov {st:e}, 2\n",                             // status = UNREGISTERED
+            "jmp 9f\n",
+            "8:\n",                                        // miss:
+            "mov {st:e}, 1\n",                             // status = MISS
+            "jmp 9f\n",
+            // The descriptor (struct rseq_cs) and the debugger tables.
+            ".pushsection __rseq_cs, \"aw\"\n",
+            ".balign 32\n",
+            "3:\n",
+            ".long 0, 0\n",                                // version, flags
+            ".quad 4b, 5b - 4b, 6f\n",                     // start_ip, post_commit_offset, abort_ip
+            ".popsection\n",
+            ".pushsection __rseq_cs_ptr_array, \"aw\"\n",
+            ".quad 3b\n",
+            ".popsection\n",
+            ".pushsection __rseq_exit_point_array, \"aw\"\n",
+            ".quad 4b, 7b\n",                              // (start_ip, exit_ip) pairs
+            ".quad 4b, 8b\n",
+            ".popsection\n",
+            // The abort handler, out of line. The signature is the 32-bit
+            // displacement of `ud1 disp32(%rip), %edi` (0f b9 3d), so a
+            // disassembler reads it as one instruction.
+            ".pushsection __rseq_abort, \"ax\"\n",
+            ".byte 0x0f, 0xb9, 0x3d\n",
+            ".long {sig}\n",
+            "6:\n",                                        // abort_ip
+            "mov {tmp}, qword ptr [rip + {aborts}@GOTPCREL]\n", // tmp = &ABORTS
+            "lock inc qword ptr [{tmp}]\n",                // ABORTS += 1
+            "inc {rt:e}\n",                                // retries += 1
+            "cmp {rt:e}, {max}\n",                         // if retries < MAX
+            "jb 2b\n",                                     //     goto arm again
+            "mov {st:e}, 3\n",                             // status = EXHAUSTED
+            "jmp 9f\n",
+            ".popsection\n",
+            "9:\n",
+        )
+    };
+}
+
+/// Pops the top item of `class`'s stack in the current CPU's (or cid's)
+/// region. Returns `(item, status)`; `item` is meaningful only when status
+/// is [`STATUS_OK`].
+///
+/// # Safety
+/// `off` is the thread-pointer offset of this thread's rseq area (or of an
+/// area whose `cpu_id` is negative); `idx` is `off + 4` (cpu) or `off + 24`
+/// (mm_cid); `base` is a region array laid out as in the module docs, with a
+/// region for every index the kernel can report, and `class` is a valid header.
+#[inline(always)]
+pub unsafe fn pop(base: *mut u8, class: usize, off: isize, idx: isize) -> (*mut u8, u32) {
+    let item: *mut u8;
+    let status: u32;
+    // SAFETY: the asm touches only the caller's rseq area (through fs) and the
+    // region memory the caller vouched for; it writes slot memory only below
+    // `current` bounds checked against the header, and commits with one store.
+    unsafe {
+        rseq_section!(
+            "mov {tmp:e}, dword ptr fs:[{idx}]\n",              // tmp = rseq->(cpu_id | mm_cid)
+            "shl {tmp}, {shift}\n",                                // tmp = base + (tmp << SHIFT)
+            "add {tmp}, {base}\n",
+            "movzx {cur:e}, word ptr [{tmp} + {class}*8]\n",    // cur = hdr[class].current
+            "cmp {cur:x}, word ptr [{tmp} + {class}*8 + 4]\n",  // if cur <= hdr[class].begin
+            "jbe 8f\n",                                         //     goto miss (empty)
+            "mov {item}, qword ptr [{tmp} + {cur}*8 - 8]\n",    // item = region[cur - 1]
+            "dec {cur:e}\n",                                    // cur -= 1
+            delay!(),
+            "mov word ptr [{tmp} + {class}*8], {cur:x}\n";      // commit: hdr[class].current = cur
+            off = in(reg) off,
+            idx = in(reg) idx,
+            base = in(reg) base,
+            class = in(reg) class,
+            item = out(reg) item,
+            tmp = out(reg) _,
+            cur = out(reg) _,
+            rt = out(reg) _,
+            st = out(reg) status,
+        );
+    }
+    (item, status)
+}
+
+/// Pushes `item` onto `class`'s stack in the current CPU's (or cid's) region.
+/// Returns the status ([`STATUS_MISS`] when the stack is full).
+///
+/// # Safety
+/// As for [`pop`].
+#[inline(always)]
+pub unsafe fn push(base: *mut u8, class: usize, off: isize, idx: isize, item: *mut u8) -> u32 {
+    let status: u32;
+    // SAFETY: as in `pop`; the slot written is `region[cur]` with
+    // `cur < end`, a free slot of this class, and nothing is published until
+    // the commit store.
+    unsafe {
+        rseq_section!(
+            "mov {tmp:e}, dword ptr fs:[{idx}]\n",              // tmp = rseq->(cpu_id | mm_cid)
+            "shl {tmp}, {shift}\n",                                // tmp = base + (tmp << SHIFT)
+            "add {tmp}, {base}\n",
+            "movzx {cur:e}, word ptr [{tmp} + {class}*8]\n",    // cur = hdr[class].current
+            "cmp {cur:x}, word ptr [{tmp} + {class}*8 + 2]\n",  // if cur >= hdr[class].end
+            "jae 8f\n",                                         //     goto miss (full)
+            "mov qword ptr [{tmp} + {cur}*8], {item}\n",        // region[cur] = item
+            "inc {cur:e}\n",                                    // cur += 1
+            delay!(),
+            "mov word ptr [{tmp} + {class}*8], {cur:x}\n";      // commit: hdr[class].current = cur
+            off = in(reg) off,
+            idx = in(reg) idx,
+            base = in(reg) base,
+            class = in(reg) class,
+            item = in(reg) item,
+            tmp = out(reg) _,
+            cur = out(reg) _,
+            rt = out(reg) _,
+            st = out(reg) status,
+        );
+    }
+    status
+}
+
+/// Pops up to `args.max` items (the top of the stack, in stack order from
+/// bottom to top) into `args.buf`. Returns `(count, status)`.
+///
+/// # Safety
+/// As for [`pop`]; `args.buf` is valid for `args.max` writes, `args.max >= 1`.
+#[inline]
+pub unsafe fn pop_batch(args: &BatchArgs, off: isize, idx: isize) -> (usize, u32) {
+    let end: *mut *mut u8;
+    let status: u32;
+    // SAFETY: as in `pop`; the copy writes only the caller's buffer, which is
+    // harmless to redo after an abort; the commit is the single store of the
+    // lowered `current`.
+    unsafe {
+        rseq_section!(
+            "mov {tmp:e}, dword ptr fs:[{idx}]\n",              // tmp = rseq->(cpu_id | mm_cid)
+            "shl {tmp}, {shift}\n",                                // region = args.base + (tmp << SHIFT)
+            "add {tmp}, qword ptr [{a}]\n",
+            "mov {cls}, qword ptr [{a} + 8]\n",                 // cls = args.class
+            "movzx {cur:e}, word ptr [{tmp} + {cls}*8]\n",      // cur = hdr.current
+            "movzx ecx, word ptr [{tmp} + {cls}*8 + 4]\n",      // n = hdr.begin
+            "sub rcx, {cur}\n",                                 // n = begin - cur
+            "jge 8f\n",                                         // if begin >= cur goto miss (empty)
+            "neg rcx\n",                                        // n = cur - begin
+            "cmp rcx, qword ptr [{a} + 24]\n",                  // n = min(n, args.max)
+            "cmova rcx, qword ptr [{a} + 24]\n",
+            "sub {cur}, rcx\n",                                 // cur -= n
+            "lea rsi, [{tmp} + {cur}*8]\n",                     // src = &region[cur]
+            "mov rdi, qword ptr [{a} + 16]\n",                  // dst = args.buf
+            "rep movsq\n",                                      // copy n items (dst advances)
+            delay!(),
+            "mov word ptr [{tmp} + {cls}*8], {cur:x}\n";        // commit: hdr.current = cur
+            off = in(reg) off,
+            idx = in(reg) idx,
+            a = in(reg) args as *const BatchArgs,
+            cls = out(reg) _,
+            tmp = out(reg) _,
+            cur = out(reg) _,
+            rt = out(reg) _,
+            st = out(reg) status,
+            out("rcx") _,
+            out("rsi") _,
+            out("rdi") end,
+        );
+    }
+    if status == STATUS_OK {
+        // SAFETY: `rep movsq` advanced `rdi` from `args.buf` by the count.
+        (unsafe { end.offset_from(args.buf) } as usize, status)
+    } else {
+        (0, status)
+    }
+}
+
+/// Pushes up to `args.max` items from `args.buf` (a prefix of it). Returns
+/// `(count, status)`.
+///
+/// # Safety
+/// As for [`pop`]; `args.buf` is valid for `args.max` reads, `args.max >= 1`.
+#[inline]
+pub unsafe fn push_batch(args: &BatchArgs, off: isize, idx: isize) -> (usize, u32) {
+    let end: *mut *mut u8;
+    let status: u32;
+    // SAFETY: as in `push`; the copy writes only free slots of this class
+    // (`cur .. cur + n <= end`), which nothing reads until the commit.
+    unsafe {
+        rseq_section!(
+            "mov {tmp:e}, dword ptr fs:[{idx}]\n",              // tmp = rseq->(cpu_id | mm_cid)
+            "shl {tmp}, {shift}\n",                                // region = args.base + (tmp << SHIFT)
+            "add {tmp}, qword ptr [{a}]\n",
+            "mov {cls}, qword ptr [{a} + 8]\n",                 // cls = args.class
+            "movzx {cur:e}, word ptr [{tmp} + {cls}*8]\n",      // cur = hdr.current
+            "movzx ecx, word ptr [{tmp} + {cls}*8 + 2]\n",      // n = hdr.end
+            "sub rcx, {cur}\n",                                 // n = end - cur
+            "jle 8f\n",                                         // if end <= cur goto miss (full)
+            "cmp rcx, qword ptr [{a} + 24]\n",                  // n = min(n, args.max)
+            "cmova rcx, qword ptr [{a} + 24]\n",
+            "lea rdi, [{tmp} + {cur}*8]\n",                     // dst = &region[cur]
+            "add {cur}, rcx\n",                                 // cur += n
+            "mov rsi, qword ptr [{a} + 16]\n",                  // src = args.buf
+            "rep movsq\n",                                      // copy n items (src advances)
+            delay!(),
+            "mov word ptr [{tmp} + {cls}*8], {cur:x}\n";        // commit: hdr.current = cur
+            off = in(reg) off,
+            idx = in(reg) idx,
+            a = in(reg) args as *const BatchArgs,
+            cls = out(reg) _,
+            tmp = out(reg) _,
+            cur = out(reg) _,
+            rt = out(reg) _,
+            st = out(reg) status,
+            out("rcx") _,
+            out("rsi") end,
+            out("rdi") _,
+        );
+    }
+    if status == STATUS_OK {
+        // SAFETY: `rep movsq` advanced `rsi` from `args.buf` by the count.
+        (
+            unsafe { end.offset_from(args.buf.cast_const()) } as usize,
+            status,
+        )
+    } else {
+        (0, status)
+    }
+}
+
+/// The thread pointer (`%fs` base).
+#[inline(always)]
+pub fn thread_pointer() -> usize {
+    let tp: usize;
+    // SAFETY: on x86_64 Linux, fs:0 holds the thread pointer itself (TCB
+    // self-pointer), for every thread glibc or musl creates.
+    unsafe {
+        asm!("mov {}, qword ptr fs:0", out(reg) tp, options(nostack, readonly, preserves_flags))
+    };
+    tp
+}
+
+/// Reads a 32-bit field of this thread's rseq area at `fs:[off]`.
+///
+/// # Safety
+/// `off` is the thread-pointer offset of a readable 4-byte field.
+#[inline(always)]
+pub unsafe fn read_tp_u32(off: isize) -> u32 {
+    let v: u32;
+    // SAFETY: the caller vouches that fs:[off] is readable.
+    unsafe {
+        asm!("mov {:e}, dword ptr fs:[{}]", out(reg) v, in(reg) off, options(nostack, readonly, preserves_flags))
+    };
+    v
+}
+
+// glibc's rseq symbols, referenced weakly so that we still link and run
+// against a libc without them (musl, glibc < 2.35): their GOT entries are
+// then 0. Our own area lives in static TLS (.tdata) and is reached through
+// an initial-exec GOT entry: its thread-pointer offset is then the same in
+// every thread, and the TLS is freed only after the thread is gone (it is
+// part of the thread's static TLS block), so the kernel never writes into
+// freed memory. Its initial image has cpu_id = -1 (unregistered).
+core::arch::global_asm!(
+    ".weak __rseq_offset",
+    ".weak __rseq_size",
+    ".pushsection .tdata.rseq_sys_own_area, \"awT\", @progbits",
+    ".balign 256",
+    ".globl rseq_sys_own_area",
+    ".hidden rseq_sys_own_area",
+    "rseq_sys_own_area:",
+    ".long 0, 0xffffffff", // cpu_id_start = 0, cpu_id = -1
+    ".zero 248",
+    ".size rseq_sys_own_area, 256",
+    ".type rseq_sys_own_area, @object",
+    ".popsection",
+);
+
+/// Size and alignment of our own rseq area (see the `global_asm!` above).
+pub const OWN_AREA_BYTES: usize = 256;
+
+/// `(&__rseq_offset, &__rseq_size)` as resolved by the dynamic linker; null
+/// when libc does not define them.
+pub fn glibc_rseq_symbols() -> (*const isize, *const u32) {
+    let off: *const isize;
+    let size: *const u32;
+    // SAFETY: loads two GOT entries; a weak undefined symbol's entry is 0.
+    unsafe {
+        asm!(
+            "mov {o}, qword ptr [rip + __rseq_offset@GOTPCREL]",
+            "mov {s}, qword ptr [rip + __rseq_size@GOTPCREL]",
+            o = out(reg) off,
+            s = out(reg) size,
+            options(nostack, readonly, preserves_flags),
+        );
+    }
+    (off, size)
+}
+
+/// Thread-pointer offset of our own static-TLS rseq area.
+pub fn own_area_offset() -> isize {
+    let off: isize;
+    // SAFETY: loads the initial-exec GOT entry of our TLS symbol (the linker
+    // may relax it to an immediate); the value is a constant offset.
+    unsafe {
+        asm!(
+            "mov {}, qword ptr [rip + rseq_sys_own_area@GOTTPOFF]",
+            out(reg) off,
+            options(nostack, readonly, preserves_flags),
+        );
+    }
+    off
+}
