@@ -220,7 +220,7 @@ impl PerCpuSlabs {
             || total > MAX_SLOTS
             || nregions == 0
             || base.is_null()
-            || (base as usize) % REGION_BYTES != 0
+            || !(base as usize).is_multiple_of(REGION_BYTES)
         {
             return false;
         }

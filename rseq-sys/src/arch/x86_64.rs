@@ -155,16 +155,18 @@ macro_rules! rseq_section {
             "mov {st:e}, 1\n",                             // status = MISS
             "jmp 9f\n",
             // The descriptor (struct rseq_cs) and the debugger tables.
-            ".pushsection __rseq_cs, \"aw\"\n",
+            ".pushsection __rseq_cs, \"awR\"\n",
             ".balign 32\n",
             "3:\n",
             ".long 0, 0\n",                                // version, flags
             ".quad 4b, 5b - 4b, 6f\n",                     // start_ip, post_commit_offset, abort_ip
             ".popsection\n",
-            ".pushsection __rseq_cs_ptr_array, \"aw\"\n",
+            ".pushsection __rseq_cs_ptr_array, \"awR\"\n",
+            ".balign 8\n",
             ".quad 3b\n",
             ".popsection\n",
-            ".pushsection __rseq_exit_point_array, \"aw\"\n",
+            ".pushsection __rseq_exit_point_array, \"awR\"\n",
+            ".balign 8\n",
             ".quad 4b, 7b\n",                              // (start_ip, exit_ip) pairs
             ".quad 4b, 8b\n",
             ".popsection\n",
