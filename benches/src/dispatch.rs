@@ -1,0 +1,121 @@
+//! The worker's `#[global_allocator]`: one binary, several in-process
+//! allocators, the backend picked once per process from `RSEQ_BENCH_ALLOC`.
+//!
+//! The first allocation may happen before `main` (std's runtime set-up), so the
+//! choice is made lazily with `libc::getenv`, which does not allocate. Every
+//! later call reads one relaxed atomic and branches; the same branch is paid
+//! by every backend, so comparisons stay fair.
+//!
+//! When the variable is unset or `system`, `std::alloc::System` is used, i.e.
+//! glibc's `malloc` — or whatever library `LD_PRELOAD` put in front of it.
+
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::sync::atomic::{AtomicU8, Ordering};
+
+/// The environment variable naming the backend for this process.
+pub const ENV: &str = "RSEQ_BENCH_ALLOC";
+
+const UNSET: u8 = 0;
+const SYSTEM: u8 = 1;
+const JEMALLOC: u8 = 2;
+const MIMALLOC: u8 = 3;
+#[cfg(feature = "ours")]
+const RSEQ: u8 = 4;
+const UNKNOWN: u8 = 5;
+
+static BACKEND: AtomicU8 = AtomicU8::new(UNSET);
+
+#[cfg(feature = "ours")]
+static OURS: rseq_alloc::RseqAlloc = rseq_alloc::RseqAlloc;
+static JE: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+static MI: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+/// The dispatching allocator; see the module documentation.
+pub struct Dispatch;
+
+#[cold]
+#[inline(never)]
+fn choose() -> u8 {
+    // SAFETY: the argument is a NUL-terminated string; getenv only reads the
+    // environment (nobody in this process modifies it concurrently).
+    let v = unsafe { libc::getenv(c"RSEQ_BENCH_ALLOC".as_ptr()) };
+    let b = if v.is_null() {
+        SYSTEM
+    } else {
+        // SAFETY: getenv returned a NUL-terminated string owned by the environment.
+        let s = unsafe { std::ffi::CStr::from_ptr(v) }.to_bytes();
+        match s {
+            b"" | b"system" | b"glibc" => SYSTEM,
+            b"jemalloc" => JEMALLOC,
+            b"mimalloc" => MIMALLOC,
+            #[cfg(feature = "ours")]
+            b"rseq" => RSEQ,
+            _ => UNKNOWN,
+        }
+    };
+    // Racing first calls compute the same value from the same environment.
+    BACKEND.store(b, Ordering::Relaxed);
+    b
+}
+
+#[inline(always)]
+fn backend() -> u8 {
+    let b = BACKEND.load(Ordering::Relaxed);
+    if b != UNSET {
+        b
+    } else {
+        choose()
+    }
+}
+
+/// The name of the backend in use ("system", "jemalloc", "mimalloc", "rseq"),
+/// or `None` if the variable named one this binary does not have.
+pub fn backend_name() -> Option<&'static str> {
+    match backend() {
+        SYSTEM => Some("system"),
+        JEMALLOC => Some("jemalloc"),
+        MIMALLOC => Some("mimalloc"),
+        #[cfg(feature = "ours")]
+        RSEQ => Some("rseq"),
+        _ => None,
+    }
+}
+
+macro_rules! dispatch {
+    ($method:ident ( $($arg:expr),* )) => {
+        match backend() {
+            JEMALLOC => JE.$method($($arg),*),
+            MIMALLOC => MI.$method($($arg),*),
+            #[cfg(feature = "ours")]
+            RSEQ => OURS.$method($($arg),*),
+            // UNKNOWN also lands here: the worker reports the bad name and exits.
+            _ => System.$method($($arg),*),
+        }
+    };
+}
+
+// SAFETY: every method forwards to one backend, chosen once per process and
+// never changed, so a block is always freed/reallocated by the allocator that
+// made it; each backend upholds the GlobalAlloc contract itself.
+unsafe impl GlobalAlloc for Dispatch {
+    #[inline]
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        // SAFETY: caller's contract (non-zero size) is forwarded unchanged.
+        unsafe { dispatch!(alloc(layout)) }
+    }
+    #[inline]
+    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
+        // SAFETY: as for alloc.
+        unsafe { dispatch!(alloc_zeroed(layout)) }
+    }
+    #[inline]
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        // SAFETY: ptr came from this same backend with this layout (caller's contract).
+        unsafe { dispatch!(dealloc(ptr, layout)) }
+    }
+    #[inline]
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        // SAFETY: ptr came from this same backend with this layout (caller's contract).
+        unsafe { dispatch!(realloc(ptr, layout, new_size)) }
+    }
+}

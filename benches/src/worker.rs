@@ -1,0 +1,450 @@
+//! The synthetic workloads, run in a child process (`rseq-alloc-bench worker
+//! NAME key=value...`) so each measurement starts from a fresh heap and a
+//! fresh peak-RSS counter.
+//!
+//! Every allocation goes through the global allocator (`crate::dispatch`), so
+//! the same code measures each in-process backend and, with the `system`
+//! backend, whatever `malloc` `LD_PRELOAD` installed.
+//!
+//! Protocol on stdout, one line per figure, parsed by `crate::harness`:
+//! `RESULT name=<metric> value=<f64> unit=<unit> better=<lower|higher> [final_kib=<n>]`
+//! then, last, `PEAK hwm_kib=<n> rss_kib=<n>`; `SKIP <reason>` when the workload
+//! cannot run on this machine.
+
+use rseq_alloc_bench::{allowed_cpus, current_cpu, pin_to_cpu, rss_kib, XorShift};
+use std::alloc::{alloc, dealloc, realloc, Layout};
+use std::collections::HashMap;
+use std::hint::black_box;
+use std::sync::atomic::{AtomicPtr, AtomicU64, Ordering};
+use std::sync::{mpsc, Barrier};
+use std::time::Instant;
+
+/// `key=value` parameters of a workload, with defaults chosen by the caller.
+pub struct Params(HashMap<String, String>);
+
+impl Params {
+    /// Parses `key=value` words; anything else is an error.
+    pub fn parse(args: &[String]) -> Result<Params, String> {
+        let mut m = HashMap::new();
+        for a in args {
+            let (k, v) = a
+                .split_once('=')
+                .ok_or_else(|| format!("worker parameter `{a}` is not key=value"))?;
+            m.insert(k.to_string(), v.to_string());
+        }
+        Ok(Params(m))
+    }
+
+    fn usize(&self, key: &str, default: usize) -> usize {
+        self.0
+            .get(key)
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(default)
+    }
+
+    fn list(&self, key: &str, default: &[usize]) -> Vec<usize> {
+        match self.0.get(key) {
+            Some(v) => v.split(',').filter_map(|s| s.parse().ok()).collect(),
+            None => default.to_vec(),
+        }
+    }
+}
+
+/// The workloads the worker knows, with a one-line description each.
+pub const WORKLOADS: &[(&str, &str)] = &[
+    (
+        "pair",
+        "alloc+free pair latency at 16..4096 B, and bursts of 1000 allocs then 1000 frees",
+    ),
+    (
+        "larson",
+        "server churn: threads replace random slots of a shared array (cross-thread frees)",
+    ),
+    (
+        "prodcon",
+        "producer/consumer pairs: objects allocated on one thread, freed on another",
+    ),
+    (
+        "threads64",
+        "64 threads (far more than CPUs) churning private working sets",
+    ),
+    (
+        "frag",
+        "fragmentation: 128 MiB mixed sizes, free a random 90%, allocate 45% again",
+    ),
+    (
+        "realloc",
+        "realloc growth: many buffers grown by 1/8 steps, interleaved",
+    ),
+    (
+        "remote",
+        "two threads pinned to different CPUs exchange objects and free each other's",
+    ),
+];
+
+fn emit(name: &str, value: f64, unit: &str, better: &str) {
+    println!("RESULT name={name} value={value:.4} unit={unit} better={better}");
+}
+
+/// Size header written into every churn object: its size (to free it with the
+/// right layout wherever it ends up) and the CPU that allocated it.
+const HDR: usize = 16;
+
+/// Allocates an object of `size` bytes (>= HDR), writes its header.
+#[inline]
+fn obj_alloc(size: usize) -> *mut u8 {
+    let layout = Layout::from_size_align(size, 8).expect("layout");
+    // SAFETY: size >= HDR > 0.
+    let p = unsafe { alloc(layout) };
+    if p.is_null() {
+        std::alloc::handle_alloc_error(layout);
+    }
+    // SAFETY: p is a fresh block of size >= 16 bytes, aligned to 8.
+    unsafe {
+        (p as *mut usize).write(size);
+        (p as *mut usize).add(1).write(usize::MAX);
+    }
+    p
+}
+
+/// Frees an object made by `obj_alloc` (reads its size from the header).
+///
+/// # Safety
+/// `p` came from `obj_alloc` and is not used afterwards.
+#[inline]
+unsafe fn obj_free(p: *mut u8) {
+    // SAFETY: p is a live object with the header written by obj_alloc.
+    unsafe {
+        let size = (p as *const usize).read();
+        dealloc(p, Layout::from_size_align_unchecked(size, 8));
+    }
+}
+
+/// Runs workload `name`; returns an error for an unknown name.
+pub fn run(name: &str, p: &Params) -> Result<(), String> {
+    match name {
+        "pair" => pair(p),
+        "larson" => larson(p),
+        "prodcon" => prodcon(p),
+        "threads64" => threads64(p),
+        "frag" => frag(p),
+        "realloc" => realloc_growth(p),
+        "remote" => remote(p),
+        _ => return Err(format!("unknown workload `{name}`")),
+    }
+    let (hwm, rss) = rss_kib();
+    println!("PEAK hwm_kib={hwm} rss_kib={rss}");
+    Ok(())
+}
+
+#[inline(always)]
+fn pair_once(layout: Layout) {
+    // SAFETY: layout has a non-zero size.
+    let p = unsafe { alloc(layout) };
+    if p.is_null() {
+        std::alloc::handle_alloc_error(layout);
+    }
+    // SAFETY: p is a fresh block of at least one byte; the volatile write and
+    // black_box keep the compiler from eliding the pair.
+    unsafe {
+        p.write_volatile(1);
+        dealloc(black_box(p), layout);
+    }
+}
+
+fn pair(p: &Params) {
+    let iters = p.usize("iters", 2_000_000);
+    for size in p.list("sizes", &[16, 64, 256, 1024, 4096]) {
+        let layout = Layout::from_size_align(size, 8).expect("layout");
+        for _ in 0..iters / 20 {
+            pair_once(layout);
+        }
+        let t = Instant::now();
+        for _ in 0..iters {
+            pair_once(layout);
+        }
+        let ns = t.elapsed().as_nanos() as f64 / iters as f64;
+        emit(&format!("pair/{size}B"), ns, "ns/pair", "lower");
+    }
+
+    // 1000 allocations (mixed 16..512 B), then 1000 frees, repeated.
+    let rounds = p.usize("burst_rounds", 2000);
+    let mut rng = XorShift::new(7);
+    let sizes: Vec<usize> = (0..1000).map(|_| rng.log_size(16, 512)).collect();
+    let mut ptrs = vec![std::ptr::null_mut::<u8>(); 1000];
+    let t = Instant::now();
+    for _ in 0..rounds {
+        for (slot, &s) in ptrs.iter_mut().zip(&sizes) {
+            let layout = Layout::from_size_align(s, 8).expect("layout");
+            // SAFETY: s >= 16.
+            let q = unsafe { alloc(layout) };
+            if q.is_null() {
+                std::alloc::handle_alloc_error(layout);
+            }
+            // SAFETY: q is a fresh block of s >= 1 bytes.
+            unsafe { q.write_volatile(1) };
+            *slot = q;
+        }
+        for (&q, &s) in ptrs.iter().zip(&sizes) {
+            // SAFETY: q was allocated above with this layout and is freed once.
+            unsafe { dealloc(black_box(q), Layout::from_size_align_unchecked(s, 8)) };
+        }
+    }
+    let ns = t.elapsed().as_nanos() as f64 / (rounds * 1000) as f64;
+    emit("burst1000", ns, "ns/pair", "lower");
+}
+
+fn larson(p: &Params) {
+    let threads = p.usize("threads", 4);
+    let slots = p.usize("slots", 16384);
+    let ops = p.usize("ops", 1_000_000);
+    let max = p.usize("max", 1024);
+    let mut rng = XorShift::new(1);
+    let arr: Vec<AtomicPtr<u8>> = (0..slots)
+        .map(|_| AtomicPtr::new(obj_alloc(rng.log_size(HDR, max))))
+        .collect();
+    let barrier = Barrier::new(threads + 1);
+    let t = std::thread::scope(|s| {
+        for tid in 0..threads {
+            let (arr, barrier) = (&arr, &barrier);
+            s.spawn(move || {
+                let mut rng = XorShift::new(100 + tid as u64);
+                barrier.wait();
+                for _ in 0..ops {
+                    let i = rng.below(slots as u64) as usize;
+                    let new = obj_alloc(rng.log_size(HDR, max));
+                    let old = arr[i].swap(new, Ordering::AcqRel);
+                    // SAFETY: the swap made this thread the only owner of `old`.
+                    unsafe { obj_free(old) };
+                }
+            });
+        }
+        barrier.wait();
+        Instant::now()
+    });
+    let secs = t.elapsed().as_secs_f64();
+    for a in &arr {
+        // SAFETY: all workers have joined; each slot holds one live object.
+        unsafe { obj_free(a.load(Ordering::Relaxed)) };
+    }
+    emit(
+        "larson",
+        (threads * ops) as f64 / secs / 1e6,
+        "Mops/s",
+        "higher",
+    );
+}
+
+fn prodcon(p: &Params) {
+    let pairs = p.usize("pairs", 2);
+    let batches = p.usize("batches", 4000);
+    let batch = p.usize("batch", 256);
+    let t = Instant::now();
+    std::thread::scope(|s| {
+        for pid in 0..pairs {
+            let (tx, rx) = mpsc::sync_channel::<Vec<usize>>(16);
+            s.spawn(move || {
+                let mut rng = XorShift::new(200 + pid as u64);
+                for _ in 0..batches {
+                    let v: Vec<usize> = (0..batch)
+                        .map(|_| obj_alloc(rng.log_size(HDR, 512)) as usize)
+                        .collect();
+                    tx.send(v).expect("consumer alive");
+                }
+            });
+            s.spawn(move || {
+                for v in rx {
+                    for q in v {
+                        // SAFETY: the producer handed over sole ownership.
+                        unsafe { obj_free(q as *mut u8) };
+                    }
+                }
+            });
+        }
+    });
+    let secs = t.elapsed().as_secs_f64();
+    emit(
+        "prodcon",
+        (pairs * batches * batch) as f64 / secs / 1e6,
+        "Mops/s",
+        "higher",
+    );
+}
+
+fn threads64(p: &Params) {
+    let threads = p.usize("threads", 64);
+    let ops = p.usize("ops", 100_000);
+    let ring = p.usize("ring", 256);
+    let max = p.usize("max", 2048);
+    let barrier = Barrier::new(threads + 1);
+    let t = std::thread::scope(|s| {
+        for tid in 0..threads {
+            let barrier = &barrier;
+            s.spawn(move || {
+                let mut rng = XorShift::new(300 + tid as u64);
+                let mut mine: Vec<*mut u8> = (0..ring)
+                    .map(|_| obj_alloc(rng.log_size(HDR, max)))
+                    .collect();
+                barrier.wait();
+                for _ in 0..ops {
+                    let i = rng.below(ring as u64) as usize;
+                    let new = obj_alloc(rng.log_size(HDR, max));
+                    // SAFETY: mine[i] is a live object owned by this thread.
+                    unsafe { obj_free(std::mem::replace(&mut mine[i], new)) };
+                }
+                for q in mine {
+                    // SAFETY: each remaining object is live and owned here.
+                    unsafe { obj_free(q) };
+                }
+            });
+        }
+        barrier.wait();
+        Instant::now()
+    });
+    let secs = t.elapsed().as_secs_f64();
+    emit(
+        "threads64",
+        (threads * ops) as f64 / secs / 1e6,
+        "Mops/s",
+        "higher",
+    );
+}
+
+fn frag(p: &Params) {
+    let total = p.usize("mib", 128) << 20;
+    let mut rng = XorShift::new(4);
+    let t = Instant::now();
+    let mut live: Vec<*mut u8> = Vec::with_capacity(total / 64);
+    let mut bytes = 0;
+    while bytes < total {
+        let s = rng.log_size(HDR, 16384);
+        let q = obj_alloc(s);
+        // SAFETY: q has s bytes; touch all of it so the pages are resident.
+        unsafe { q.add(HDR).write_bytes(0xA5, s - HDR) };
+        live.push(q);
+        bytes += s;
+    }
+    // Free a random 90%.
+    let mut kept = Vec::with_capacity(live.len() / 8);
+    for q in live {
+        if rng.below(10) == 0 {
+            kept.push(q);
+        } else {
+            // SAFETY: q is live and owned here; it is not used again.
+            unsafe { obj_free(q) };
+        }
+    }
+    // Allocate 45% of the original volume again, in a shifted size mix that
+    // does not fit the old holes exactly.
+    let mut bytes = 0;
+    while bytes < total * 45 / 100 {
+        let s = rng.log_size(HDR, 16384) * 3 / 2;
+        let q = obj_alloc(s);
+        // SAFETY: as above.
+        unsafe { q.add(HDR).write_bytes(0x5A, s - HDR) };
+        kept.push(q);
+        bytes += s;
+    }
+    let ms = t.elapsed().as_secs_f64() * 1e3;
+    let (_, final_kib) = rss_kib();
+    println!("RESULT name=frag value={ms:.4} unit=ms better=lower final_kib={final_kib}");
+    // The blocks are left to process exit: freeing them is not measured.
+    std::mem::forget(kept);
+}
+
+fn realloc_growth(p: &Params) {
+    let n = p.usize("bufs", 1000);
+    let max = p.usize("max", 65536);
+    let mut bufs: Vec<(*mut u8, usize)> = (0..n)
+        .map(|_| {
+            let layout = Layout::from_size_align(16, 8).expect("layout");
+            // SAFETY: non-zero size.
+            let q = unsafe { alloc(layout) };
+            assert!(!q.is_null());
+            (q, 16)
+        })
+        .collect();
+    let mut count = 0u64;
+    let t = Instant::now();
+    let mut growing = true;
+    while growing {
+        growing = false;
+        for b in bufs.iter_mut() {
+            if b.1 >= max {
+                continue;
+            }
+            growing = true;
+            let new = (b.1 + (b.1 / 8).max(16)).min(max);
+            // SAFETY: b.0 is live with layout (b.1, 8); new > 0.
+            let q = unsafe { realloc(b.0, Layout::from_size_align_unchecked(b.1, 8), new) };
+            assert!(!q.is_null(), "realloc failed");
+            // SAFETY: q has `new` bytes.
+            unsafe { q.add(new - 1).write_volatile(1) };
+            *b = (q, new);
+            count += 1;
+        }
+    }
+    let ns = t.elapsed().as_nanos() as f64 / count as f64;
+    for (q, s) in bufs {
+        // SAFETY: each buffer is live with this layout.
+        unsafe { dealloc(q, Layout::from_size_align_unchecked(s, 8)) };
+    }
+    emit("realloc", ns, "ns/realloc", "lower");
+}
+
+fn remote(p: &Params) {
+    let cpus = allowed_cpus();
+    if cpus.len() < 2 {
+        println!("SKIP needs two CPUs, this process may use {}", cpus.len());
+        return;
+    }
+    let batches = p.usize("batches", 6000);
+    let batch = p.usize("batch", 64);
+    let remote_frees = AtomicU64::new(0);
+    let (ab_tx, ab_rx) = mpsc::sync_channel::<Vec<usize>>(4);
+    let (ba_tx, ba_rx) = mpsc::sync_channel::<Vec<usize>>(4);
+    let t = Instant::now();
+    std::thread::scope(|s| {
+        for (k, (tx, rx)) in [(ab_tx, ba_rx), (ba_tx, ab_rx)].into_iter().enumerate() {
+            let cpu = cpus[k];
+            let remote_frees = &remote_frees;
+            s.spawn(move || {
+                pin_to_cpu(cpu);
+                let mut rng = XorShift::new(400 + k as u64);
+                let mut remote = 0;
+                for _ in 0..batches {
+                    let here = current_cpu().unwrap_or(usize::MAX);
+                    let v: Vec<usize> = (0..batch)
+                        .map(|_| {
+                            let q = obj_alloc(rng.log_size(HDR, 512));
+                            // SAFETY: header word 1 is ours to write.
+                            unsafe { (q as *mut usize).add(1).write(here) };
+                            q as usize
+                        })
+                        .collect();
+                    tx.send(v).expect("peer alive");
+                    let w = rx.recv().expect("peer alive");
+                    let now = current_cpu().unwrap_or(usize::MAX);
+                    for q in w {
+                        let q = q as *mut u8;
+                        // SAFETY: the peer handed over sole ownership of q.
+                        unsafe {
+                            if (q as *const usize).add(1).read() != now {
+                                remote += 1;
+                            }
+                            obj_free(q);
+                        }
+                    }
+                }
+                remote_frees.fetch_add(remote, Ordering::Relaxed);
+            });
+        }
+    });
+    let secs = t.elapsed().as_secs_f64();
+    let total = 2 * batches * batch;
+    eprintln!(
+        "remote: {:.1}% of frees on another CPU than the allocation",
+        remote_frees.load(Ordering::Relaxed) as f64 * 100.0 / total as f64
+    );
+    emit("remote", total as f64 / secs / 1e6, "Mops/s", "higher");
+}
