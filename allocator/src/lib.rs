@@ -1,10 +1,282 @@
-//! tmp
+//! # rseq-alloc: a per-CPU slab allocator whose fast path runs in rseq
+//!
+//! ```ignore
+//! #[global_allocator]
+//! static GLOBAL: rseq_alloc::RseqAlloc = rseq_alloc::RseqAlloc;
+//! ```
+//!
+//! ## Glossary
+//! - **page**: the allocator's unit of memory, 8 KiB ([`size_class::PAGE_BYTES`]),
+//!   two OS pages. The page map has one entry per page.
+//! - **span**: a run of contiguous pages with one metadata record
+//!   ([`span::Span`]): free (page heap), carved into small objects of one
+//!   class (central list), or one large block.
+//! - **object**: one block of a size class inside a span; while free, its
+//!   first word links it into a free list.
+//! - **size class**: one of 53 object sizes from 8 B to 256 KiB
+//!   ([`size_class`]); a request is rounded up to the smallest class that
+//!   fits it and its alignment. Bigger requests are *large* (page-heap spans,
+//!   below 1 MiB) or *huge* (direct mappings).
+//! - **cache**: the per-CPU (or per-`mm_cid`) bounded stack of free objects
+//!   of each class, in rseq-sys's `PerCpuSlabs`. Caches belong to CPUs, not
+//!   threads: a thread's exit frees nothing, 10 000 threads on 2 CPUs use 2.
+//!
+//! ## Layers (data flows down on a miss, up on a refill)
+//! ```text
+//!  RseqAlloc (GlobalAlloc) / raw::*         global.rs   lazy init, paths
+//!        │ pop / push (rseq critical section or CAS)
+//!  cpu cache: rseq_sys::percpu::PerCpuSlabs   global.rs   per CPU, per class
+//!        │ batch moves on miss / overflow
+//!  central free lists (one lock per class)    central.rs  transfer stack + spans
+//!        │ whole spans
+//!  page heap (one lock)                        page_heap.rs spans, coalescing, release
+//!        │ page map: pointer -> span          pagemap.rs  lock-free reads
+//!  OS: reserve / commit / madvise / mmap       os.rs       (huge blocks: huge.rs)
+//! ```
+//!
+//! ## Rules
+//! Nothing on an allocation path allocates, locks a `std` mutex or panics;
+//! diagnostics are formatted on the stack and written with `write(2)`.
+//! Initialisation is lazy and re-entrant safe: an allocation made by the
+//! initialising thread itself (e.g. libc inside our init under LD_PRELOAD)
+//! is served from a static bootstrap arena.
+//!
+//! Bounds: per-CPU cache at most [`size_class::CPU_CACHE_MAX_BYTES`]
+//! (≈3.8 MiB) per CPU or cid; internal waste `< max(16 B, size/4)`; the page
+//! heap keeps at most 64 MiB of dirty free pages before releasing
+//! ([`page_heap::RELEASE_THRESHOLD_BYTES`]).
 #![deny(unsafe_op_in_unsafe_fn)]
-pub mod util;
-pub mod lock;
-pub mod size_class;
+#![warn(missing_docs, clippy::undocumented_unsafe_blocks, clippy::missing_safety_doc)]
+
+pub mod central;
 pub mod config;
+mod global;
+pub mod huge;
+pub mod lock;
 pub mod os;
-pub mod pagemap;
-pub mod span;
 pub mod page_heap;
+pub mod pagemap;
+pub mod size_class;
+pub mod span;
+pub mod stats;
+pub mod util;
+
+use core::alloc::{GlobalAlloc, Layout};
+
+pub use global::{index_name, mode_name};
+
+/// The allocator, for `#[global_allocator]`:
+///
+/// ```
+/// #[global_allocator]
+/// static GLOBAL: rseq_alloc::RseqAlloc = rseq_alloc::RseqAlloc;
+///
+/// fn main() {
+///     let v: Vec<u32> = (0..1000).collect();
+///     assert_eq!(v.iter().sum::<u32>(), 499_500);
+/// }
+/// ```
+///
+/// `dealloc` finds the size class from the layout without a page-map lookup;
+/// `realloc` stays in place while the class (or page count) does not change;
+/// `alloc_zeroed` skips the memset for memory fresh from the OS.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct RseqAlloc;
+
+// SAFETY: every method honours the GlobalAlloc contract: blocks are at least
+// `layout.size()` bytes, aligned to `layout.align()`, disjoint while live;
+// null is returned on failure; dealloc/realloc accept exactly the blocks
+// returned by alloc/realloc with the same layout.
+unsafe impl GlobalAlloc for RseqAlloc {
+    #[inline(always)]
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        global::alloc(layout.size(), layout.align())
+    }
+
+    #[inline(always)]
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        // SAFETY: GlobalAlloc contract: `ptr` was allocated with `layout`.
+        unsafe { global::dealloc(ptr, layout.size(), layout.align()) }
+    }
+
+    #[inline]
+    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
+        global::alloc_zeroed(layout.size(), layout.align())
+    }
+
+    #[inline]
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        // SAFETY: GlobalAlloc contract: `ptr` is live with `layout`.
+        unsafe { global::realloc(ptr, new_size, layout.align(), "realloc()") }
+    }
+}
+
+/// A statistics snapshot (see [`stats`] for the counting rules).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Stats {
+    /// Heap pages committed plus huge mappings.
+    pub mapped_bytes: usize,
+    /// Bytes in live blocks (class / page granularity).
+    pub in_use_bytes: usize,
+    /// Free objects held in per-CPU caches.
+    pub cached_bytes: usize,
+    /// Bytes of huge mappings.
+    pub huge_bytes: usize,
+    /// Free heap bytes currently given back to the OS.
+    pub released_bytes: usize,
+    /// Per-CPU cache hits (counted only with `RSEQ_MALLOC_CONF=stats=1`).
+    pub fast_hits: u64,
+    /// Per-CPU cache misses.
+    pub fast_misses: u64,
+    /// rseq restarts, process-wide.
+    pub rseq_aborts: u64,
+    /// Operations by the CAS fallback or bypassing the cache.
+    pub fallback_ops: u64,
+}
+
+/// The C-flavoured entry points the ffi crate and benches use. None of them
+/// sets errno, panics, or allocates on its own behalf.
+///
+/// Fork: `fork_prepare` / `fork_parent` / `fork_child` are meant for
+/// `pthread_atfork`. This crate does **not** register them itself (doing so
+/// from inside malloc's lazy init could deadlock on glibc's atfork lock); the
+/// ffi crate registers them. They are re-entrant for the forking thread, so
+/// registering them twice is harmless.
+pub mod raw {
+    use crate::global;
+
+    /// What `malloc` guarantees (C `max_align_t`).
+    pub const MIN_ALIGN: usize = 16;
+
+    /// `malloc(size)`: null only when out of memory; size 0 gives a unique
+    /// minimal block.
+    #[inline]
+    pub fn malloc(size: usize) -> *mut u8 {
+        global::alloc(size, MIN_ALIGN)
+    }
+
+    /// Aligned allocation; `align` must be a power of two (null otherwise);
+    /// null on OOM.
+    #[inline]
+    pub fn malloc_aligned(size: usize, align: usize) -> *mut u8 {
+        if !align.is_power_of_two() {
+            return core::ptr::null_mut();
+        }
+        global::alloc(size, align.max(MIN_ALIGN))
+    }
+
+    /// Zeroed allocation (the caller did the overflow check).
+    #[inline]
+    pub fn calloc(size: usize) -> *mut u8 {
+        global::alloc_zeroed(size, MIN_ALIGN)
+    }
+
+    /// `free(ptr)`: null is a no-op; an invalid pointer aborts with
+    /// `rseq-malloc: free(): invalid pointer 0x...`.
+    ///
+    /// # Safety
+    /// `ptr` is null or a live block from this allocator, not used afterwards.
+    #[inline]
+    pub unsafe fn free(ptr: *mut u8) {
+        // SAFETY: forwarded contract.
+        unsafe { global::free_any(ptr, "free()") }
+    }
+
+    /// `free` naming another function (`who`, e.g. "realloc()") in the abort
+    /// message.
+    ///
+    /// # Safety
+    /// As for [`free`].
+    pub unsafe fn free_checked(ptr: *mut u8, who: &'static str) {
+        // SAFETY: forwarded contract.
+        unsafe { global::free_any(ptr, who) }
+    }
+
+    /// `free_sized` / `free_aligned_sized`: the size (and alignment, 0 for
+    /// none) given at allocation. Blocks from `malloc` used `MIN_ALIGN`.
+    ///
+    /// # Safety
+    /// `ptr` is null or a live block allocated with this size and alignment
+    /// (debug builds check it), not used afterwards.
+    #[inline]
+    pub unsafe fn free_sized(ptr: *mut u8, size: usize, align: usize) {
+        let align = if align.is_power_of_two() { align.max(MIN_ALIGN) } else { MIN_ALIGN };
+        // SAFETY: forwarded contract.
+        unsafe { global::dealloc(ptr, size, align) }
+    }
+
+    /// `realloc` for non-null `ptr` and `new_size > 0`; keeps `MIN_ALIGN`;
+    /// null on OOM (the old block is untouched). Invalid `ptr` aborts with
+    /// "realloc()".
+    ///
+    /// # Safety
+    /// `ptr` is a live block from this allocator; on success only the
+    /// returned pointer may be used.
+    pub unsafe fn realloc(ptr: *mut u8, new_size: usize) -> *mut u8 {
+        if ptr.is_null() {
+            return malloc(new_size);
+        }
+        // SAFETY: forwarded contract.
+        unsafe { global::realloc(ptr, new_size, MIN_ALIGN, "realloc()") }
+    }
+
+    /// Usable size of a live block; 0 for null. Invalid `ptr` aborts with
+    /// "malloc_usable_size()".
+    ///
+    /// # Safety
+    /// `ptr` is null or a live block from this allocator.
+    pub unsafe fn usable_size(ptr: *mut u8) -> usize {
+        if ptr.is_null() {
+            return 0;
+        }
+        global::usable_of(ptr, "malloc_usable_size()")
+    }
+
+    /// True if `ptr` is inside our heap (not necessarily a live block
+    /// start), the start of a huge block, or in the bootstrap arena.
+    pub fn owns(ptr: *const u8) -> bool {
+        global::owns(ptr)
+    }
+
+    /// Releases free memory to the OS (drains the per-CPU caches too);
+    /// true if anything was released.
+    pub fn trim() -> bool {
+        global::trim()
+    }
+
+    /// `malloc_stats()`: a human-readable report on stderr.
+    pub fn print_stats() {
+        crate::stats::print_stats()
+    }
+
+    /// A statistics snapshot.
+    pub fn stats() -> crate::Stats {
+        crate::stats::snapshot()
+    }
+
+    /// `pthread_atfork` prepare handler: takes every allocator lock.
+    pub fn fork_prepare() {
+        global::fork_prepare()
+    }
+
+    /// `pthread_atfork` parent handler.
+    pub fn fork_parent() {
+        global::fork_parent()
+    }
+
+    /// `pthread_atfork` child handler.
+    pub fn fork_child() {
+        global::fork_child()
+    }
+
+    /// Initialises now (idempotent; lazy init is automatic anyway).
+    pub fn init() {
+        global::ensure_init();
+    }
+
+    /// Checks the internal invariants of the page heap, the central lists
+    /// and the huge table (debug builds; for tests, O(heap)).
+    pub fn check_invariants() {
+        global::check_invariants()
+    }
+}

@@ -29,7 +29,7 @@
 use crate::lock::Mutex;
 use crate::os;
 use crate::pagemap::PageMap;
-use crate::size_class::{PAGE_BYTES, PAGE_SHIFT};
+use crate::size_class::PAGE_SHIFT;
 use crate::span::{Span, FREE, LARGE, SMALL, SPAN_RECORD_BYTES, UNUSED};
 use core::sync::atomic::{AtomicPtr, AtomicUsize, Ordering};
 
@@ -642,6 +642,7 @@ impl Default for PageHeap {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::size_class::PAGE_BYTES;
 
     fn heap() -> &'static PageHeap {
         let h: &'static PageHeap = std::boxed::Box::leak(std::boxed::Box::new(PageHeap::new()));
