@@ -527,12 +527,11 @@ impl PerCpuSlabs {
                     item.as_ptr(),
                 )
             };
+            if st == arch::STATUS_OK {
+                return Ok(());
+            }
         }
-        if st == arch::STATUS_OK {
-            Ok(())
-        } else {
-            Err(status_error(st, OpError::Full))
-        }
+        Err(status_error(st, OpError::Full))
     }
 
     /// Pops up to `out.len()` items into `out[..n]`; `Ok(n)` with `n >= 1`.
