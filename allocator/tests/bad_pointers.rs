@@ -1,0 +1,112 @@
+//! Bad input: foreign, interior and doubly freed pointers are reported with
+//! `rseq-malloc: <who>: invalid pointer 0x...` and the process aborts. Each
+//! case runs in a child process (this test executable, selected by an
+//! environment variable).
+
+use std::os::unix::process::ExitStatusExt;
+use std::process::Command;
+
+const CASE_VAR: &str = "RSEQ_ALLOC_BAD_CASE";
+
+fn announce(p: *const u8) {
+    eprintln!("child-addr={:x}", p as usize);
+}
+
+fn case_body(case: &str) {
+    use rseq_alloc::raw;
+    // SAFETY: each case deliberately passes an invalid pointer; the
+    // allocator must abort before touching anything.
+    unsafe {
+        match case {
+            "foreign_heap" => {
+                let p = libc::malloc(64) as *mut u8; // glibc's block
+                announce(p);
+                raw::free(p);
+            }
+            "foreign_stack" => {
+                let mut x = 5u64;
+                let p = &mut x as *mut u64 as *mut u8;
+                announce(p);
+                raw::free(p);
+            }
+            "interior_small" => {
+                let p = raw::malloc(100).add(16);
+                announce(p);
+                raw::free(p);
+            }
+            "interior_large" => {
+                let p = raw::malloc(400 << 10).add(8192);
+                announce(p);
+                raw::free(p);
+            }
+            "double_free_large" => {
+                let p = raw::malloc(500 << 10);
+                raw::free(p);
+                announce(p);
+                raw::free(p);
+            }
+            "double_free_huge" => {
+                let p = raw::malloc(8 << 20);
+                raw::free(p);
+                announce(p);
+                raw::free(p);
+            }
+            "realloc_foreign" => {
+                let p = libc::malloc(64) as *mut u8;
+                announce(p);
+                raw::realloc(p, 100);
+            }
+            "usable_size_interior" => {
+                let p = raw::malloc(1000).add(8);
+                announce(p);
+                raw::usable_size(p);
+            }
+            _ => {}
+        }
+    }
+}
+
+fn expect_abort(case: &str, who: &str) {
+    let exe = std::env::current_exe().unwrap();
+    let out = Command::new(exe)
+        .args(["child_entry", "--exact", "--nocapture", "--test-threads=1"])
+        .env(CASE_VAR, case)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.signal(), Some(libc::SIGABRT), "case {case}: {stderr}");
+    let addr_line = stderr
+        .lines()
+        .find(|l| l.starts_with("child-addr="))
+        .unwrap_or_else(|| panic!("case {case}: no address line: {stderr}"));
+    let addr = &addr_line["child-addr=".len()..];
+    let want = format!("rseq-malloc: {who}: invalid pointer 0x{addr}");
+    assert!(stderr.lines().any(|l| l == want), "case {case}: want `{want}` in:\n{stderr}");
+}
+
+#[test]
+fn child_entry() {
+    let Ok(case) = std::env::var(CASE_VAR) else { return };
+    case_body(&case);
+    eprintln!("case {case} did not abort");
+}
+
+#[test]
+fn foreign_pointers_abort() {
+    expect_abort("foreign_heap", "free()");
+    expect_abort("foreign_stack", "free()");
+    expect_abort("realloc_foreign", "realloc()");
+}
+
+#[test]
+fn interior_pointers_abort() {
+    expect_abort("interior_small", "free()");
+    expect_abort("interior_large", "free()");
+    expect_abort("usable_size_interior", "malloc_usable_size()");
+}
+
+#[test]
+fn double_frees_abort() {
+    expect_abort("double_free_large", "free()");
+    expect_abort("double_free_huge", "free()");
+}
