@@ -93,9 +93,14 @@ pub fn built() -> &'static Built {
     })
 }
 
+/// The path of the scratch directory `name` (not created or cleared).
+pub fn scratch_path(name: &str) -> PathBuf {
+    target_root().join("ffi-tests").join(name)
+}
+
 /// A fresh scratch directory for one test: `<target>/ffi-tests/<name>`.
 pub fn scratch(name: &str) -> PathBuf {
-    let dir = target_root().join("ffi-tests").join(name);
+    let dir = scratch_path(name);
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).expect("create scratch dir");
     dir

@@ -1,0 +1,86 @@
+//! Process-level behaviour of `librseq_malloc` under LD_PRELOAD, each with
+//! the default configuration and with `rseq=off`:
+//! - fork() from a multi-threaded parent whose threads keep allocating;
+//! - dlopen/dlclose in a loop of a library that allocates (and uses TLS);
+//! - thousands of threads created and exited, with RSS staying bounded.
+
+mod ffi_common;
+
+use std::ffi::OsStr;
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
+
+use ffi_common::*;
+
+/// Runs `exe args` preloaded in both modes and checks the exit status, the
+/// init line and that stdout contains `expect`.
+fn run_preloaded_both(what: &str, exe: &Path, args: &[&OsStr], expect: &str, timeout: Duration) {
+    for mode in Mode::PRELOADED {
+        let mut cmd = Command::new(exe);
+        cmd.args(args);
+        mode.apply(&mut cmd, true);
+        let r = run(&mut cmd, timeout);
+        let label = format!("{what} ({mode:?})");
+        r.assert_ok(&label);
+        assert_init_line(&r.stderr, mode, &label);
+        assert!(
+            r.stdout.contains(expect),
+            "{label}: expected `{expect}` in stdout:\n{}",
+            r.stdout
+        );
+        eprintln!("{label}: {} in {:.1?}", r.stdout.trim_end(), r.elapsed);
+    }
+}
+
+#[test]
+fn ffi_fork_from_multithreaded_parent() {
+    let dir = scratch("fork-threads");
+    let exe = compile("cc", &["fork_threads.c"], &dir, "fork_threads", &[]);
+    run_preloaded_both(
+        "fork from threads",
+        &exe,
+        &[],
+        "children ok",
+        Duration::from_secs(120),
+    );
+}
+
+#[test]
+fn ffi_dlopen_dlclose_allocating_library() {
+    let dir = scratch("dlopen");
+    let lib = compile(
+        "cc",
+        &["dlopen_lib.c"],
+        &dir,
+        "libdlopen_lib.so",
+        &[OsStr::new("-shared"), OsStr::new("-fPIC")],
+    );
+    let exe = compile(
+        "cc",
+        &["dlopen_main.c"],
+        &dir,
+        "dlopen_main",
+        &[OsStr::new("-ldl")],
+    );
+    run_preloaded_both(
+        "dlopen/dlclose",
+        &exe,
+        &[lib.as_os_str()],
+        "cycles ok",
+        Duration::from_secs(120),
+    );
+}
+
+#[test]
+fn ffi_thread_churn_bounded_rss() {
+    let dir = scratch("thread-churn");
+    let exe = compile("cc", &["thread_churn.c"], &dir, "thread_churn", &[]);
+    run_preloaded_both(
+        "thread churn",
+        &exe,
+        &[],
+        "threads ok",
+        Duration::from_secs(180),
+    );
+}
