@@ -58,7 +58,9 @@ pub struct CentralLists {
 impl CentralLists {
     /// Empty lists.
     pub const fn new() -> Self {
-        CentralLists { lists: [const { Central::new() }; NUM_CLASSES] }
+        CentralLists {
+            lists: [const { Central::new() }; NUM_CLASSES],
+        }
     }
     /// The list for `class`.
     #[inline(always)]
@@ -100,7 +102,10 @@ impl Central {
 
     /// (free objects held here, objects in this class's spans); racy.
     pub fn counts(&self) -> (usize, usize) {
-        (self.free_objects.load(Ordering::Relaxed), self.span_objects.load(Ordering::Relaxed))
+        (
+            self.free_objects.load(Ordering::Relaxed),
+            self.span_objects.load(Ordering::Relaxed),
+        )
     }
 
     fn publish(&self, g: &Inner) {

@@ -34,8 +34,12 @@ pub struct Config {
 
 impl Config {
     /// The defaults (no variable set).
-    pub const DEFAULT: Config =
-        Config { rseq_off: false, index: IndexChoice::Auto, verbose: false, stats: false };
+    pub const DEFAULT: Config = Config {
+        rseq_off: false,
+        index: IndexChoice::Auto,
+        verbose: false,
+        stats: false,
+    };
 }
 
 impl Default for Config {
@@ -190,7 +194,8 @@ mod tests {
     struct Collect(std::vec::Vec<std::string::String>);
     impl WarnSink for Collect {
         fn warn(&mut self, line: &[u8]) {
-            self.0.push(std::string::String::from_utf8_lossy(line).into_owned());
+            self.0
+                .push(std::string::String::from_utf8_lossy(line).into_owned());
         }
     }
 
@@ -210,7 +215,15 @@ mod tests {
     fn all_keys() {
         let (c, w) = p("rseq=off,index=cpu,verbose=1,stats=1");
         assert!(w.is_empty());
-        assert_eq!(c, Config { rseq_off: true, index: IndexChoice::Cpu, verbose: true, stats: true });
+        assert_eq!(
+            c,
+            Config {
+                rseq_off: true,
+                index: IndexChoice::Cpu,
+                verbose: true,
+                stats: true
+            }
+        );
         let (c, w) = p(" rseq = auto , index=cid ");
         assert!(w.is_empty());
         assert_eq!(c.index, IndexChoice::Cid);
@@ -223,8 +236,14 @@ mod tests {
         assert!(c.stats);
         assert!(!c.verbose);
         assert_eq!(w.len(), 2);
-        assert_eq!(w[0], "rseq-malloc: RSEQ_MALLOC_CONF: unknown key 'bogus=3' ignored\n");
-        assert_eq!(w[1], "rseq-malloc: RSEQ_MALLOC_CONF: bad value 'verbose' ignored\n");
+        assert_eq!(
+            w[0],
+            "rseq-malloc: RSEQ_MALLOC_CONF: unknown key 'bogus=3' ignored\n"
+        );
+        assert_eq!(
+            w[1],
+            "rseq-malloc: RSEQ_MALLOC_CONF: bad value 'verbose' ignored\n"
+        );
     }
 
     #[test]

@@ -166,7 +166,11 @@ fn init_cache(cfg: &Config) -> bool {
     ) else {
         return false;
     };
-    let discipline = if cfg.rseq_off { Discipline::Cas } else { Discipline::Rseq };
+    let discipline = if cfg.rseq_off {
+        Discipline::Cas
+    } else {
+        Discipline::Rseq
+    };
     let index = match cfg.index {
         IndexChoice::Cpu => Index::Cpu,
         IndexChoice::Cid => Index::Cid,
@@ -182,7 +186,13 @@ fn init_cache(cfg: &Config) -> bool {
     // aligned to REGION_BYTES, never unmapped; the capacities sum to
     // CPU_CACHE_TOTAL_SLOTS <= MAX_SLOTS (const-asserted); called once.
     unsafe {
-        SLABS.init(mem.as_ptr(), nregions, &size_class::CLASS_CAPACITY, discipline, index)
+        SLABS.init(
+            mem.as_ptr(),
+            nregions,
+            &size_class::CLASS_CAPACITY,
+            discipline,
+            index,
+        )
     }
 }
 
@@ -348,7 +358,9 @@ unsafe fn free_miss(p: NonNull<u8>, class: SizeClass, e: OpError) {
     // Overflow: move a batch out of this CPU's cache, then free `p` with it.
     let mut buf = [ptr::null_mut(); 33];
     let want = class.batch().clamp(1, 32);
-    let n = SLABS.pop_batch(class.index(), &mut buf[..want]).unwrap_or(0);
+    let n = SLABS
+        .pop_batch(class.index(), &mut buf[..want])
+        .unwrap_or(0);
     buf[n] = p.as_ptr();
     // SAFETY: the popped objects were free objects in our cache, now owned by
     // us; `p` is free per the contract.
@@ -361,7 +373,11 @@ unsafe fn free_miss(p: NonNull<u8>, class: SizeClass, e: OpError) {
 #[cold]
 #[inline(never)]
 pub(crate) fn alloc_big(size: usize, align: usize, zero: bool) -> *mut u8 {
-    if !align.is_power_of_two() || size > isize::MAX as usize - align {
+    if !align.is_power_of_two()
+        || size
+            .checked_add(align)
+            .is_none_or(|n| n > isize::MAX as usize)
+    {
         return ptr::null_mut();
     }
     if !ensure_init() {
@@ -417,17 +433,13 @@ pub(crate) fn classify(p: *mut u8, who: &str) -> Block<'static> {
                     if let Some(class) = SizeClass::from_index(s.class() as usize) {
                         let off = addr.wrapping_sub(start);
                         if off < s.pages() << PAGE_SHIFT
-                            && class.div(off) * class.size_bytes() == off
+                            && class.index_of_offset(off) * class.size_bytes() == off
                         {
                             return Block::Small(class);
                         }
                     }
                 }
-                LARGE => {
-                    if addr == start {
-                        return Block::Large(s);
-                    }
-                }
+                LARGE if addr == start => return Block::Large(s),
                 _ => {}
             }
         }
@@ -516,8 +528,7 @@ pub(crate) fn alloc_zeroed(size: usize, align: usize) -> *mut u8 {
 pub(crate) unsafe fn dealloc(p: *mut u8, size: usize, align: usize) {
     if let (Some(c), Some(nn)) = (size_class::class_for(size, align), NonNull::new(p)) {
         debug_assert!(
-            matches!(classify(p, "free_sized()"), Block::Small(k) if k == c)
-                || is_boot(p as usize)
+            matches!(classify(p, "free_sized()"), Block::Small(k) if k == c) || is_boot(p as usize)
         );
         // SAFETY: per the contract p is a live object of class `c`.
         return unsafe { free_class(nn, c) };
@@ -543,7 +554,9 @@ pub(crate) unsafe fn realloc(p: *mut u8, new_size: usize, align: usize, who: &st
         Block::Large(s) => {
             let old_pages = s.pages();
             if size_class::class_for(new_size, align).is_none()
-                && new_size.checked_add(align).is_some_and(|n| n < HUGE_THRESHOLD_BYTES)
+                && new_size
+                    .checked_add(align)
+                    .is_some_and(|n| n < HUGE_THRESHOLD_BYTES)
                 && new_size.div_ceil(PAGE_BYTES) == old_pages
             {
                 return p;
@@ -552,7 +565,9 @@ pub(crate) unsafe fn realloc(p: *mut u8, new_size: usize, align: usize, who: &st
         }
         Block::Huge(len) => {
             let stays_huge = size_class::class_for(new_size, align).is_none()
-                && new_size.checked_add(align).is_some_and(|n| n >= HUGE_THRESHOLD_BYTES);
+                && new_size
+                    .checked_add(align)
+                    .is_some_and(|n| n >= HUGE_THRESHOLD_BYTES);
             if stays_huge && align <= crate::os::OS_PAGE_BYTES {
                 // SAFETY: the caller owns the block; on success only the new
                 // address is used.
@@ -651,8 +666,6 @@ pub(crate) fn fork_child() {
     fork_release();
 }
 
-
-
 /// Whether `p` points inside our heap, a huge block or the bootstrap arena.
 pub(crate) fn owns(p: *const u8) -> bool {
     let addr = p as usize;
@@ -662,7 +675,8 @@ pub(crate) fn owns(p: *const u8) -> bool {
     // Huge blocks: the pointer may be interior; only starts are indexed, so
     // check the start of the enclosing OS page run is not known. A linear
     // answer would need a scan: accept starts only.
-    HUGE.len_of(addr & !(crate::os::OS_PAGE_BYTES - 1)).is_some()
+    HUGE.len_of(addr & !(crate::os::OS_PAGE_BYTES - 1))
+        .is_some()
 }
 
 const _: () = assert!(MAX_SMALL_BYTES < HUGE_THRESHOLD_BYTES);

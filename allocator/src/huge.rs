@@ -46,7 +46,10 @@ impl HugeTable {
     /// An empty table (no mapping until the first insert).
     pub const fn new() -> Self {
         HugeTable {
-            inner: Mutex::new(Inner { slots: core::ptr::null_mut(), count: 0 }),
+            inner: Mutex::new(Inner {
+                slots: core::ptr::null_mut(),
+                count: 0,
+            }),
             bytes: AtomicUsize::new(0),
             count: AtomicUsize::new(0),
         }
@@ -67,10 +70,15 @@ impl HugeTable {
         self.inner.raw()
     }
 
-    fn slot(g: &Inner, i: usize) -> &mut Slot {
+    fn slot(g: &mut Inner, i: usize) -> &mut Slot {
         // SAFETY: `slots` has HUGE_TABLE_SLOTS entries and `i` is reduced
-        // modulo that; the caller holds the lock (it has `g`).
+        // modulo that; the caller holds the lock (it has `g` mutably).
         unsafe { &mut *g.slots.add(i & (HUGE_TABLE_SLOTS - 1)) }
+    }
+
+    fn get(g: &Inner, i: usize) -> Slot {
+        // SAFETY: as in `slot`; a copy is read under the lock.
+        unsafe { *g.slots.add(i & (HUGE_TABLE_SLOTS - 1)) }
     }
 
     /// Maps a huge block of at least `size` bytes aligned to `align`;
@@ -79,8 +87,7 @@ impl HugeTable {
         let Some(len) = crate::util::round_up(size, os::OS_PAGE_BYTES) else {
             return core::ptr::null_mut();
         };
-        let Some(p) = os::map_aligned(len, align, libc::PROT_READ | libc::PROT_WRITE, false)
-        else {
+        let Some(p) = os::map_aligned(len, align, libc::PROT_READ | libc::PROT_WRITE, false) else {
             return core::ptr::null_mut();
         };
         let p = p.as_ptr();
@@ -108,10 +115,10 @@ impl HugeTable {
             return false;
         }
         let mut i = hash(addr);
-        while Self::slot(&g, i).addr != 0 {
+        while Self::get(&g, i).addr != 0 {
             i += 1;
         }
-        *Self::slot(&g, i) = Slot { addr, len };
+        *Self::slot(&mut g, i) = Slot { addr, len };
         g.count += 1;
         self.count.store(g.count, Ordering::Relaxed);
         self.bytes.fetch_add(len, Ordering::Relaxed);
@@ -124,7 +131,7 @@ impl HugeTable {
         }
         let mut i = hash(addr);
         loop {
-            let s = Self::slot(g, i);
+            let s = Self::get(g, i);
             if s.addr == 0 {
                 return None;
             }
@@ -138,14 +145,14 @@ impl HugeTable {
     /// The mapped length of the huge block starting at `addr`, if any.
     pub fn len_of(&self, addr: usize) -> Option<usize> {
         let g = self.inner.lock();
-        Self::find(&g, addr).map(|i| Self::slot(&g, i).len)
+        Self::find(&g, addr).map(|i| Self::get(&g, i).len)
     }
 
     fn remove_at(g: &mut Inner, mut hole: usize) {
         *Self::slot(g, hole) = Slot { addr: 0, len: 0 };
         let mut i = hole + 1;
         loop {
-            let s = *Self::slot(g, i);
+            let s = Self::get(g, i);
             if s.addr == 0 {
                 break;
             }
@@ -175,7 +182,7 @@ impl HugeTable {
             let Some(i) = Self::find(&g, addr) else {
                 return false;
             };
-            let len = Self::slot(&g, i).len;
+            let len = Self::get(&g, i).len;
             Self::remove_at(&mut g, i);
             self.count.store(g.count, Ordering::Relaxed);
             len
@@ -202,7 +209,7 @@ impl HugeTable {
         let Some(i) = Self::find(&g, addr) else {
             return core::ptr::null_mut();
         };
-        let old_len = Self::slot(&g, i).len;
+        let old_len = Self::get(&g, i).len;
         // SAFETY: the whole mapping is the caller's block; the lock keeps the
         // table consistent with it.
         let Some(q) = (unsafe { os::remap(addr as *mut u8, old_len, new_len) }) else {
@@ -210,14 +217,17 @@ impl HugeTable {
         };
         let q = q.as_ptr();
         if q as usize == addr {
-            Self::slot(&g, i).len = new_len;
+            Self::slot(&mut g, i).len = new_len;
         } else {
             Self::remove_at(&mut g, i);
             let mut j = hash(q as usize);
-            while Self::slot(&g, j).addr != 0 {
+            while Self::get(&g, j).addr != 0 {
                 j += 1;
             }
-            *Self::slot(&g, j) = Slot { addr: q as usize, len: new_len };
+            *Self::slot(&mut g, j) = Slot {
+                addr: q as usize,
+                len: new_len,
+            };
             g.count += 1;
         }
         self.bytes.fetch_add(new_len, Ordering::Relaxed);
@@ -237,7 +247,7 @@ impl HugeTable {
         }
         let mut n = 0;
         for i in 0..HUGE_TABLE_SLOTS {
-            let s = *Self::slot(&g, i);
+            let s = Self::get(&g, i);
             if s.addr != 0 {
                 n += 1;
                 assert_eq!(Self::find(&g, s.addr), Some(i));

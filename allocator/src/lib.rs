@@ -46,7 +46,11 @@
 //! heap keeps at most 64 MiB of dirty free pages before releasing
 //! ([`page_heap::RELEASE_THRESHOLD_BYTES`]).
 #![deny(unsafe_op_in_unsafe_fn)]
-#![warn(missing_docs, clippy::undocumented_unsafe_blocks, clippy::missing_safety_doc)]
+#![warn(
+    missing_docs,
+    clippy::undocumented_unsafe_blocks,
+    clippy::missing_safety_doc
+)]
 
 pub mod central;
 pub mod config;
@@ -200,7 +204,11 @@ pub mod raw {
     /// (debug builds check it), not used afterwards.
     #[inline]
     pub unsafe fn free_sized(ptr: *mut u8, size: usize, align: usize) {
-        let align = if align.is_power_of_two() { align.max(MIN_ALIGN) } else { MIN_ALIGN };
+        let align = if align.is_power_of_two() {
+            align.max(MIN_ALIGN)
+        } else {
+            MIN_ALIGN
+        };
         // SAFETY: forwarded contract.
         unsafe { global::dealloc(ptr, size, align) }
     }

@@ -30,7 +30,9 @@ pub struct RawLock {
 impl RawLock {
     /// A new unlocked lock.
     pub const fn new() -> Self {
-        RawLock { state: AtomicU32::new(UNLOCKED) }
+        RawLock {
+            state: AtomicU32::new(UNLOCKED),
+        }
     }
 
     /// Acquires the lock.
@@ -146,7 +148,10 @@ unsafe impl<T: Send> Send for Mutex<T> {}
 impl<T> Mutex<T> {
     /// A new unlocked mutex.
     pub const fn new(v: T) -> Self {
-        Mutex { lock: RawLock::new(), data: UnsafeCell::new(v) }
+        Mutex {
+            lock: RawLock::new(),
+            data: UnsafeCell::new(v),
+        }
     }
 
     /// Acquires the lock; the guard releases it on drop.

@@ -141,7 +141,9 @@ mod tests {
 
     #[test]
     fn remap_keeps_contents() {
-        let p = map(1 << 20, libc::PROT_READ | libc::PROT_WRITE, false).unwrap().as_ptr();
+        let p = map(1 << 20, libc::PROT_READ | libc::PROT_WRITE, false)
+            .unwrap()
+            .as_ptr();
         // SAFETY: p is a fresh mapping of 1 MiB.
         unsafe {
             *p.add(100) = 7;

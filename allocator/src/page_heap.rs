@@ -140,11 +140,11 @@ impl PageHeap {
 
     fn try_init(&self, heap_bytes: usize) -> bool {
         let npages = heap_bytes >> PAGE_SHIFT;
-        let map_bytes = (PageMap::bytes_for(npages) + COMMIT_CHUNK_BYTES - 1)
-            & !(COMMIT_CHUNK_BYTES - 1);
+        let map_bytes =
+            (PageMap::bytes_for(npages) + COMMIT_CHUNK_BYTES - 1) & !(COMMIT_CHUNK_BYTES - 1);
         let rec_capacity = npages + 2;
-        let rec_bytes = (rec_capacity * SPAN_RECORD_BYTES + COMMIT_CHUNK_BYTES - 1)
-            & !(COMMIT_CHUNK_BYTES - 1);
+        let rec_bytes =
+            (rec_capacity * SPAN_RECORD_BYTES + COMMIT_CHUNK_BYTES - 1) & !(COMMIT_CHUNK_BYTES - 1);
         let total = heap_bytes + map_bytes + rec_bytes;
         let Some(base) = os::reserve(total, COMMIT_CHUNK_BYTES) else {
             return false;
@@ -235,7 +235,8 @@ impl PageHeap {
             self.insert_free(&mut g, start + front + npages, back, dirty.min(back), 0);
         }
         let s = self.record(id);
-        s.start_page.store((start + front) as u32, Ordering::Relaxed);
+        s.start_page
+            .store((start + front) as u32, Ordering::Relaxed);
         s.npages.store(npages as u32, Ordering::Relaxed);
         s.class.store(class, Ordering::Relaxed);
         s.state.store(state, Ordering::Relaxed);
@@ -311,9 +312,12 @@ impl PageHeap {
     }
 
     fn publish(&self, g: &Inner) {
-        self.committed_bytes.store(g.committed << PAGE_SHIFT, Ordering::Relaxed);
-        self.free_bytes.store(g.free_pages << PAGE_SHIFT, Ordering::Relaxed);
-        self.free_dirty_bytes.store(g.free_dirty_pages << PAGE_SHIFT, Ordering::Relaxed);
+        self.committed_bytes
+            .store(g.committed << PAGE_SHIFT, Ordering::Relaxed);
+        self.free_bytes
+            .store(g.free_pages << PAGE_SHIFT, Ordering::Relaxed);
+        self.free_dirty_bytes
+            .store(g.free_dirty_pages << PAGE_SHIFT, Ordering::Relaxed);
     }
 
     fn id_of(&self, s: &Span) -> u32 {
@@ -343,8 +347,8 @@ impl PageHeap {
     fn remove_list(&self, g: &mut Inner, id: u32) {
         let s = self.record(id);
         let li = Self::list_of(s.pages());
-        // SAFETY: page-heap lock held; s is FREE.
         let (prev, next) = {
+            // SAFETY: page-heap lock held; s is FREE.
             let l = unsafe { s.locked() };
             (l.prev, l.next)
         };
@@ -475,7 +479,14 @@ impl PageHeap {
     /// Inserts the free range `[start, start+n)` with `dirty` possibly
     /// resident pages, coalescing with free neighbours. `id` is a record to
     /// reuse (0 = take a new one).
-    fn insert_free(&self, g: &mut Inner, mut start: usize, mut n: usize, mut dirty: usize, id: u32) {
+    fn insert_free(
+        &self,
+        g: &mut Inner,
+        mut start: usize,
+        mut n: usize,
+        mut dirty: usize,
+        id: u32,
+    ) {
         // Left neighbour.
         if start > 0 {
             let lid = self.map.get(start - 1);
@@ -562,7 +573,8 @@ impl PageHeap {
             }
             li -= 1;
         }
-        self.released_total_bytes.fetch_add(released << PAGE_SHIFT, Ordering::Relaxed);
+        self.released_total_bytes
+            .fetch_add(released << PAGE_SHIFT, Ordering::Relaxed);
         released
     }
 
@@ -664,7 +676,10 @@ mod tests {
         // SAFETY: the span is committed and ours.
         unsafe { (addr as *mut u8).write_bytes(1, 5 * PAGE_BYTES) };
         assert!(core::ptr::eq(h.span_of(addr + 12345).unwrap(), b));
-        assert_eq!(h.span_of(h.map.base() + 10 * PAGE_BYTES).map(|s| s.state()), None);
+        assert_eq!(
+            h.span_of(h.map.base() + 10 * PAGE_BYTES).map(|s| s.state()),
+            None
+        );
         h.check_invariants();
         // SAFETY: a and c are ours, unused afterwards.
         unsafe {
@@ -708,11 +723,13 @@ mod tests {
         let mut live: std::vec::Vec<&Span> = std::vec::Vec::new();
         let mut seed = 12345u64;
         for i in 0..3000 {
-            seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            seed = seed
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
             let r = (seed >> 33) as usize;
-            if live.len() < 50 && r % 3 != 0 {
+            if live.len() < 50 && !r.is_multiple_of(3) {
                 let n = 1 + r % 200;
-                let align = if r % 7 == 0 { 64 << 10 } else { 0 };
+                let align = if r.is_multiple_of(7) { 64 << 10 } else { 0 };
                 let (s, _) = h.alloc_span(n, align, LARGE, 0).unwrap();
                 live.push(s);
             } else if !live.is_empty() {

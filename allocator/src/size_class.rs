@@ -73,7 +73,7 @@ impl SizeClass {
     /// `offset / size_bytes()` by multiplication (valid for offsets below
     /// one span, checked exhaustively in the tests).
     #[inline(always)]
-    pub fn div(self, offset: usize) -> usize {
+    pub fn index_of_offset(self, offset: usize) -> usize {
         ((offset as u64 * CLASS_RECIP[self.0 as usize]) >> 40) as usize
     }
     /// All classes, smallest first.
@@ -193,7 +193,7 @@ const fn build_recip() -> [u64; NUM_CLASSES] {
     while i < NUM_CLASSES {
         // ceil(2^40 / size): exact for offsets below 2^21 since the rounding
         // error times the offset stays below 2^40.
-        t[i] = ((1u64 << 40) + SIZES[i] as u64 - 1) / SIZES[i] as u64;
+        t[i] = (1u64 << 40).div_ceil(SIZES[i] as u64);
         i += 1;
     }
     t
@@ -331,7 +331,7 @@ fn class_for_aligned(size: usize, align: usize) -> Option<SizeClass> {
         return None;
     }
     let c = lookup(rounded);
-    debug_assert!(c != 0 && SIZES[c as usize] as usize % align == 0);
+    debug_assert!(c != 0 && (SIZES[c as usize] as usize).is_multiple_of(align));
     Some(SizeClass(c))
 }
 
@@ -402,7 +402,11 @@ mod tests {
             assert!((span - n * c.size_bytes()) * 8 <= span, "class {c:?}");
             // exhaustive check of the division by multiplication
             for off in 0..span {
-                assert_eq!(c.div(off), off / c.size_bytes(), "class {c:?} off {off}");
+                assert_eq!(
+                    c.index_of_offset(off),
+                    off / c.size_bytes(),
+                    "class {c:?} off {off}"
+                );
             }
         }
     }

@@ -75,7 +75,11 @@ pub fn print_stats() {
         .str(" cpus=")
         .dec(rseq_sys::registration::possible_cpus() as u64)
         .str(" regions=")
-        .dec(if global::cache_ready() { SLABS.nregions() as u64 } else { 0 })
+        .dec(if global::cache_ready() {
+            SLABS.nregions() as u64
+        } else {
+            0
+        })
         .str("\n");
     m.flush_stderr();
     m.str("  mapped_bytes=")

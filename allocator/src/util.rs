@@ -12,7 +12,10 @@ impl MsgBuf {
     /// An empty buffer.
     #[inline]
     pub const fn new() -> Self {
-        MsgBuf { buf: [0; 512], len: 0 }
+        MsgBuf {
+            buf: [0; 512],
+            len: 0,
+        }
     }
 
     /// Appends bytes, truncating at capacity.
@@ -148,7 +151,12 @@ mod tests {
     #[test]
     fn msgbuf_formats_numbers() {
         let mut m = MsgBuf::new();
-        m.str("x=").dec(0).str(" ").dec(1234567890).str(" 0x").hex(0xdead_beef);
+        m.str("x=")
+            .dec(0)
+            .str(" ")
+            .dec(1234567890)
+            .str(" 0x")
+            .hex(0xdead_beef);
         assert_eq!(m.as_bytes(), b"x=0 1234567890 0xdeadbeef");
         let mut m = MsgBuf::new();
         m.dec(u64::MAX).str(" ").hex(u64::MAX);

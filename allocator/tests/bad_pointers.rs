@@ -74,19 +74,28 @@ fn expect_abort(case: &str, who: &str) {
         .output()
         .unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.signal(), Some(libc::SIGABRT), "case {case}: {stderr}");
+    assert_eq!(
+        out.status.signal(),
+        Some(libc::SIGABRT),
+        "case {case}: {stderr}"
+    );
     let addr_line = stderr
         .lines()
         .find(|l| l.starts_with("child-addr="))
         .unwrap_or_else(|| panic!("case {case}: no address line: {stderr}"));
     let addr = &addr_line["child-addr=".len()..];
     let want = format!("rseq-malloc: {who}: invalid pointer 0x{addr}");
-    assert!(stderr.lines().any(|l| l == want), "case {case}: want `{want}` in:\n{stderr}");
+    assert!(
+        stderr.lines().any(|l| l == want),
+        "case {case}: want `{want}` in:\n{stderr}"
+    );
 }
 
 #[test]
 fn child_entry() {
-    let Ok(case) = std::env::var(CASE_VAR) else { return };
+    let Ok(case) = std::env::var(CASE_VAR) else {
+        return;
+    };
     case_body(&case);
     eprintln!("case {case} did not abort");
 }

@@ -13,9 +13,18 @@ use std::collections::BTreeMap;
 
 #[derive(Clone, Debug)]
 enum Op {
-    Alloc { size: usize, align_shift: u32, zeroed: bool },
-    Realloc { idx: usize, new_size: usize },
-    Free { idx: usize },
+    Alloc {
+        size: usize,
+        align_shift: u32,
+        zeroed: bool,
+    },
+    Realloc {
+        idx: usize,
+        new_size: usize,
+    },
+    Free {
+        idx: usize,
+    },
 }
 
 fn size_strategy() -> impl Strategy<Value = usize> {
@@ -48,7 +57,11 @@ fn positions(len: usize) -> Box<dyn Iterator<Item = usize>> {
     if len <= 4096 {
         Box::new(0..len)
     } else {
-        Box::new((0..2048).chain(len - 2048..len).chain((2048..len - 2048).step_by(509)))
+        Box::new(
+            (0..2048)
+                .chain(len - 2048..len)
+                .chain((2048..len - 2048).step_by(509)),
+        )
     }
 }
 
@@ -82,7 +95,11 @@ fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
     let mut seed = 1u8;
     for op in ops {
         match op {
-            Op::Alloc { size, align_shift, zeroed } => {
+            Op::Alloc {
+                size,
+                align_shift,
+                zeroed,
+            } => {
                 let layout = Layout::from_size_align(size.max(1), 1 << align_shift).unwrap();
                 // SAFETY: non-zero size layout.
                 let p = unsafe {
@@ -118,7 +135,10 @@ fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
                 prop_assert!(!q.is_null());
                 prop_assert_eq!(q as usize % b.layout.align(), 0);
                 let kept = b.layout.size().min(new_size);
-                prop_assert!(check_upto(q, b.layout.size(), kept, b.seed), "realloc lost data");
+                prop_assert!(
+                    check_upto(q, b.layout.size(), kept, b.seed),
+                    "realloc lost data"
+                );
                 let layout = Layout::from_size_align(new_size, b.layout.align()).unwrap();
                 seed = seed.wrapping_add(37);
                 fill(q, new_size, seed);
@@ -130,7 +150,10 @@ fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
                 }
                 let key = *live.keys().nth(idx % live.len()).unwrap();
                 let b = live.remove(&key).unwrap();
-                prop_assert!(check(key as *const u8, b.layout.size(), b.seed), "data corrupted");
+                prop_assert!(
+                    check(key as *const u8, b.layout.size(), b.seed),
+                    "data corrupted"
+                );
                 // SAFETY: live block with this layout.
                 unsafe { a.dealloc(key as *mut u8, b.layout) };
             }
@@ -143,7 +166,10 @@ fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
         }
     }
     for (&addr, b) in &live {
-        prop_assert!(check(addr as *const u8, b.layout.size(), b.seed), "data corrupted at end");
+        prop_assert!(
+            check(addr as *const u8, b.layout.size(), b.seed),
+            "data corrupted at end"
+        );
         // SAFETY: live block with this layout.
         unsafe { a.dealloc(addr as *mut u8, b.layout) };
     }
@@ -163,9 +189,16 @@ proptest! {
 #[test]
 fn impossible_requests_return_null() {
     let a = RseqAlloc;
-    for size in [usize::MAX, usize::MAX - 4096, isize::MAX as usize, (isize::MAX as usize) - 100] {
+    for size in [
+        usize::MAX,
+        usize::MAX - 4096,
+        isize::MAX as usize,
+        (isize::MAX as usize) - 100,
+    ] {
         for align in [1usize, 16, 4096, 1 << 20] {
-            if let Ok(layout) = Layout::from_size_align(size.min(isize::MAX as usize - align + 1), align) {
+            if let Ok(layout) =
+                Layout::from_size_align(size.min(isize::MAX as usize - align + 1), align)
+            {
                 // SAFETY: non-zero size.
                 let p = unsafe { a.alloc(layout) };
                 assert!(p.is_null(), "size {size} align {align}");
@@ -179,7 +212,10 @@ fn impossible_requests_return_null() {
     assert!(rseq_alloc::raw::malloc(usize::MAX - 10).is_null());
     assert!(rseq_alloc::raw::malloc_aligned(100, usize::MAX / 2 + 1).is_null());
     assert!(rseq_alloc::raw::malloc_aligned(usize::MAX - 100, 1 << 12).is_null());
-    assert!(rseq_alloc::raw::malloc_aligned(16, 48).is_null(), "not a power of two");
+    assert!(
+        rseq_alloc::raw::malloc_aligned(16, 48).is_null(),
+        "not a power of two"
+    );
     assert!(rseq_alloc::raw::calloc(usize::MAX / 2).is_null());
     // Huge but possible-looking sizes beyond the address space fail cleanly.
     assert!(rseq_alloc::raw::malloc(1 << 60).is_null());
@@ -214,7 +250,10 @@ fn every_alignment_up_to_and_beyond_page() {
     }
     for (p, layout) in blocks {
         // SAFETY: live block of that size.
-        assert_eq!(unsafe { *p.add(layout.size() - 1) }, layout.align().trailing_zeros() as u8);
+        assert_eq!(
+            unsafe { *p.add(layout.size() - 1) },
+            layout.align().trailing_zeros() as u8
+        );
         // SAFETY: live block with this layout.
         unsafe { a.dealloc(p, layout) };
     }

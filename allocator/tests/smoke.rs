@@ -11,7 +11,11 @@ fn vec_and_strings() {
         s.push_str(&i.to_string());
     }
     assert_eq!(s.len(), 38890);
-    eprintln!("mode={} index={}", rseq_alloc::mode_name(), rseq_alloc::index_name());
+    eprintln!(
+        "mode={} index={}",
+        rseq_alloc::mode_name(),
+        rseq_alloc::index_name()
+    );
     rseq_alloc::raw::check_invariants();
     eprintln!("{:?}", rseq_alloc::raw::stats());
 }

@@ -28,7 +28,7 @@ fn collections() {
         b.insert(i.wrapping_mul(2_654_435_761) % 1_000_003, i);
     }
     let mut prev = None;
-    for (&k, _) in &b {
+    for &k in b.keys() {
         assert!(prev < Some(k));
         prev = Some(k);
     }
@@ -64,7 +64,9 @@ fn many_threads() {
             thread::spawn(move || {
                 let mut total = 0u64;
                 for round in 0..50u64 {
-                    let v: Vec<Box<u64>> = (0..200).map(|i| Box::new(t * 1_000_000 + round * 1000 + i)).collect();
+                    let v: Vec<Box<u64>> = (0..200)
+                        .map(|i| Box::new(t * 1_000_000 + round * 1000 + i))
+                        .collect();
                     let s: Vec<String> = v.iter().map(|b| b.to_string()).collect();
                     total += s.iter().map(|x| x.parse::<u64>().unwrap()).sum::<u64>();
                 }
@@ -77,7 +79,9 @@ fn many_threads() {
         sum += h.join().unwrap();
     }
     let expect: u64 = (0..64u64)
-        .flat_map(|t| (0..50u64).flat_map(move |r| (0..200u64).map(move |i| t * 1_000_000 + r * 1000 + i)))
+        .flat_map(|t| {
+            (0..50u64).flat_map(move |r| (0..200u64).map(move |i| t * 1_000_000 + r * 1000 + i))
+        })
         .sum();
     assert_eq!(sum, expect);
 }
@@ -92,7 +96,8 @@ fn cross_thread_frees() {
                 for i in 0..5_000u64 {
                     let n = ((p * 7919 + i * 31) % 5000) as usize;
                     let id = p * 1_000_000 + i;
-                    tx.send((id, vec![(id % 251) as u8; n], format!("msg-{id}"))).unwrap();
+                    tx.send((id, vec![(id % 251) as u8; n], format!("msg-{id}")))
+                        .unwrap();
                 }
             })
         })
@@ -128,7 +133,12 @@ fn cross_thread_frees() {
     }
     let (sum, count) = sum_rx.iter().fold((0, 0), |a, b| (a.0 + b.0, a.1 + b.1));
     assert_eq!(count, 40_000);
-    assert_eq!(sum, (0..8u64).flat_map(|p| (0..5_000u64).map(move |i| p * 1_000_000 + i)).sum::<u64>());
+    assert_eq!(
+        sum,
+        (0..8u64)
+            .flat_map(|p| (0..5_000u64).map(move |i| p * 1_000_000 + i))
+            .sum::<u64>()
+    );
 }
 
 fn short_lived_threads() {
@@ -182,8 +192,14 @@ fn workloads_forced_cas_mode() {
         return;
     }
     let (_, stderr) = run_child("workloads_forced_cas_mode", "rseq=off,verbose=1");
-    let line = stderr.lines().find(|l| l.starts_with("rseq-malloc: mode=")).unwrap_or("");
-    assert!(line.starts_with("rseq-malloc: mode=cmpxchg index="), "{stderr}");
+    let line = stderr
+        .lines()
+        .find(|l| l.starts_with("rseq-malloc: mode="))
+        .unwrap_or("");
+    assert!(
+        line.starts_with("rseq-malloc: mode=cmpxchg index="),
+        "{stderr}"
+    );
     assert!(line.contains(" cpus="), "{line}");
 }
 
@@ -196,11 +212,23 @@ fn verbose_and_stats_lines() {
     }
     let (_, stderr) = run_child("verbose_and_stats_lines", "verbose=1,stats=1,bogus=2");
     let mut lines = stderr.lines();
-    let mode_line = stderr.lines().find(|l| l.starts_with("rseq-malloc: mode=")).unwrap();
+    let mode_line = stderr
+        .lines()
+        .find(|l| l.starts_with("rseq-malloc: mode="))
+        .unwrap();
     let modes = ["rseq-glibc", "rseq-own", "cmpxchg"];
-    assert!(modes.iter().any(|m| mode_line.starts_with(&format!("rseq-malloc: mode={m} index="))));
-    assert!(stderr.contains("RSEQ_MALLOC_CONF: unknown key 'bogus=2' ignored"), "{stderr}");
-    assert_eq!(stderr.matches("rseq-malloc: mode=").count(), 1, "printed once");
+    assert!(modes
+        .iter()
+        .any(|m| mode_line.starts_with(&format!("rseq-malloc: mode={m} index="))));
+    assert!(
+        stderr.contains("RSEQ_MALLOC_CONF: unknown key 'bogus=2' ignored"),
+        "{stderr}"
+    );
+    assert_eq!(
+        stderr.matches("rseq-malloc: mode=").count(),
+        1,
+        "printed once"
+    );
     assert!(lines.any(|l| l == "rseq-malloc: stats"), "{stderr}");
     assert!(stderr.contains("fast_hits="), "{stderr}");
 }
