@@ -42,7 +42,7 @@ fn token(i: usize) -> *mut u8 {
 
 fn token_index(p: *mut u8) -> usize {
     let v = p as usize;
-    assert!(v % 16 == 0 && v >= 16, "corrupt token {v:#x}");
+    assert!(v.is_multiple_of(16) && v >= 16, "corrupt token {v:#x}");
     v / 16 - 1
 }
 

@@ -1,0 +1,178 @@
+//! A small program the registration and single-step tests run in child
+//! processes (under GLIBC_TUNABLES, seccomp filters, valgrind, ptrace).
+//!
+//! `rseq-probe mode [errno|trap]`: optionally installs a seccomp filter that
+//! makes `rseq(2)` fail with ENOSYS (`errno`) or raise SIGSYS (`trap`), then
+//! prints `mode=<Glibc|Own|Unavailable> errno=N discipline=<Rseq|Cas>
+//! roundtrip=ok` after pushing and popping 1000 items through a per-CPU
+//! structure created with the rseq discipline requested.
+//!
+//! `rseq-probe singlestep N`: prepares a structure, stops itself with SIGSTOP
+//! (the tracer then single-steps it), runs N push+pop pairs and prints
+//! `ops=N ok=A exhausted=E aborts=B`, then `_exit(0)`s.
+
+use rseq_alloc_tests::Regions;
+use rseq_sys::percpu::{self, Discipline, Index, OpError, PerCpuSlabs};
+use rseq_sys::registration;
+use std::ptr::NonNull;
+
+fn install_seccomp(action: u32) {
+    const AUDIT_ARCH_X86_64: u32 = 0xC000_003E;
+    let nr = libc::SYS_rseq as u32;
+    let filter = [
+        // A = seccomp_data.arch
+        libc::sock_filter {
+            code: 0x20,
+            jt: 0,
+            jf: 0,
+            k: 4,
+        },
+        // if A != x86_64 goto allow
+        libc::sock_filter {
+            code: 0x15,
+            jt: 0,
+            jf: 3,
+            k: AUDIT_ARCH_X86_64,
+        },
+        // A = seccomp_data.nr
+        libc::sock_filter {
+            code: 0x20,
+            jt: 0,
+            jf: 0,
+            k: 0,
+        },
+        // if A != SYS_rseq goto allow
+        libc::sock_filter {
+            code: 0x15,
+            jt: 0,
+            jf: 1,
+            k: nr,
+        },
+        libc::sock_filter {
+            code: 0x06,
+            jt: 0,
+            jf: 0,
+            k: action,
+        },
+        // allow:
+        libc::sock_filter {
+            code: 0x06,
+            jt: 0,
+            jf: 0,
+            k: 0x7fff_0000,
+        },
+    ];
+    let prog = libc::sock_fprog {
+        len: filter.len() as u16,
+        filter: filter.as_ptr() as *mut _,
+    };
+    // SAFETY: prctl with a valid, live BPF program.
+    unsafe {
+        assert_eq!(libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0), 0);
+        assert_eq!(
+            libc::prctl(
+                libc::PR_SET_SECCOMP,
+                libc::SECCOMP_MODE_FILTER,
+                &prog as *const _
+            ),
+            0,
+            "seccomp filter refused"
+        );
+    }
+}
+
+fn fixture() -> (Regions, PerCpuSlabs) {
+    let n = registration::possible_cpus();
+    let mem = Regions::new(n);
+    let slabs = PerCpuSlabs::new();
+    // SAFETY: fresh zeroed aligned memory for n regions, returned together
+    // with the structure (and the caller keeps both alive together).
+    assert!(unsafe {
+        slabs.init_unregistered(mem.base, n, &[64, 64], Discipline::Rseq, Index::Cpu)
+    });
+    (mem, slabs)
+}
+
+fn mode(seccomp: Option<&str>) {
+    match seccomp {
+        Some("errno") => install_seccomp(0x0005_0000 | libc::ENOSYS as u32),
+        Some("trap") => install_seccomp(0x0003_0000),
+        Some(other) => panic!("unknown seccomp action {other}"),
+        None => {}
+    }
+    let m = registration::current_mode();
+    let (_mem, slabs) = fixture();
+    // Every item pushed comes back exactly once, whichever discipline runs.
+    let mut pushed = Vec::new();
+    for i in 1..=1000usize {
+        let p = (i * 16) as *mut u8;
+        match slabs.push(i % 2, NonNull::new(p).unwrap()) {
+            Ok(()) => pushed.push(p),
+            Err(OpError::Full) => {}
+            Err(e) => panic!("push: {e:?}"),
+        }
+    }
+    let mut popped = Vec::new();
+    for class in 0..2 {
+        while let Ok(p) = slabs.pop(class) {
+            popped.push(p.as_ptr());
+        }
+    }
+    for r in 0..slabs.nregions() {
+        slabs.drain(r, &mut |_, items| popped.extend_from_slice(items));
+    }
+    pushed.sort();
+    popped.sort();
+    assert!(!pushed.is_empty());
+    assert_eq!(pushed, popped, "items lost or duplicated");
+    println!(
+        "mode={m:?} errno={} discipline={:?} roundtrip=ok",
+        registration::unavailable_errno(),
+        slabs.discipline()
+    );
+}
+
+fn singlestep(n: usize) {
+    let (_mem, slabs) = fixture();
+    // Touch the region of every CPU first so the stepped loop runs the
+    // critical sections, not the lazy initialisation.
+    let item = NonNull::new(16 as *mut u8).unwrap();
+    let _ = slabs.push(0, item);
+    while slabs.pop(0).is_ok() {}
+    let before = percpu::abort_count();
+    // SAFETY: raise has no preconditions; the tracer resumes us.
+    unsafe { libc::raise(libc::SIGSTOP) };
+    let (mut ok, mut exhausted) = (0, 0);
+    for _ in 0..n {
+        for r in [slabs.push(0, item).map(|_| ()), slabs.pop(0).map(|_| ())] {
+            match r {
+                Ok(()) => ok += 1,
+                Err(OpError::Exhausted) => exhausted += 1,
+                Err(_) => {}
+            }
+        }
+    }
+    let aborts = percpu::abort_count() - before;
+    let line = format!(
+        "ops={} ok={ok} exhausted={exhausted} aborts={aborts}\n",
+        2 * n
+    );
+    // SAFETY: writes a live buffer to stdout, then exits without running
+    // atexit handlers (fewer instructions for the tracer to step through).
+    unsafe {
+        libc::write(1, line.as_ptr().cast(), line.len());
+        libc::_exit(0);
+    }
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    match args.get(1).map(String::as_str) {
+        Some("mode") => mode(args.get(2).map(String::as_str)),
+        Some("singlestep") => singlestep(args.get(2).and_then(|s| s.parse().ok()).unwrap_or(20)),
+        _ => {
+            eprintln!("usage: rseq-probe mode [errno|trap] | singlestep N");
+            std::process::exit(2);
+        }
+    }
+}

@@ -1,0 +1,105 @@
+//! Registration in child processes: the default (glibc owns the area),
+//! glibc's registration switched off (we register our own), rseq blocked by
+//! seccomp (ENOSYS or SIGSYS: unavailable, and the CAS path does the work),
+//! and valgrind (which does not implement rseq).
+
+use std::process::Command;
+
+fn probe(args: &[&str], env: &[(&str, &str)]) -> String {
+    let out = Command::new(env!("CARGO_BIN_EXE_rseq-probe"))
+        .args(args)
+        .envs(env.iter().copied())
+        .output()
+        .expect("spawn rseq-probe");
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "rseq-probe {args:?} {env:?} failed: {:?}\nstdout: {stdout}\nstderr: {}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    stdout.trim().to_string()
+}
+
+const NO_GLIBC_RSEQ: (&str, &str) = ("GLIBC_TUNABLES", "glibc.pthread.rseq=0");
+
+#[test]
+fn default_shares_glibc_area() {
+    assert_eq!(
+        probe(&["mode"], &[]),
+        "mode=Glibc errno=0 discipline=Rseq roundtrip=ok"
+    );
+}
+
+#[test]
+fn registers_own_area_when_glibc_does_not() {
+    assert_eq!(
+        probe(&["mode"], &[NO_GLIBC_RSEQ]),
+        "mode=Own errno=0 discipline=Rseq roundtrip=ok"
+    );
+}
+
+#[test]
+fn seccomp_enosys_makes_rseq_unavailable() {
+    assert_eq!(
+        probe(&["mode", "errno"], &[NO_GLIBC_RSEQ]),
+        format!(
+            "mode=Unavailable errno={} discipline=Cas roundtrip=ok",
+            libc::ENOSYS
+        )
+    );
+}
+
+#[test]
+fn seccomp_sigsys_makes_rseq_unavailable() {
+    assert_eq!(
+        probe(&["mode", "trap"], &[NO_GLIBC_RSEQ]),
+        format!(
+            "mode=Unavailable errno={} discipline=Cas roundtrip=ok",
+            libc::ENOSYS
+        )
+    );
+}
+
+#[test]
+fn seccomp_after_glibc_registered_keeps_glibc_area() {
+    // The filter comes after glibc registered the main thread: its area
+    // stays live, and we keep sharing it.
+    assert_eq!(
+        probe(&["mode", "errno"], &[]),
+        "mode=Glibc errno=0 discipline=Rseq roundtrip=ok"
+    );
+}
+
+#[test]
+fn valgrind_makes_rseq_unavailable() {
+    let have = Command::new("valgrind")
+        .arg("--version")
+        .output()
+        .map(|o| o.status.success())
+        .unwrap_or(false);
+    assert!(have, "valgrind is not installed: apt-get install valgrind");
+    let out = Command::new("valgrind")
+        .args([
+            "-q",
+            "--error-exitcode=99",
+            env!("CARGO_BIN_EXE_rseq-probe"),
+            "mode",
+        ])
+        .output()
+        .expect("spawn valgrind");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "valgrind run failed: {:?}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        stdout.trim(),
+        format!(
+            "mode=Unavailable errno={} discipline=Cas roundtrip=ok",
+            libc::ENOSYS
+        )
+    );
+}
