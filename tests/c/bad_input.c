@@ -7,8 +7,12 @@
  * "rseq-malloc: <who>: invalid pointer 0x..." and abort (SIGABRT). If the
  * call returns, the program prints "NOT REACHED" and exits 3.
  *
- * Cases: stack global interior interior_large double double_large
- *        realloc_stack realloc_interior foreign usable_stack
+ * Cases: stack global interior interior_medium interior_large
+ *        double_medium double_large realloc_stack realloc_interior foreign
+ *        usable_stack
+ * (medium: a block of pages from the page heap; large: a direct mapping.
+ * A double free of a small block sitting in a per-CPU cache is not
+ * detectable without a cost on the fast path, so it is not a case here.)
  */
 #define _GNU_SOURCE
 #include <malloc.h>
@@ -76,10 +80,12 @@ int main(int argc, char **argv)
         bad = global_buf;
     } else if (!strcmp(c, "interior")) {
         bad = (char *)malloc(100) + 16;
+    } else if (!strcmp(c, "interior_medium")) {
+        bad = (char *)malloc(400 << 10) + 8192;
     } else if (!strcmp(c, "interior_large")) {
         bad = (char *)malloc(1 << 20) + 4096;
-    } else if (!strcmp(c, "double")) {
-        bad = malloc(100);
+    } else if (!strcmp(c, "double_medium")) {
+        bad = malloc(500 << 10);
         free(launder(bad));
     } else if (!strcmp(c, "double_large")) {
         bad = malloc(8 << 20);
