@@ -67,7 +67,7 @@ const WORKLOADS: &[Workload] = &[
     Workload {
         name: "pair",
         kind: WKind::Synthetic,
-        quick: &["iters=2000000", "burst_rounds=1000"],
+        quick: &["iters=3000000", "burst_rounds=1500"],
         full: &["iters=10000000", "burst_rounds=5000"],
     },
     Workload {
@@ -79,13 +79,13 @@ const WORKLOADS: &[Workload] = &[
     Workload {
         name: "prodcon",
         kind: WKind::Synthetic,
-        quick: &["pairs=2", "batches=4000"],
-        full: &["pairs=2", "batches=10000"],
+        quick: &["pairs=2", "batches=8000"],
+        full: &["pairs=2", "batches=30000"],
     },
     Workload {
         name: "threads64",
         kind: WKind::Synthetic,
-        quick: &["threads=64", "ops=30000"],
+        quick: &["threads=64", "ops=50000"],
         full: &["threads=64", "ops=150000"],
     },
     Workload {
@@ -97,14 +97,14 @@ const WORKLOADS: &[Workload] = &[
     Workload {
         name: "realloc",
         kind: WKind::Synthetic,
-        quick: &["bufs=1000", "max=65536"],
+        quick: &["bufs=2000", "max=65536"],
         full: &["bufs=4000", "max=65536"],
     },
     Workload {
         name: "remote",
         kind: WKind::Synthetic,
-        quick: &["batches=6000"],
-        full: &["batches=15000"],
+        quick: &["batches=20000"],
+        full: &["batches=80000"],
     },
     Workload {
         name: "python",
@@ -115,8 +115,8 @@ const WORKLOADS: &[Workload] = &[
     Workload {
         name: "sqlite",
         kind: WKind::Sqlite,
-        quick: &["150000"],
-        full: &["600000"],
+        quick: &["300000"],
+        full: &["1000000"],
     },
 ];
 
