@@ -103,3 +103,15 @@ fn valgrind_makes_rseq_unavailable() {
         )
     );
 }
+
+#[test]
+fn every_thread_registers_its_own_area() {
+    assert_eq!(
+        probe(&["threads", "64"], &[NO_GLIBC_RSEQ]),
+        "threads=64 mode=Own roundtrip=ok"
+    );
+    assert_eq!(
+        probe(&["threads", "64"], &[]),
+        "threads=64 mode=Glibc roundtrip=ok"
+    );
+}

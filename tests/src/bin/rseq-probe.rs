@@ -7,6 +7,9 @@
 //! roundtrip=ok` after pushing and popping 1000 items through a per-CPU
 //! structure created with the rseq discipline requested.
 //!
+//! `rseq-probe threads N`: N short-lived threads push items through one
+//! structure; prints `threads=N mode=<..> roundtrip=ok`.
+//!
 //! `rseq-probe singlestep N`: prepares a structure, stops itself with SIGSTOP
 //! (the tracer then single-steps it), runs N push+pop pairs and prints
 //! `ops=N ok=A exhausted=E aborts=B`, then `_exit(0)`s.
@@ -132,6 +135,54 @@ fn mode(seccomp: Option<&str>) {
     );
 }
 
+/// Many short-lived threads each move their own items through the shared
+/// structure (each thread registers lazily, on its first operation, when we
+/// own the area); every item must come back exactly once.
+fn threads(n: usize) {
+    let (_mem, slabs) = fixture();
+    let slabs = &slabs;
+    let modes: Vec<registration::Mode> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..n)
+            .map(|t| {
+                s.spawn(move || {
+                    // Items travel as addresses (usize) between threads.
+                    let mut mine: Vec<usize> = Vec::new();
+                    for i in 0..32usize {
+                        let p = (t * 32 + i + 1) * 16;
+                        if slabs.push(0, NonNull::new(p as *mut u8).unwrap()).is_ok() {
+                            mine.push(p);
+                        }
+                    }
+                    (registration::current_mode(), mine)
+                })
+            })
+            .collect();
+        let mut modes = Vec::new();
+        let mut pushed = Vec::new();
+        for h in handles {
+            let (m, mine) = h.join().unwrap();
+            modes.push(m);
+            pushed.extend(mine);
+        }
+        let mut found = Vec::new();
+        for r in 0..slabs.nregions() {
+            slabs.drain(r, &mut |_, items| {
+                found.extend(items.iter().map(|&p| p as usize))
+            });
+        }
+        pushed.sort();
+        found.sort();
+        assert_eq!(pushed, found, "items lost or duplicated across threads");
+        modes
+    });
+    let first = modes[0];
+    assert!(
+        modes.iter().all(|&m| m == first),
+        "threads disagree: {modes:?}"
+    );
+    println!("threads={n} mode={first:?} roundtrip=ok");
+}
+
 fn singlestep(n: usize) {
     let (_mem, slabs) = fixture();
     // Touch the region of every CPU first so the stepped loop runs the
@@ -169,6 +220,7 @@ fn main() {
     let args: Vec<String> = std::env::args().collect();
     match args.get(1).map(String::as_str) {
         Some("mode") => mode(args.get(2).map(String::as_str)),
+        Some("threads") => threads(args.get(2).and_then(|s| s.parse().ok()).unwrap_or(64)),
         Some("singlestep") => singlestep(args.get(2).and_then(|s| s.parse().ok()).unwrap_or(20)),
         _ => {
             eprintln!("usage: rseq-probe mode [errno|trap] | singlestep N");
