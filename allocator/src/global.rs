@@ -93,7 +93,7 @@ fn boot_alloc(size: usize, align: usize) -> *mut u8 {
 }
 
 #[inline]
-fn is_boot(addr: usize) -> bool {
+pub(crate) fn is_boot(addr: usize) -> bool {
     let base = BOOT.0.get() as usize;
     addr.wrapping_sub(base) < BOOT_BYTES
 }
@@ -287,11 +287,36 @@ fn malloc_uninit(class: SizeClass) -> *mut u8 {
 fn central_pop_one(class: SizeClass) -> *mut u8 {
     SLOW_DIRECT_OPS.fetch_add(1, Ordering::Relaxed);
     let mut one = [ptr::null_mut(); 1];
-    if CENTRAL.get(class).pop_batch(&HEAP, class, &mut one) == 1 {
+    if CENTRAL.get(class).pop_batch(&HEAP, class, &mut one) == 1
+        || (reclaim() && CENTRAL.get(class).pop_batch(&HEAP, class, &mut one) == 1)
+    {
         one[0]
     } else {
         ptr::null_mut()
     }
+}
+
+/// Out of heap: take back the free objects that per-CPU caches and
+/// transfer stacks hold (their spans may become free), so a retry can
+/// succeed. True if anything was drained or flushed. Rate-limited to one
+/// reclaim at a time.
+#[cold]
+#[inline(never)]
+fn reclaim() -> bool {
+    static BUSY: AtomicBool = AtomicBool::new(false);
+    if BUSY.swap(true, Ordering::Acquire) {
+        return false;
+    }
+    let before = HEAP.stats().free_bytes;
+    if cache_ready() {
+        drain_all_caches();
+    }
+    for class in SizeClass::all() {
+        CENTRAL.get(class).flush(&HEAP, class);
+    }
+    let after = HEAP.stats().free_bytes;
+    BUSY.store(false, Ordering::Release);
+    after > before
 }
 
 #[cold]
@@ -303,7 +328,10 @@ fn malloc_miss(class: SizeClass, e: OpError) -> *mut u8 {
     }
     let mut buf = [ptr::null_mut(); 32];
     let want = class.batch().clamp(1, buf.len());
-    let n = CENTRAL.get(class).pop_batch(&HEAP, class, &mut buf[..want]);
+    let mut n = CENTRAL.get(class).pop_batch(&HEAP, class, &mut buf[..want]);
+    if n == 0 && reclaim() {
+        n = CENTRAL.get(class).pop_batch(&HEAP, class, &mut buf[..want]);
+    }
     if n == 0 {
         return ptr::null_mut();
     }
@@ -393,7 +421,11 @@ pub(crate) fn alloc_big(size: usize, align: usize, zero: bool) -> *mut u8 {
         return HUGE.alloc(size, align.max(crate::os::OS_PAGE_BYTES));
     }
     let npages = size.max(1).div_ceil(PAGE_BYTES);
-    match HEAP.alloc_span(npages, align, LARGE, 0) {
+    let mut got = HEAP.alloc_span(npages, align, LARGE, 0);
+    if got.is_none() && reclaim() {
+        got = HEAP.alloc_span(npages, align, LARGE, 0);
+    }
+    match got {
         Some((s, zeroed)) => {
             let p = HEAP.span_addr(s) as *mut u8;
             if zero && !zeroed {
@@ -608,8 +640,13 @@ pub(crate) fn trim() -> bool {
     HEAP.release_all() > 0
 }
 
+/// Serialises drains with `fork_prepare`: a drain holds rseq-sys's region
+/// lock, which a child must not inherit locked.
+static DRAIN_LOCK: RawLock = RawLock::new();
+
 /// Empties every region of the per-CPU caches into the central lists.
 pub(crate) fn drain_all_caches() {
+    DRAIN_LOCK.lock();
     for r in 0..SLABS.nregions() {
         SLABS.drain(r, &mut |class, items| {
             if let Some(c) = SizeClass::from_index(class) {
@@ -619,6 +656,8 @@ pub(crate) fn drain_all_caches() {
             }
         });
     }
+    // SAFETY: taken above by this thread.
+    unsafe { DRAIN_LOCK.unlock() };
 }
 
 /// Takes every allocator lock (before `fork`). Re-entrant for the calling
@@ -632,6 +671,7 @@ pub(crate) fn fork_prepare() {
     FORK_LOCK.lock();
     FORK_OWNER.store(me, Ordering::Relaxed);
     FORK_DEPTH.store(1, Ordering::Relaxed);
+    DRAIN_LOCK.lock();
     for c in CENTRAL.all().iter() {
         c.raw_lock().lock();
     }
@@ -651,6 +691,7 @@ fn fork_release() {
         for c in CENTRAL.all().iter().rev() {
             c.raw_lock().unlock();
         }
+        DRAIN_LOCK.unlock();
         FORK_OWNER.store(0, Ordering::Relaxed);
         FORK_LOCK.unlock();
     }
@@ -662,7 +703,22 @@ pub(crate) fn fork_parent() {
 }
 
 /// After `fork`, in the child.
+///
+/// In CAS mode a per-CPU stack lock (rseq-sys's header lock word) may have
+/// been held by a thread that does not exist in the child; such a stack
+/// would stay locked forever and a drain of it would never end. rseq-sys has
+/// no fork hook to reset those words, so the child stops using the per-CPU
+/// caches (objects in them are left behind) and allocates through the
+/// central lists. In rseq mode the stacks have no locks; the region lock is
+/// only taken by drains (serialised with fork by `DRAIN_LOCK`) and by a
+/// region's one-time initialisation.
 pub(crate) fn fork_child() {
+    if FORK_DEPTH.load(Ordering::Relaxed) == 1
+        && STATE.load(Ordering::Relaxed) == READY_CACHE
+        && SLABS.discipline() == Discipline::Cas
+    {
+        STATE.store(READY_CENTRAL, Ordering::Relaxed);
+    }
     fork_release();
 }
 

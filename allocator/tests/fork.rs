@@ -1,0 +1,140 @@
+//! fork() while other threads allocate: with `raw::fork_prepare/parent/child`
+//! registered through pthread_atfork (twice, as ffi and a user might both
+//! do), the child can allocate freely (no lock left held by a vanished
+//! thread). Each child must finish within a deadline.
+
+#[global_allocator]
+static GLOBAL: rseq_alloc::RseqAlloc = rseq_alloc::RseqAlloc;
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+extern "C" fn prepare() {
+    rseq_alloc::raw::fork_prepare();
+}
+extern "C" fn parent() {
+    rseq_alloc::raw::fork_parent();
+}
+extern "C" fn child() {
+    rseq_alloc::raw::fork_child();
+}
+
+fn child_work() -> bool {
+    // Small, large and huge allocations, through every layer.
+    let mut v: Vec<Vec<u8>> = Vec::new();
+    for i in 0..2000usize {
+        v.push(vec![(i % 251) as u8; (i * 37) % 5000 + 1]);
+    }
+    let big = vec![7u8; 600 << 10];
+    let huge = vec![9u8; 4 << 20];
+    let ok = v
+        .iter()
+        .enumerate()
+        .all(|(i, x)| x.iter().all(|&b| b == (i % 251) as u8))
+        && big.iter().all(|&b| b == 7)
+        && huge[(4 << 20) - 1] == 9;
+    drop(v);
+    rseq_alloc::raw::trim();
+    ok
+}
+
+const BODY_VAR: &str = "RSEQ_ALLOC_TEST_BODY";
+
+#[test]
+fn fork_while_threads_allocate() {
+    fork_body();
+}
+
+/// The same in forced CAS mode (a child process, as config is read once).
+#[test]
+fn fork_while_threads_allocate_cas() {
+    if std::env::var_os(BODY_VAR).is_some() {
+        assert_eq!(rseq_alloc::mode_name(), "cmpxchg");
+        fork_body();
+        return;
+    }
+    let out = std::process::Command::new(std::env::current_exe().unwrap())
+        .args([
+            "fork_while_threads_allocate_cas",
+            "--exact",
+            "--test-threads=1",
+        ])
+        .env(BODY_VAR, "1")
+        .env("RSEQ_MALLOC_CONF", "rseq=off")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+}
+
+fn fork_body() {
+    // SAFETY: registering plain extern "C" handlers with no state.
+    unsafe {
+        assert_eq!(
+            libc::pthread_atfork(Some(prepare), Some(parent), Some(child)),
+            0
+        );
+        assert_eq!(
+            libc::pthread_atfork(Some(prepare), Some(parent), Some(child)),
+            0
+        );
+    }
+    let stop = Arc::new(AtomicBool::new(false));
+    let workers: Vec<_> = (0..4)
+        .map(|t| {
+            let stop = stop.clone();
+            std::thread::spawn(move || {
+                let mut n = 0u64;
+                while !stop.load(Ordering::Relaxed) {
+                    let v: Vec<Box<[u8]>> = (0..64)
+                        .map(|i| vec![t as u8; 16 + (i * 97) % 70_000].into_boxed_slice())
+                        .collect();
+                    n += v.len() as u64;
+                    if n.is_multiple_of(4096) {
+                        rseq_alloc::raw::trim();
+                    }
+                }
+                n
+            })
+        })
+        .collect();
+    for _ in 0..20 {
+        // SAFETY: fork in a test process; the child only runs child_work
+        // and _exit.
+        let pid = unsafe { libc::fork() };
+        assert!(pid >= 0);
+        if pid == 0 {
+            let ok = child_work();
+            // SAFETY: leave the child without running the parent's atexit
+            // handlers or test harness.
+            unsafe { libc::_exit(if ok { 0 } else { 3 }) };
+        }
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let mut status = 0;
+        loop {
+            // SAFETY: waiting for our own child.
+            let r = unsafe { libc::waitpid(pid, &mut status, libc::WNOHANG) };
+            if r == pid {
+                break;
+            }
+            if Instant::now() > deadline {
+                // SAFETY: killing our own child.
+                unsafe { libc::kill(pid, libc::SIGKILL) };
+                panic!("child {pid} hung after fork (a lock was left held)");
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        assert!(
+            libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0,
+            "status {status:#x}"
+        );
+    }
+    stop.store(true, Ordering::Relaxed);
+    for w in workers {
+        assert!(w.join().unwrap() > 0);
+    }
+}
