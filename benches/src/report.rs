@@ -408,6 +408,17 @@ impl Report {
                 let _ = write!(s, " {txt} |");
             }
             let _ = writeln!(s);
+            if mt.cells.iter().any(|c| c.final_rel.is_some()) {
+                let _ = write!(s, "| {} (final RSS) |", mt.workload);
+                for a in &allocs {
+                    let cell = mt.cells.iter().find(|c| &&c.alloc == a);
+                    let txt = cell
+                        .and_then(|c| c.final_rel)
+                        .map_or(String::new(), |x| format!("{x:.2}"));
+                    let _ = write!(s, " {txt} |");
+                }
+                let _ = writeln!(s);
+            }
         }
         let _ = writeln!(s);
 
@@ -559,8 +570,6 @@ impl Report {
         const BAR_H: f64 = 13.0;
         const GAP: f64 = 3.0;
         const COLS: usize = 2;
-        let nalloc = self.legend.len().max(1) as f64;
-        let panel_h = 30.0 + nalloc * (BAR_H + GAP) + 8.0;
 
         struct Panel {
             title: String,
@@ -617,15 +626,34 @@ impl Report {
                     title: format!("{} peak RSS", mt.workload),
                     bars,
                 });
+                if mt.cells.iter().any(|c| c.final_rel.is_some()) {
+                    rss_panels.push(Panel {
+                        title: format!("{} final RSS", mt.workload),
+                        bars: mt
+                            .cells
+                            .iter()
+                            .map(|c| (c.alloc.clone(), c.final_rel))
+                            .collect(),
+                    });
+                }
             }
         }
-        let rows = |n: usize| n.div_ceil(COLS) as f64;
+        // Each row of panels is as tall as its panel with the most bars.
+        let row_heights = |panels: &[Panel]| -> Vec<f64> {
+            panels
+                .chunks(COLS)
+                .map(|row| {
+                    let n = row.iter().map(|p| p.bars.len()).max().unwrap_or(1) as f64;
+                    30.0 + n * (BAR_H + GAP) + 8.0
+                })
+                .collect()
+        };
         let section_h = 34.0;
         let total_h = 60.0
             + section_h
-            + rows(speed_panels.len()) * panel_h
+            + row_heights(&speed_panels).iter().sum::<f64>()
             + section_h
-            + rows(rss_panels.len()) * panel_h
+            + row_heights(&rss_panels).iter().sum::<f64>()
             + 20.0;
         let total_w = W * COLS as f64 + 20.0;
         let mut s = String::new();
@@ -658,9 +686,11 @@ impl Report {
                 esc(title)
             );
             *y += section_h;
+            let heights = row_heights(panels);
             for (i, p) in panels.iter().enumerate() {
                 let px = 10.0 + (i % COLS) as f64 * W;
-                let py = *y + (i / COLS) as f64 * panel_h;
+                let py = *y + heights[..i / COLS].iter().sum::<f64>();
+                let panel_h = heights[i / COLS];
                 let _ = writeln!(
                     s,
                     r##"<rect x="{px}" y="{py}" width="{}" height="{}" fill="#fafafa" stroke="#ddd"/>"##,
@@ -724,7 +754,7 @@ impl Report {
                     py + panel_h - 10.0
                 );
             }
-            *y += rows(panels.len()) * panel_h;
+            *y += heights.iter().sum::<f64>();
         };
         draw_section(
             &mut s,
