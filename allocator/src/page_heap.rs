@@ -436,6 +436,9 @@ impl PageHeap {
                 g.map_committed_bytes = map_need;
             }
             g.committed = new_committed;
+            // SAFETY: entries for pages below `new_committed` were committed
+            // just above (or earlier).
+            unsafe { self.map.set_limit(new_committed) };
         }
         g.top = end;
         Some((start, need, 0))

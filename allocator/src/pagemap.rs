@@ -26,6 +26,9 @@ pub struct SpanId(pub u32);
 pub struct PageMap {
     base: AtomicUsize,
     npages: AtomicUsize,
+    /// Pages whose entries are committed (`<= npages`); lookups beyond are
+    /// answered "not ours" without reading the (uncommitted) entry.
+    limit: AtomicUsize,
     entries: AtomicPtr<AtomicU32>,
 }
 
@@ -35,6 +38,7 @@ impl PageMap {
         PageMap {
             base: AtomicUsize::new(0),
             npages: AtomicUsize::new(0),
+            limit: AtomicUsize::new(0),
             entries: AtomicPtr::new(core::ptr::null_mut()),
         }
     }
@@ -42,10 +46,9 @@ impl PageMap {
     /// Sets the heap range and the entry array.
     ///
     /// # Safety
-    /// `entries` points to `npages` zeroed `u32`s (committed before any entry
-    /// is written or read through `page_of` for a page below the heap's
-    /// commit mark) that outlive `self`; called once, before any other thread
-    /// can reach this map (the caller publishes it with a release store).
+    /// `entries` points to `npages` zeroed `u32`s that outlive `self`, of
+    /// which the first `limit` are committed (see `set_limit`); called once,
+    /// before any other thread can reach this map.
     pub unsafe fn init(&self, base: usize, npages: usize, entries: *mut u32) {
         self.entries.store(entries.cast(), Ordering::Relaxed);
         self.npages.store(npages, Ordering::Relaxed);
@@ -64,12 +67,22 @@ impl PageMap {
         self.npages.load(Ordering::Relaxed)
     }
 
-    /// The page index of `addr` if it lies inside the heap reservation.
+    /// Raises the number of pages whose entries are committed.
+    ///
+    /// # Safety
+    /// Entries `[0, limit)` are committed (readable and writable) memory.
+    pub unsafe fn set_limit(&self, limit: usize) {
+        debug_assert!(limit <= self.npages());
+        self.limit.store(limit, Ordering::Release);
+    }
+
+    /// The page index of `addr` if it lies inside the part of the heap
+    /// reservation in use so far (the pages whose entries are committed).
     #[inline(always)]
     pub fn page_of(&self, addr: usize) -> Option<usize> {
         let off = addr.wrapping_sub(self.base.load(Ordering::Acquire));
         let page = off >> PAGE_SHIFT;
-        if page < self.npages.load(Ordering::Relaxed) {
+        if page < self.limit.load(Ordering::Acquire) {
             Some(page)
         } else {
             None
@@ -84,11 +97,10 @@ impl PageMap {
 
     #[inline(always)]
     fn entry(&self, page: usize) -> &AtomicU32 {
-        debug_assert!(page < self.npages());
-        // SAFETY: `page < npages` (callers get pages from `page_of` or from
-        // spans inside the heap), and the entry array has `npages` entries
-        // which are committed for every page below the commit mark, the only
-        // pages that can hold a span.
+        debug_assert!(page < self.limit.load(Ordering::Relaxed));
+        // SAFETY: `page < limit` (callers get pages from `page_of` or from
+        // spans, which lie below the heap's commit mark = limit), and
+        // entries below `limit` are committed.
         unsafe { &*self.entries.load(Ordering::Relaxed).add(page) }
     }
 
@@ -138,6 +150,9 @@ mod tests {
         let base = 1usize << 30;
         // SAFETY: the vec outlives pm within this test.
         unsafe { pm.init(base, 16, entries.as_mut_ptr()) };
+        assert_eq!(pm.page_of(base), None, "nothing committed yet");
+        // SAFETY: all 16 entries exist in the vec.
+        unsafe { pm.set_limit(16) };
         assert_eq!(pm.page_of(base - 1), None);
         assert_eq!(pm.page_of(base), Some(0));
         assert_eq!(pm.page_of(base + PAGE * 16 - 1), Some(15));

@@ -51,6 +51,13 @@ fn case_body(case: &str) {
                 announce(p);
                 raw::free(p);
             }
+            "beyond_commit" => {
+                // Inside the address-space reservation, far above anything
+                // committed: must be reported, not fault.
+                let p = raw::malloc(16).wrapping_add(8 << 30);
+                announce(p);
+                raw::free(p);
+            }
             "realloc_foreign" => {
                 let p = libc::malloc(64) as *mut u8;
                 announce(p);
@@ -104,6 +111,7 @@ fn child_entry() {
 fn foreign_pointers_abort() {
     expect_abort("foreign_heap", "free()");
     expect_abort("foreign_stack", "free()");
+    expect_abort("beyond_commit", "free()");
     expect_abort("realloc_foreign", "realloc()");
 }
 
