@@ -213,6 +213,16 @@ static void test_overflow_errno(void)
         CHECK(out == (void *)0x1234, "posix_memalign wrote *memptr on failure");
     }
 
+    /* Sizes that fit in ptrdiff_t but not in this machine (64 TiB). */
+    errno = 0;
+    CHECK(malloc((size_t)1 << 46) == NULL && errno == ENOMEM, "malloc(64 TiB): errno=%d", errno);
+    errno = 0;
+    CHECK(calloc((size_t)1 << 23, (size_t)1 << 23) == NULL && errno == ENOMEM, "calloc(2^23, 2^23): errno=%d",
+          errno);
+    errno = 0;
+    CHECK(memalign(1 << 20, (size_t)1 << 46) == NULL && errno == ENOMEM, "memalign(1 MiB, 64 TiB): errno=%d",
+          errno);
+
     /* Multiplication overflow in calloc and reallocarray. */
     static const size_t pairs[][2] = {
         {SIZE_MAX, 2}, {2, SIZE_MAX}, {(size_t)1 << 32, (size_t)1 << 32},
@@ -598,6 +608,13 @@ static void test_sized_free_and_misc(void)
           mi.hblkhd, big);
     CHECK(mi.arena + mi.hblkhd >= mi.uordblks, "mallinfo2: arena %zu + hblkhd %zu < uordblks %zu", mi.arena,
           mi.hblkhd, mi.uordblks);
+    /* The deprecated int version agrees (values are small here). */
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wdeprecated-declarations"
+    struct mallinfo old = mallinfo();
+#pragma GCC diagnostic pop
+    CHECK((size_t)old.hblkhd + (size_t)old.uordblks >= big, "mallinfo: uordblks %d + hblkhd %d < live %zu",
+          old.uordblks, old.hblkhd, big);
     free(p);
     for (int i = 0; i < 1000; i++)
         free(malloc(50000));

@@ -57,6 +57,10 @@ fn run_preloaded(mode: Mode) {
     let what = format!("conformance under {mode:?}");
     assert_all_checks_passed(&r, &what);
     assert_init_line(&r.stderr, mode, &what);
+    assert!(
+        r.stderr.lines().any(|l| l == "rseq-malloc: stats"),
+        "{what}: malloc_stats() printed no `rseq-malloc: stats` line on stderr"
+    );
 }
 
 #[test]
