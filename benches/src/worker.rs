@@ -210,6 +210,15 @@ fn pair(p: &Params) {
     emit("burst1000", ns, "ns/pair", "lower");
 }
 
+/// Wall time of a parallel phase from each thread's own (start, end) stamps:
+/// first start to last end. (Timing from the spawning thread would be wrong
+/// with far more threads than CPUs: it may not run again until they are done.)
+fn span_secs(stamps: Vec<(Instant, Instant)>) -> f64 {
+    let first = stamps.iter().map(|s| s.0).min().expect("threads");
+    let last = stamps.iter().map(|s| s.1).max().expect("threads");
+    (last - first).as_secs_f64()
+}
+
 fn larson(p: &Params) {
     let threads = p.usize("threads", 4);
     let slots = p.usize("slots", 16384);
@@ -219,26 +228,31 @@ fn larson(p: &Params) {
     let arr: Vec<AtomicPtr<u8>> = (0..slots)
         .map(|_| AtomicPtr::new(obj_alloc(rng.log_size(HDR, max))))
         .collect();
-    let barrier = Barrier::new(threads + 1);
-    let t = std::thread::scope(|s| {
-        for tid in 0..threads {
-            let (arr, barrier) = (&arr, &barrier);
-            s.spawn(move || {
-                let mut rng = XorShift::new(100 + tid as u64);
-                barrier.wait();
-                for _ in 0..ops {
-                    let i = rng.below(slots as u64) as usize;
-                    let new = obj_alloc(rng.log_size(HDR, max));
-                    let old = arr[i].swap(new, Ordering::AcqRel);
-                    // SAFETY: the swap made this thread the only owner of `old`.
-                    unsafe { obj_free(old) };
-                }
-            });
-        }
-        barrier.wait();
-        Instant::now()
-    });
-    let secs = t.elapsed().as_secs_f64();
+    let barrier = Barrier::new(threads);
+    let secs = span_secs(std::thread::scope(|s| {
+        let handles: Vec<_> = (0..threads)
+            .map(|tid| {
+                let (arr, barrier) = (&arr, &barrier);
+                s.spawn(move || {
+                    let mut rng = XorShift::new(100 + tid as u64);
+                    barrier.wait();
+                    let start = Instant::now();
+                    for _ in 0..ops {
+                        let i = rng.below(slots as u64) as usize;
+                        let new = obj_alloc(rng.log_size(HDR, max));
+                        let old = arr[i].swap(new, Ordering::AcqRel);
+                        // SAFETY: the swap made this thread the only owner of `old`.
+                        unsafe { obj_free(old) };
+                    }
+                    (start, Instant::now())
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().expect("worker"))
+            .collect()
+    }));
     for a in &arr {
         // SAFETY: all workers have joined; each slot holds one live object.
         unsafe { obj_free(a.load(Ordering::Relaxed)) };
@@ -292,32 +306,38 @@ fn threads64(p: &Params) {
     let ops = p.usize("ops", 100_000);
     let ring = p.usize("ring", 256);
     let max = p.usize("max", 2048);
-    let barrier = Barrier::new(threads + 1);
-    let t = std::thread::scope(|s| {
-        for tid in 0..threads {
-            let barrier = &barrier;
-            s.spawn(move || {
-                let mut rng = XorShift::new(300 + tid as u64);
-                let mut mine: Vec<*mut u8> = (0..ring)
-                    .map(|_| obj_alloc(rng.log_size(HDR, max)))
-                    .collect();
-                barrier.wait();
-                for _ in 0..ops {
-                    let i = rng.below(ring as u64) as usize;
-                    let new = obj_alloc(rng.log_size(HDR, max));
-                    // SAFETY: mine[i] is a live object owned by this thread.
-                    unsafe { obj_free(std::mem::replace(&mut mine[i], new)) };
-                }
-                for q in mine {
-                    // SAFETY: each remaining object is live and owned here.
-                    unsafe { obj_free(q) };
-                }
-            });
-        }
-        barrier.wait();
-        Instant::now()
-    });
-    let secs = t.elapsed().as_secs_f64();
+    let barrier = Barrier::new(threads);
+    let secs = span_secs(std::thread::scope(|s| {
+        let handles: Vec<_> = (0..threads)
+            .map(|tid| {
+                let barrier = &barrier;
+                s.spawn(move || {
+                    let mut rng = XorShift::new(300 + tid as u64);
+                    let mut mine: Vec<*mut u8> = (0..ring)
+                        .map(|_| obj_alloc(rng.log_size(HDR, max)))
+                        .collect();
+                    barrier.wait();
+                    let start = Instant::now();
+                    for _ in 0..ops {
+                        let i = rng.below(ring as u64) as usize;
+                        let new = obj_alloc(rng.log_size(HDR, max));
+                        // SAFETY: mine[i] is a live object owned by this thread.
+                        unsafe { obj_free(std::mem::replace(&mut mine[i], new)) };
+                    }
+                    let end = Instant::now();
+                    for q in mine {
+                        // SAFETY: each remaining object is live and owned here.
+                        unsafe { obj_free(q) };
+                    }
+                    (start, end)
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().expect("worker"))
+            .collect()
+    }));
     emit(
         "threads64",
         (threads * ops) as f64 / secs / 1e6,
