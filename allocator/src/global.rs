@@ -13,7 +13,7 @@
 //! - huge: beyond, a direct mapping.
 
 use crate::central::CentralLists;
-use crate::config::{Config, IndexChoice};
+use crate::cpu_cache::SLABS;
 use crate::huge::HugeTable;
 use crate::lock::RawLock;
 use crate::page_heap::PageHeap;
@@ -22,7 +22,7 @@ use crate::span::{LARGE, SMALL};
 use crate::util::{self, MsgBuf};
 use core::ptr::{self, NonNull};
 use core::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicU8, AtomicUsize, Ordering};
-use rseq_sys::percpu::{self, Discipline, Index, OpError, PerCpuSlabs};
+use rseq_sys::percpu::{Discipline, Index, OpError};
 
 /// Requests of at least this many bytes (size + alignment slack) are mapped
 /// directly.
@@ -47,7 +47,6 @@ static STATE: AtomicU8 = AtomicU8::new(UNINIT);
 static INIT_TID: AtomicU32 = AtomicU32::new(0);
 pub(crate) static HEAP: PageHeap = PageHeap::new();
 pub(crate) static CENTRAL: CentralLists = CentralLists::new();
-pub(crate) static SLABS: PerCpuSlabs = PerCpuSlabs::new();
 pub(crate) static HUGE: HugeTable = HugeTable::new();
 static STATS_ON: AtomicBool = AtomicBool::new(false);
 static CONFIG_STATS: AtomicBool = AtomicBool::new(false);
@@ -146,53 +145,10 @@ fn do_init() -> u8 {
     if !HEAP.init(HEAP_RESERVE_BYTES) {
         return FAILED;
     }
-    if init_cache(&cfg) {
+    if crate::cpu_cache::init(&cfg) {
         READY_CACHE
     } else {
         READY_CENTRAL
-    }
-}
-
-fn init_cache(cfg: &Config) -> bool {
-    let nregions = rseq_sys::registration::possible_cpus().max(1);
-    let Some(bytes) = nregions.checked_mul(percpu::REGION_BYTES) else {
-        return false;
-    };
-    let Some(mem) = crate::os::map_aligned(
-        bytes,
-        percpu::REGION_BYTES,
-        libc::PROT_READ | libc::PROT_WRITE,
-        true,
-    ) else {
-        return false;
-    };
-    let discipline = if cfg.rseq_off {
-        Discipline::Cas
-    } else {
-        Discipline::Rseq
-    };
-    let index = match cfg.index {
-        IndexChoice::Cpu => Index::Cpu,
-        IndexChoice::Cid => Index::Cid,
-        IndexChoice::Auto => {
-            if rseq_sys::registration::mm_cid_supported() {
-                Index::Cid
-            } else {
-                Index::Cpu
-            }
-        }
-    };
-    // SAFETY: `mem` is a fresh zeroed mapping of nregions * REGION_BYTES,
-    // aligned to REGION_BYTES, never unmapped; the capacities sum to
-    // CPU_CACHE_TOTAL_SLOTS <= MAX_SLOTS (const-asserted); called once.
-    unsafe {
-        SLABS.init(
-            mem.as_ptr(),
-            nregions,
-            &size_class::CLASS_CAPACITY,
-            discipline,
-            index,
-        )
     }
 }
 
@@ -309,7 +265,7 @@ fn reclaim() -> bool {
     }
     let before = HEAP.stats().free_bytes;
     if cache_ready() {
-        drain_all_caches();
+        crate::cpu_cache::drain_all();
     }
     for class in SizeClass::all() {
         CENTRAL.get(class).flush(&HEAP, class);
@@ -632,32 +588,12 @@ pub(crate) fn trim() -> bool {
         return false;
     }
     if cache_ready() {
-        drain_all_caches();
+        crate::cpu_cache::drain_all();
     }
     for class in SizeClass::all() {
         CENTRAL.get(class).flush(&HEAP, class);
     }
     HEAP.release_all() > 0
-}
-
-/// Serialises drains with `fork_prepare`: a drain holds rseq-sys's region
-/// lock, which a child must not inherit locked.
-static DRAIN_LOCK: RawLock = RawLock::new();
-
-/// Empties every region of the per-CPU caches into the central lists.
-pub(crate) fn drain_all_caches() {
-    DRAIN_LOCK.lock();
-    for r in 0..SLABS.nregions() {
-        SLABS.drain(r, &mut |class, items| {
-            if let Some(c) = SizeClass::from_index(class) {
-                // SAFETY: the items were free objects of `class` in the
-                // cache; the drain handed them to us exclusively.
-                unsafe { CENTRAL.get(c).push_batch(&HEAP, c, items) };
-            }
-        });
-    }
-    // SAFETY: taken above by this thread.
-    unsafe { DRAIN_LOCK.unlock() };
 }
 
 /// Takes every allocator lock (before `fork`). Re-entrant for the calling
@@ -671,7 +607,7 @@ pub(crate) fn fork_prepare() {
     FORK_LOCK.lock();
     FORK_OWNER.store(me, Ordering::Relaxed);
     FORK_DEPTH.store(1, Ordering::Relaxed);
-    DRAIN_LOCK.lock();
+    crate::cpu_cache::DRAIN_LOCK.lock();
     for c in CENTRAL.all().iter() {
         c.raw_lock().lock();
     }
@@ -691,7 +627,7 @@ fn fork_release() {
         for c in CENTRAL.all().iter().rev() {
             c.raw_lock().unlock();
         }
-        DRAIN_LOCK.unlock();
+        crate::cpu_cache::DRAIN_LOCK.unlock();
         FORK_OWNER.store(0, Ordering::Relaxed);
         FORK_LOCK.unlock();
     }

@@ -25,7 +25,7 @@
 //! ```text
 //!  RseqAlloc (GlobalAlloc) / raw::*         global.rs   lazy init, paths
 //!        │ pop / push (rseq critical section or CAS)
-//!  cpu cache: rseq_sys::percpu::PerCpuSlabs   global.rs   per CPU, per class
+//!  cpu cache: rseq_sys::percpu::PerCpuSlabs   cpu_cache.rs per CPU, per class
 //!        │ batch moves on miss / overflow
 //!  central free lists (one lock per class)    central.rs  transfer stack + spans
 //!        │ whole spans
@@ -54,6 +54,7 @@
 
 pub mod central;
 pub mod config;
+mod cpu_cache;
 mod global;
 pub mod huge;
 pub mod lock;

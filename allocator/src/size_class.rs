@@ -235,15 +235,9 @@ const fn total_capacity() -> usize {
 }
 /// Total pointer slots all classes need in one per-CPU region.
 pub const CPU_CACHE_TOTAL_SLOTS: usize = total_capacity();
-const _: () = assert!(NUM_CLASSES <= rseq_sys_limits::MAX_CLASSES);
-const _: () = assert!(CPU_CACHE_TOTAL_SLOTS <= rseq_sys_limits::MAX_SLOTS);
-
-/// The rseq-sys per-region limits (mirrored here as constants so the table
-/// can be asserted at compile time).
-mod rseq_sys_limits {
-    pub const MAX_CLASSES: usize = 128;
-    pub const MAX_SLOTS: usize = (1 << 18) / 8 - MAX_CLASSES;
-}
+// The table must fit rseq-sys's per-region layout.
+const _: () = assert!(NUM_CLASSES <= rseq_sys::percpu::MAX_CLASSES);
+const _: () = assert!(CPU_CACHE_TOTAL_SLOTS <= rseq_sys::percpu::MAX_SLOTS);
 
 const SMALL_LOOKUP_MAX: usize = 1024;
 const SMALL_LOOKUP_LEN: usize = SMALL_LOOKUP_MAX / 8 + 1;

@@ -17,7 +17,8 @@
 //!   bypassed the per-CPU cache (unregistered thread, exhausted restarts, no
 //!   cache).
 
-use crate::global::{self, CENTRAL, HEAP, HUGE, SLABS};
+use crate::cpu_cache::SLABS;
+use crate::global::{self, CENTRAL, HEAP, HUGE};
 use crate::size_class::SizeClass;
 use crate::util::MsgBuf;
 use crate::Stats;
@@ -28,9 +29,7 @@ pub fn cached_bytes_in_region(region: usize) -> usize {
     if !global::cache_ready() {
         return 0;
     }
-    SizeClass::all()
-        .map(|c| SLABS.len(region, c.index()) * c.size_bytes())
-        .sum()
+    crate::cpu_cache::cached_bytes_in_region(region)
 }
 
 /// A snapshot of the counters.

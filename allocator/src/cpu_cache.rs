@@ -1,0 +1,106 @@
+//! Per-CPU caches: the front end, on rseq-sys's `PerCpuSlabs`.
+//!
+//! One region per possible CPU (or per `mm_cid`), each holding one bounded
+//! stack of free objects per size class; capacities come from
+//! [`size_class::CLASS_CAPACITY`], so one region holds at most
+//! [`size_class::CPU_CACHE_MAX_BYTES`] (about 3.8 MiB) of free objects.
+//! `malloc` pops, `free` pushes; a miss or an overflow moves a batch through
+//! the central list (see `global`).
+//!
+//! Index: `mm_cid` by default when the kernel maintains it (a process with 4
+//! threads on a 256-CPU machine uses 4 regions), else the CPU id;
+//! `RSEQ_MALLOC_CONF=index=cpu|cid` overrides. Discipline: rseq critical
+//! sections, or the CAS fallback when rseq is unavailable or `rseq=off`.
+//! Threads that cannot use the cache (unregistered, restarts exhausted) go
+//! to the central lists directly.
+//!
+//! Reclaiming: `drain_all` empties every region into the central lists
+//! (rseq-sys stops the region's stacks and fences with membarrier); used by
+//! `trim()` and when the heap runs out of memory.
+
+use crate::central::CentralLists;
+use crate::config::{Config, IndexChoice};
+use crate::lock::RawLock;
+use crate::page_heap::PageHeap;
+use crate::size_class::{self, SizeClass};
+use rseq_sys::percpu::{self, Discipline, Index, PerCpuSlabs};
+
+/// The per-CPU stacks (inert until `init`).
+pub(crate) static SLABS: PerCpuSlabs = PerCpuSlabs::new();
+
+/// Sets up the regions; false if the cache cannot be used (then the
+/// allocator runs on the central lists alone).
+pub(crate) fn init(cfg: &Config) -> bool {
+    let nregions = rseq_sys::registration::possible_cpus().max(1);
+    let Some(bytes) = nregions.checked_mul(percpu::REGION_BYTES) else {
+        return false;
+    };
+    let Some(mem) = crate::os::map_aligned(
+        bytes,
+        percpu::REGION_BYTES,
+        libc::PROT_READ | libc::PROT_WRITE,
+        true,
+    ) else {
+        return false;
+    };
+    let discipline = if cfg.rseq_off {
+        Discipline::Cas
+    } else {
+        Discipline::Rseq
+    };
+    let index = match cfg.index {
+        IndexChoice::Cpu => Index::Cpu,
+        IndexChoice::Cid => Index::Cid,
+        IndexChoice::Auto => {
+            if rseq_sys::registration::mm_cid_supported() {
+                Index::Cid
+            } else {
+                Index::Cpu
+            }
+        }
+    };
+    // SAFETY: `mem` is a fresh zeroed mapping of nregions * REGION_BYTES,
+    // aligned to REGION_BYTES, never unmapped; the capacities sum to
+    // CPU_CACHE_TOTAL_SLOTS <= MAX_SLOTS (const-asserted); called once.
+    unsafe {
+        SLABS.init(
+            mem.as_ptr(),
+            nregions,
+            &size_class::CLASS_CAPACITY,
+            discipline,
+            index,
+        )
+    }
+}
+
+/// Serialises drains with `fork_prepare`: a drain holds rseq-sys's region
+/// lock, which a child must not inherit locked.
+pub(crate) static DRAIN_LOCK: RawLock = RawLock::new();
+
+/// Empties every region of the per-CPU caches into the central lists.
+pub(crate) fn drain_all_into(central: &CentralLists, heap: &PageHeap) {
+    DRAIN_LOCK.lock();
+    for r in 0..SLABS.nregions() {
+        SLABS.drain(r, &mut |class, items| {
+            if let Some(c) = SizeClass::from_index(class) {
+                // SAFETY: the items were free objects of `class` in the
+                // cache; the drain handed them to us exclusively.
+                unsafe { central.get(c).push_batch(heap, c, items) };
+            }
+        });
+    }
+    // SAFETY: taken above by this thread.
+    unsafe { DRAIN_LOCK.unlock() };
+}
+
+/// Empties every region into the global central lists.
+pub(crate) fn drain_all() {
+    drain_all_into(&crate::global::CENTRAL, &crate::global::HEAP);
+}
+
+/// Bytes of free objects in one region (racy snapshot).
+pub(crate) fn cached_bytes_in_region(region: usize) -> usize {
+    SizeClass::all()
+        .map(|c| SLABS.len(region, c.index()) * c.size_bytes())
+        .sum()
+}
