@@ -61,6 +61,8 @@ struct Workload {
     kind: WKind,
     quick: &'static [&'static str],
     full: &'static [&'static str],
+    /// Tiny sizes for `--smoke` (a seconds-long check that everything runs).
+    smoke: &'static [&'static str],
 }
 
 const WORKLOADS: &[Workload] = &[
@@ -69,54 +71,63 @@ const WORKLOADS: &[Workload] = &[
         kind: WKind::Synthetic,
         quick: &["iters=3000000", "burst_rounds=1500"],
         full: &["iters=10000000", "burst_rounds=5000"],
+        smoke: &["iters=20000", "burst_rounds=10"],
     },
     Workload {
         name: "larson",
         kind: WKind::Synthetic,
         quick: &["threads=4", "ops=400000"],
         full: &["threads=8", "ops=1500000"],
+        smoke: &["threads=4", "ops=5000"],
     },
     Workload {
         name: "prodcon",
         kind: WKind::Synthetic,
         quick: &["pairs=2", "batches=8000"],
         full: &["pairs=2", "batches=30000"],
+        smoke: &["pairs=2", "batches=20"],
     },
     Workload {
         name: "threads64",
         kind: WKind::Synthetic,
         quick: &["threads=64", "ops=50000"],
         full: &["threads=64", "ops=150000"],
+        smoke: &["threads=64", "ops=200"],
     },
     Workload {
         name: "frag",
         kind: WKind::Synthetic,
         quick: &["mib=128"],
         full: &["mib=512"],
+        smoke: &["mib=4"],
     },
     Workload {
         name: "realloc",
         kind: WKind::Synthetic,
         quick: &["bufs=2000", "max=65536"],
         full: &["bufs=4000", "max=65536"],
+        smoke: &["bufs=50", "max=8192"],
     },
     Workload {
         name: "remote",
         kind: WKind::Synthetic,
         quick: &["batches=20000"],
         full: &["batches=80000"],
+        smoke: &["batches=50"],
     },
     Workload {
         name: "python",
         kind: WKind::Python,
         quick: &["200000"],
         full: &["1000000"],
+        smoke: &["2000"],
     },
     Workload {
         name: "sqlite",
         kind: WKind::Sqlite,
         quick: &["300000"],
         full: &["1000000"],
+        smoke: &["2000"],
     },
 ];
 
@@ -134,6 +145,8 @@ pub fn describe(name: &str) -> &'static str {
 
 struct Options {
     full: bool,
+    smoke: bool,
+    out: Option<PathBuf>,
     only: Option<Vec<String>>,
     allocs: Option<Vec<String>>,
     reps: usize,
@@ -145,12 +158,16 @@ usage: rseq-alloc-bench [--full] [--only W1,W2] [--alloc A1,A2] [--reps N] [--li
   --only      run only these workloads
   --alloc     run only these allocators
   --reps N    repetitions of each measurement (default 3; median and min-max reported)
+  --out DIR   write the report files there instead of target/bench-report
+  --smoke     tiny sizes: checks in seconds that every workload runs (figures meaningless)
   --list      list workloads and allocators and exit
 Results: stdout (markdown) and target/bench-report/report.{md,csv,svg}";
 
 fn parse(args: &[String]) -> Result<Option<Options>, String> {
     let mut o = Options {
         full: false,
+        smoke: false,
+        out: None,
         only: None,
         allocs: None,
         reps: 3,
@@ -161,6 +178,8 @@ fn parse(args: &[String]) -> Result<Option<Options>, String> {
         match a.as_str() {
             "--full" => o.full = true,
             "--quick" => o.full = false,
+            "--smoke" => o.smoke = true,
+            "--out" => o.out = Some(PathBuf::from(it.next().ok_or("--out needs a directory")?)),
             "--only" => o.only = Some(split(it.next().ok_or("--only needs a value")?)),
             "--alloc" => o.allocs = Some(split(it.next().ok_or("--alloc needs a value")?)),
             "--reps" => {
@@ -438,7 +457,10 @@ pub fn main(args: &[String]) -> i32 {
         }
     };
     let t0 = Instant::now();
-    let out_dir = target_dir().join("bench-report");
+    let out_dir = opts
+        .out
+        .clone()
+        .unwrap_or_else(|| target_dir().join("bench-report"));
     if let Err(e) = std::fs::create_dir_all(&out_dir) {
         eprintln!("cannot create {}: {e}", out_dir.display());
         return 1;
@@ -579,7 +601,13 @@ pub fn main(args: &[String]) -> i32 {
             }
         }
     }
-    let suite = if opts.full { "full" } else { "quick" };
+    let suite = if opts.smoke {
+        "smoke"
+    } else if opts.full {
+        "full"
+    } else {
+        "quick"
+    };
     eprintln!(
         "running {} measurements ({suite} suite, {} reps) ...",
         plan.len(),
@@ -597,7 +625,9 @@ pub fn main(args: &[String]) -> i32 {
         {
             continue; // a crash or a timeout is not retried on later reps
         }
-        let params: Vec<&str> = if opts.full {
+        let params: Vec<&str> = if opts.smoke {
+            w.smoke.to_vec()
+        } else if opts.full {
             w.full.to_vec()
         } else {
             w.quick.to_vec()
