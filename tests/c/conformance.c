@@ -623,6 +623,47 @@ static void test_sized_free_and_misc(void)
     malloc_stats();
 }
 
+/* Blocks that libc allocates internally are ours too (libc's calls to
+ * malloc are interposed): freeing or growing them here must work. */
+static void test_libc_internal_allocations(void)
+{
+    char *s = strdup("rseq-malloc strdup");
+    CHECK(s && strcmp(s, "rseq-malloc strdup") == 0 && malloc_usable_size(s) >= 19, "strdup");
+    s = realloc(s, 100000);
+    CHECK(s && strcmp(s, "rseq-malloc strdup") == 0, "realloc of a strdup block");
+    free(s);
+
+    char *a = NULL;
+    int n = asprintf(&a, "%s-%d-%0500d", "asprintf", 42, 7);
+    CHECK(n == 512 && a && strncmp(a, "asprintf-42-", 12) == 0, "asprintf returned %d", n);
+    free(a);
+
+    char *buf = NULL;
+    size_t len = 0;
+    FILE *ms = open_memstream(&buf, &len);
+    CHECK(ms != NULL, "open_memstream");
+    if (ms) {
+        for (int i = 0; i < 10000; i++)
+            fprintf(ms, "line %d\n", i);
+        fclose(ms);
+        CHECK(len > 60000 && buf && strncmp(buf, "line 0\nline 1\n", 14) == 0, "open_memstream contents");
+        free(buf);
+    }
+
+    FILE *f = fopen("/proc/self/maps", "r");
+    CHECK(f != NULL, "fopen /proc/self/maps");
+    if (f) {
+        char *line = NULL;
+        size_t cap = 0;
+        int lines = 0;
+        while (getline(&line, &cap, f) > 0)
+            lines++;
+        CHECK(lines > 5, "getline read %d lines", lines);
+        free(line);
+        fclose(f);
+    }
+}
+
 /* ---- threads: blocks allocated in one thread, checked and freed in another ---- */
 
 #define NTHREADS 4
@@ -817,6 +858,7 @@ int main(int argc, char **argv)
     test_alignment_errors();
     test_page_allocs();
     test_sized_free_and_misc();
+    test_libc_internal_allocations();
     test_many_live();
     test_threads();
 
