@@ -30,6 +30,12 @@
 //!   most 16 as plain `malloc`, and fail with `EINVAL` only for an alignment
 //!   above `SIZE_MAX / 2 + 1`;
 //! - `pvalloc` rounds the size up to a whole number of pages.
+//!
+//! Deliberate differences from glibc 2.36:
+//! - `mallopt` answers 0 for a parameter it does not know (glibc answers 1
+//!   for anything it does not reject), so a caller can tell;
+//! - `free_sized` / `free_aligned_sized` (C23, not in glibc 2.36) are
+//!   exported; they pass the size to the allocator as a hint.
 
 #![deny(unsafe_op_in_unsafe_fn)]
 #![warn(
@@ -434,7 +440,7 @@ pub struct Mallinfo2 {
 
 /// The statistics in `mallinfo2` form.
 fn mallinfo2_now() -> Mallinfo2 {
-    let s = raw_stats();
+    let s = raw::stats();
     let arena = s.mapped_bytes.saturating_sub(s.huge_bytes);
     Mallinfo2 {
         arena,
@@ -447,11 +453,6 @@ fn mallinfo2_now() -> Mallinfo2 {
             .saturating_sub(s.released_bytes),
         ..Mallinfo2::default()
     }
-}
-
-#[inline(always)]
-fn raw_stats() -> rseq_alloc::Stats {
-    raw::stats()
 }
 
 /// `mallinfo2`: allocator statistics in glibc's layout.
