@@ -43,6 +43,19 @@ fn batch<A: GlobalAlloc>(a: &A, size: usize, rounds: usize) -> f64 {
 
 fn main() {
     let r = rseq_alloc::RseqAlloc;
+    let args: Vec<String> = std::env::args().collect();
+    if args.len() == 3 {
+        // `quickbench rseq|system SIZE`: only pairs, for `perf stat`.
+        let size: usize = args[2].parse().unwrap();
+        let n = 20_000_000;
+        let ns = if args[1] == "rseq" {
+            pair(&r, size, n)
+        } else {
+            pair(&System, size, n)
+        };
+        println!("{} {size}: {ns:.2} ns/pair", args[1]);
+        return;
+    }
     eprintln!(
         "mode={} index={}",
         rseq_alloc::mode_name(),

@@ -41,6 +41,10 @@ const READY_CACHE: u8 = 2;
 const READY_CENTRAL: u8 = 3;
 /// The heap reservation failed: every allocation returns null.
 const FAILED: u8 = 4;
+/// Ready, per-CPU caches in use, fast-path hits counted (`stats=1`): the
+/// fast path sees a state other than `READY_CACHE` and takes the cold path
+/// that counts, so the default fast path carries no counter at all.
+const READY_COUNTING: u8 = 5;
 
 /// Initialisation state (see the constants above).
 static STATE: AtomicU8 = AtomicU8::new(UNINIT);
@@ -48,7 +52,6 @@ static INIT_TID: AtomicU32 = AtomicU32::new(0);
 pub(crate) static HEAP: PageHeap = PageHeap::new();
 pub(crate) static CENTRAL: CentralLists = CentralLists::new();
 pub(crate) static HUGE: HugeTable = HugeTable::new();
-static STATS_ON: AtomicBool = AtomicBool::new(false);
 static CONFIG_STATS: AtomicBool = AtomicBool::new(false);
 static CONFIG_VERBOSE: AtomicBool = AtomicBool::new(false);
 pub(crate) static FAST_HITS: AtomicU64 = AtomicU64::new(0);
@@ -107,7 +110,7 @@ pub(crate) fn is_boot(addr: usize) -> bool {
 pub(crate) fn ensure_init() -> bool {
     loop {
         match STATE.load(Ordering::Acquire) {
-            READY_CACHE | READY_CENTRAL => return true,
+            READY_CACHE | READY_CENTRAL | READY_COUNTING => return true,
             FAILED => return false,
             INITIALIZING => {
                 if INIT_TID.load(Ordering::Relaxed) == util::gettid() {
@@ -138,7 +141,6 @@ fn do_init() -> u8 {
     let cfg = crate::config::from_env();
     CONFIG_STATS.store(cfg.stats, Ordering::Relaxed);
     CONFIG_VERBOSE.store(cfg.verbose, Ordering::Relaxed);
-    STATS_ON.store(cfg.stats, Ordering::Relaxed);
     if crate::os::os_page_size() > PAGE_BYTES {
         return FAILED;
     }
@@ -146,7 +148,11 @@ fn do_init() -> u8 {
         return FAILED;
     }
     if crate::cpu_cache::init(&cfg) {
-        READY_CACHE
+        if cfg.stats {
+            READY_COUNTING
+        } else {
+            READY_CACHE
+        }
     } else {
         READY_CENTRAL
     }
@@ -177,7 +183,7 @@ fn after_init() {
 
 /// True once initialised with per-CPU caches.
 pub(crate) fn cache_ready() -> bool {
-    STATE.load(Ordering::Relaxed) == READY_CACHE
+    matches!(STATE.load(Ordering::Relaxed), READY_CACHE | READY_COUNTING)
 }
 
 /// "rseq-glibc", "rseq-own" or "cmpxchg" (the mode in force; before init,
@@ -212,21 +218,27 @@ pub fn index_name() -> &'static str {
 pub(crate) fn malloc_class(class: SizeClass) -> *mut u8 {
     if STATE.load(Ordering::Relaxed) == READY_CACHE {
         match SLABS.pop(class.index()) {
-            Ok(p) => {
-                if STATS_ON.load(Ordering::Relaxed) {
-                    FAST_HITS.fetch_add(1, Ordering::Relaxed);
-                }
-                return p.as_ptr();
-            }
+            Ok(p) => return p.as_ptr(),
             Err(e) => return malloc_miss(class, e),
         }
     }
-    malloc_uninit(class)
+    malloc_not_fast(class)
 }
 
+/// Everything but the plain fast path: not yet initialised, counting hits
+/// (`stats=1`), or no per-CPU caches.
 #[cold]
 #[inline(never)]
-fn malloc_uninit(class: SizeClass) -> *mut u8 {
+fn malloc_not_fast(class: SizeClass) -> *mut u8 {
+    if STATE.load(Ordering::Relaxed) == READY_COUNTING {
+        return match SLABS.pop(class.index()) {
+            Ok(p) => {
+                FAST_HITS.fetch_add(1, Ordering::Relaxed);
+                p.as_ptr()
+            }
+            Err(e) => malloc_miss(class, e),
+        };
+    }
     if !ensure_init() {
         if STATE.load(Ordering::Relaxed) == FAILED {
             return ptr::null_mut();
@@ -235,9 +247,17 @@ fn malloc_uninit(class: SizeClass) -> *mut u8 {
         return boot_alloc(size, size & size.wrapping_neg());
     }
     if cache_ready() {
-        return malloc_class(class);
+        return malloc_not_fast_ready(class);
     }
     central_pop_one(class)
+}
+
+/// First allocation after this thread initialised: retry with the state set.
+fn malloc_not_fast_ready(class: SizeClass) -> *mut u8 {
+    if STATE.load(Ordering::Relaxed) == READY_COUNTING {
+        return malloc_not_fast(class);
+    }
+    malloc_class(class)
 }
 
 fn central_pop_one(class: SizeClass) -> *mut u8 {
@@ -318,12 +338,33 @@ pub(crate) unsafe fn free_class(p: NonNull<u8>, class: SizeClass) {
         }
     }
     // SAFETY: forwarded contract.
-    unsafe { free_uncached(p, class) }
+    unsafe { free_not_fast(p, class) }
 }
 
+/// Everything but the plain fast path: counting mode, no caches, not
+/// initialised.
+///
+/// # Safety
+/// As for `free_class`.
 #[cold]
 #[inline(never)]
-unsafe fn free_uncached(p: NonNull<u8>, class: SizeClass) {
+unsafe fn free_not_fast(p: NonNull<u8>, class: SizeClass) {
+    if cache_ready() && !is_boot(p.as_ptr() as usize) {
+        match SLABS.push(class.index(), p) {
+            Ok(()) => return,
+            // SAFETY: forwarded contract.
+            Err(e) => return unsafe { free_miss(p, class, e) },
+        }
+    }
+    // SAFETY: forwarded contract.
+    unsafe { free_central(p, class) }
+}
+
+/// Frees straight into the central list (bypassing the per-CPU cache).
+///
+/// # Safety
+/// As for `free_class`.
+unsafe fn free_central(p: NonNull<u8>, class: SizeClass) {
     if is_boot(p.as_ptr() as usize) {
         return;
     }
@@ -337,7 +378,7 @@ unsafe fn free_uncached(p: NonNull<u8>, class: SizeClass) {
 unsafe fn free_miss(p: NonNull<u8>, class: SizeClass, e: OpError) {
     if e != OpError::Full {
         // SAFETY: forwarded contract.
-        return unsafe { free_uncached(p, class) };
+        return unsafe { free_central(p, class) };
     }
     // Overflow: move a batch out of this CPU's cache, then free `p` with it.
     let mut buf = [ptr::null_mut(); 33];
@@ -650,7 +691,7 @@ pub(crate) fn fork_parent() {
 /// region's one-time initialisation.
 pub(crate) fn fork_child() {
     if FORK_DEPTH.load(Ordering::Relaxed) == 1
-        && STATE.load(Ordering::Relaxed) == READY_CACHE
+        && cache_ready()
         && SLABS.discipline() == Discipline::Cas
     {
         STATE.store(READY_CENTRAL, Ordering::Relaxed);

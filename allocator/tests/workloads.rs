@@ -206,8 +206,11 @@ fn workloads_forced_cas_mode() {
 #[test]
 fn verbose_and_stats_lines() {
     if std::env::var_os(BODY_VAR).is_some() {
-        let v: Vec<u8> = vec![1; 1000];
-        assert_eq!(v.len(), 1000);
+        let v: Vec<Box<u64>> = (0..1000).map(Box::new).collect();
+        assert_eq!(v.iter().map(|b| **b).sum::<u64>(), 499_500);
+        drop(v);
+        let st = rseq_alloc::raw::stats();
+        assert!(st.fast_hits > 0, "stats=1 counts fast-path hits: {st:?}");
         return;
     }
     let (_, stderr) = run_child("verbose_and_stats_lines", "verbose=1,stats=1,bogus=2");
