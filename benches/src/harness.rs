@@ -768,6 +768,14 @@ pub fn main(args: &[String]) -> i32 {
         );
     }
     notes.extend(workload_skips);
+    if workloads_run.iter().any(|w| w.kind != WKind::Synthetic) {
+        let (hwm, _) = rseq_alloc_bench::rss_kib();
+        notes.push(format!(
+            "python/sqlite peak RSS is `ru_maxrss` from wait4; Linux carries the spawning \
+             harness's own peak ({:.1} MiB here) into it, so that is its floor",
+            hwm as f64 / 1024.0
+        ));
+    }
 
     let legend: Vec<(String, String)> = allocs
         .iter()
