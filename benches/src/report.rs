@@ -422,6 +422,8 @@ impl Report {
         }
         let _ = writeln!(s);
 
+        self.targets(&metrics, &mut s);
+
         // Per-workload detail.
         let _ = writeln!(s, "## Details\n");
         let mut last_workload = String::new();
@@ -494,6 +496,94 @@ impl Report {
             let _ = writeln!(s);
         }
         s
+    }
+
+    /// The project's targets (issue 5), evaluated on this run's medians.
+    fn targets(&self, metrics: &[Metric], s: &mut String) {
+        let med = |metric: &str, alloc: &str| {
+            metrics
+                .iter()
+                .find(|m| m.name == metric)
+                .and_then(|m| m.cells.iter().find(|c| c.alloc == alloc))
+        };
+        let status = |ok: Option<bool>| match ok {
+            Some(true) => "met",
+            Some(false) => "**missed**",
+            None => "not measured",
+        };
+        let mut rows: Vec<(String, String, &str)> = Vec::new();
+
+        // Single-thread small-object churn: our time over theirs.
+        let small = [
+            "pair/16B",
+            "pair/64B",
+            "pair/256B",
+            "pair/1024B",
+            "burst1000",
+        ];
+        let worst = |peer: &str| -> Option<(f64, String)> {
+            let mut out: Option<(f64, String)> = None;
+            for m in small {
+                let (Some(o), Some(p)) = (med(m, "rseq"), med(m, peer)) else {
+                    continue;
+                };
+                let r = o.med / p.med;
+                if !matches!(&out, Some((w, _)) if r <= *w) {
+                    out = Some((r, m.to_string()));
+                }
+            }
+            out
+        };
+        for (peer, limit) in [("jemalloc", 0.8), ("mimalloc", 1.0)] {
+            let w = worst(peer);
+            rows.push((
+                format!("single-thread small objects: time ≤ {limit:.1}x {peer}'s"),
+                w.as_ref()
+                    .map_or("–".into(), |(r, m)| format!("worst {r:.2}x ({m})")),
+                status(w.map(|(r, _)| r <= limit)),
+            ));
+        }
+        let t64 = med("threads64", "rseq");
+        rows.push((
+            "threads64: throughput ≥ 1.2x jemalloc's".into(),
+            t64.and_then(|c| c.speed)
+                .map_or("–".into(), |x| format!("{x:.2}x")),
+            status(t64.and_then(|c| c.speed).map(|x| x >= 1.2)),
+        ));
+        rows.push((
+            "threads64: peak RSS ≤ jemalloc's".into(),
+            t64.and_then(|c| c.rss)
+                .map_or("–".into(), |x| format!("{x:.2}x")),
+            status(t64.and_then(|c| c.rss).map(|x| x <= 1.0)),
+        ));
+        let fr = med("frag", "rseq").and_then(|c| c.final_rel);
+        rows.push((
+            "frag: final RSS ≤ jemalloc's".into(),
+            fr.map_or("–".into(), |x| format!("{x:.2}x")),
+            status(fr.map(|x| x <= 1.0)),
+        ));
+        for prog in ["python", "sqlite"] {
+            let r = match (med(prog, "rseq-so"), med(prog, "glibc")) {
+                (Some(o), Some(g)) => Some(o.med / g.med),
+                _ => None,
+            };
+            rows.push((
+                format!("{prog}: time ≤ glibc's (rseq-so)"),
+                r.map_or("–".into(), |x| format!("{x:.2}x")),
+                status(r.map(|x| x <= 1.0)),
+            ));
+        }
+        if self.suite == "smoke" || rows.iter().all(|r| r.2 == "not measured") {
+            return;
+        }
+        let _ = writeln!(
+            s,
+            "## Targets (issue 5), on this run's medians\n\n| target | measured | status |\n|---|---:|---|"
+        );
+        for (t, m, st) in rows {
+            let _ = writeln!(s, "| {t} | {m} | {st} |");
+        }
+        let _ = writeln!(s);
     }
 
     fn failed(&self, workload: &str, alloc: &str) -> bool {
