@@ -151,12 +151,14 @@ fn python_with_tests() -> PathBuf {
 fn python_summary(out: &str) -> String {
     let mut summary = String::new();
     let mut in_failed_list = false;
-    // The final report starts at "== Tests result: ..."; failures listed
-    // before it include those that passed on the re-run.
-    let report = out
-        .lines()
-        .skip_while(|l| !l.starts_with("== Tests result"));
-    for line in report {
+    // The final report starts at the last "== Tests result: ..." line; the
+    // report before the re-run lists failures that may pass on the re-run.
+    let lines: Vec<&str> = out.lines().collect();
+    let start = lines
+        .iter()
+        .rposition(|l| l.starts_with("== Tests result"))
+        .unwrap_or(0);
+    for &line in &lines[start..] {
         if in_failed_list {
             if let Some(names) = line.strip_prefix("    ") {
                 for name in names.split_whitespace() {
@@ -389,6 +391,8 @@ fn ffi_program_cxx_threads() {
 #[test]
 fn ffi_python_summary_parser() {
     let out = "\
+== Tests result: FAILURE ==
+
 1 test failed:
     test_flaky
 
