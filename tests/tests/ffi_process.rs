@@ -84,3 +84,33 @@ fn ffi_thread_churn_bounded_rss() {
         Duration::from_secs(180),
     );
 }
+
+/// Another preloaded library whose constructor allocates (and whose
+/// destructor frees), before or after ours in LD_PRELOAD: whichever
+/// constructor runs first, allocation works before ours has run, and fork
+/// from threads still works afterwards (the atfork handlers got registered).
+#[test]
+fn ffi_preload_next_to_allocating_constructor() {
+    let dir = scratch("preload-order");
+    let lib = compile(
+        "cc",
+        &["dlopen_lib.c"],
+        &dir,
+        "libctor_alloc.so",
+        &[OsStr::new("-shared"), OsStr::new("-fPIC")],
+    );
+    let exe = compile("cc", &["fork_threads.c"], &dir, "fork_threads", &[]);
+    let ours = built().cdylib.display().to_string();
+    let other = lib.display().to_string();
+    for order in [[&other, &ours], [&ours, &other]] {
+        let preload = format!("{} {}", order[0], order[1]);
+        let mut cmd = Command::new(&exe);
+        Mode::Preload.apply(&mut cmd, true);
+        cmd.env("LD_PRELOAD", &preload);
+        let r = run(&mut cmd, Duration::from_secs(120));
+        let label = format!("LD_PRELOAD=\"{preload}\"");
+        r.assert_ok(&label);
+        assert_init_line(&r.stderr, Mode::Preload, &label);
+        assert!(r.stdout.contains("children ok"), "{label}: {}", r.stdout);
+    }
+}
