@@ -60,6 +60,14 @@ impl SizeClass {
     pub fn capacity(self) -> usize {
         CLASS_CAPACITY[self.0 as usize] as usize
     }
+    /// Objects the central transfer stack of this class may hold: about
+    /// 128 KiB worth, between 1 and `central::TRANSFER_SLOTS` (64), so all
+    /// transfer stacks together hold at most about 5.5 MiB.
+    #[inline]
+    pub fn transfer_capacity(self) -> usize {
+        let n = 128 * 1024 / self.size_bytes();
+        n.clamp(1, 64)
+    }
     /// Pages per span of this class.
     #[inline]
     pub fn span_pages(self) -> usize {
@@ -417,6 +425,11 @@ mod tests {
             bytes += c.capacity() * c.size_bytes();
         }
         assert_eq!(slots, CPU_CACHE_TOTAL_SLOTS);
+        let transfer: usize = SizeClass::all()
+            .map(|c| c.transfer_capacity() * c.size_bytes())
+            .sum();
+        assert!(transfer <= 6 << 20, "transfer stacks bound: {transfer}");
+        assert!(SizeClass::all().all(|c| c.transfer_capacity() <= crate::central::TRANSFER_SLOTS));
         assert_eq!(bytes, CPU_CACHE_MAX_BYTES);
         assert!(bytes <= 4 << 20);
     }
