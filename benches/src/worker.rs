@@ -86,6 +86,41 @@ fn emit(name: &str, value: f64, unit: &str, better: &str) {
     println!("RESULT name={name} value={value:.4} unit={unit} better={better}");
 }
 
+/// Pre-drawn object sizes and slot indices, so the measured loops spend their
+/// time in the allocator rather than in the PRNG's divisions.
+struct Draws {
+    sizes: Vec<usize>,
+    slots: Vec<usize>,
+    i: usize,
+}
+
+impl Draws {
+    const N: usize = 4096;
+
+    fn new(seed: u64, min: usize, max: usize, nslots: usize) -> Draws {
+        let mut rng = XorShift::new(seed);
+        Draws {
+            sizes: (0..Self::N).map(|_| rng.log_size(min, max)).collect(),
+            // Slots drawn from a second, coprime-length table so the
+            // (size, slot) pairs do not repeat with period N.
+            slots: (0..Self::N - 1)
+                .map(|_| rng.below(nslots.max(1) as u64) as usize)
+                .collect(),
+            i: 0,
+        }
+    }
+
+    /// The next (size, slot) pair.
+    #[inline]
+    fn next(&mut self) -> (usize, usize) {
+        self.i = self.i.wrapping_add(1);
+        (
+            self.sizes[self.i % Self::N],
+            self.slots[self.i % (Self::N - 1)],
+        )
+    }
+}
+
 /// Size header written into every churn object: its size (to free it with the
 /// right layout wherever it ends up) and the CPU that allocated it.
 const HDR: usize = 16;
@@ -234,12 +269,12 @@ fn larson(p: &Params) {
             .map(|tid| {
                 let (arr, barrier) = (&arr, &barrier);
                 s.spawn(move || {
-                    let mut rng = XorShift::new(100 + tid as u64);
+                    let mut d = Draws::new(100 + tid as u64, HDR, max, slots);
                     barrier.wait();
                     let start = Instant::now();
                     for _ in 0..ops {
-                        let i = rng.below(slots as u64) as usize;
-                        let new = obj_alloc(rng.log_size(HDR, max));
+                        let (size, i) = d.next();
+                        let new = obj_alloc(size);
                         let old = arr[i].swap(new, Ordering::AcqRel);
                         // SAFETY: the swap made this thread the only owner of `old`.
                         unsafe { obj_free(old) };
@@ -274,11 +309,10 @@ fn prodcon(p: &Params) {
         for pid in 0..pairs {
             let (tx, rx) = mpsc::sync_channel::<Vec<usize>>(16);
             s.spawn(move || {
-                let mut rng = XorShift::new(200 + pid as u64);
+                let mut d = Draws::new(200 + pid as u64, HDR, 512, 1);
                 for _ in 0..batches {
-                    let v: Vec<usize> = (0..batch)
-                        .map(|_| obj_alloc(rng.log_size(HDR, 512)) as usize)
-                        .collect();
+                    let v: Vec<usize> =
+                        (0..batch).map(|_| obj_alloc(d.next().0) as usize).collect();
                     tx.send(v).expect("consumer alive");
                 }
             });
@@ -312,15 +346,13 @@ fn threads64(p: &Params) {
             .map(|tid| {
                 let barrier = &barrier;
                 s.spawn(move || {
-                    let mut rng = XorShift::new(300 + tid as u64);
-                    let mut mine: Vec<*mut u8> = (0..ring)
-                        .map(|_| obj_alloc(rng.log_size(HDR, max)))
-                        .collect();
+                    let mut d = Draws::new(300 + tid as u64, HDR, max, ring);
+                    let mut mine: Vec<*mut u8> = (0..ring).map(|_| obj_alloc(d.next().0)).collect();
                     barrier.wait();
                     let start = Instant::now();
                     for _ in 0..ops {
-                        let i = rng.below(ring as u64) as usize;
-                        let new = obj_alloc(rng.log_size(HDR, max));
+                        let (size, i) = d.next();
+                        let new = obj_alloc(size);
                         // SAFETY: mine[i] is a live object owned by this thread.
                         unsafe { obj_free(std::mem::replace(&mut mine[i], new)) };
                     }
@@ -446,13 +478,13 @@ fn remote(p: &Params) {
             let remote_frees = &remote_frees;
             s.spawn(move || {
                 pin_to_cpu(cpu);
-                let mut rng = XorShift::new(400 + k as u64);
+                let mut d = Draws::new(400 + k as u64, HDR, 512, 1);
                 let mut remote = 0;
                 for _ in 0..batches {
                     let here = current_cpu().unwrap_or(usize::MAX);
                     let v: Vec<usize> = (0..batch)
                         .map(|_| {
-                            let q = obj_alloc(rng.log_size(HDR, 512));
+                            let q = obj_alloc(d.next().0);
                             // SAFETY: header word 1 is ours to write.
                             unsafe { (q as *mut usize).add(1).write(here) };
                             q as usize
