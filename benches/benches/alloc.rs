@@ -120,19 +120,23 @@ fn churn_run<A: GlobalAlloc + Sync>(a: &A, threads: usize, iters: u64) -> Durati
             .map(|t| {
                 let barrier = &barrier;
                 s.spawn(move || {
+                    // Pre-drawn layouts and slots: the loop measures the allocator,
+                    // not the PRNG.
                     let mut rng = XorShift::new(1000 + t as u64);
-                    let mut ring: Vec<(*mut u8, Layout)> = (0..64)
+                    let layouts: Vec<Layout> = (0..4096)
                         .map(|_| {
-                            let l =
-                                Layout::from_size_align(rng.log_size(16, 1024), 8).expect("layout");
-                            (alloc_touch(a, l), l)
+                            Layout::from_size_align(rng.log_size(16, 1024), 8).expect("layout")
                         })
+                        .collect();
+                    let slots: Vec<usize> = (0..4095).map(|_| rng.below(64) as usize).collect();
+                    let mut ring: Vec<(*mut u8, Layout)> = layouts[..64]
+                        .iter()
+                        .map(|&l| (alloc_touch(a, l), l))
                         .collect();
                     barrier.wait();
                     let start = Instant::now();
-                    for _ in 0..iters {
-                        let i = rng.below(64) as usize;
-                        let l = Layout::from_size_align(rng.log_size(16, 1024), 8).expect("layout");
+                    for k in 0..iters as usize {
+                        let (l, i) = (layouts[k % 4096], slots[k % 4095]);
                         let new = (alloc_touch(a, l), l);
                         let (p, pl) = std::mem::replace(&mut ring[i], new);
                         // SAFETY: p was allocated by `a` with pl and is owned here.
