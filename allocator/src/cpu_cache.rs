@@ -16,13 +16,21 @@
 //!
 //! Reclaiming: `drain_all` empties every region into the central lists
 //! (rseq-sys stops the region's stacks and fences with membarrier); used by
-//! `trim()` and when the heap runs out of memory.
+//! `trim()` and when the heap runs out of memory. Idle regions are drained
+//! automatically: every [`IDLE_SCAN_PERIOD`] cache misses (process-wide),
+//! `drain_idle_regions` takes a fingerprint of each region's stack depths
+//! and drains the non-empty regions whose fingerprint has not changed since
+//! the previous scan (e.g. the cache of a CPU or cid no thread uses any more,
+//! after a burst of threads). The scan costs `nregions x classes` relaxed
+//! loads, amortised over the misses; an active region that happens to look
+//! unchanged is drained needlessly and refills on its next miss.
 
 use crate::central::CentralLists;
 use crate::config::{Config, IndexChoice};
 use crate::lock::RawLock;
 use crate::page_heap::PageHeap;
 use crate::size_class::{self, SizeClass};
+use core::sync::atomic::{AtomicPtr, AtomicU64, Ordering};
 use rseq_sys::percpu::{self, Discipline, Index, PerCpuSlabs};
 
 /// The per-CPU stacks (inert until `init`).
@@ -59,6 +67,13 @@ pub(crate) fn init(cfg: &Config) -> bool {
             }
         }
     };
+    if let Some(sigs) = crate::os::map(
+        nregions * core::mem::size_of::<AtomicU64>(),
+        libc::PROT_READ | libc::PROT_WRITE,
+        true,
+    ) {
+        IDLE_SIGS.store(sigs.as_ptr().cast(), Ordering::Release);
+    }
     // SAFETY: `mem` is a fresh zeroed mapping of nregions * REGION_BYTES,
     // aligned to REGION_BYTES, never unmapped; the capacities sum to
     // CPU_CACHE_TOTAL_SLOTS <= MAX_SLOTS (const-asserted); called once.
@@ -71,6 +86,59 @@ pub(crate) fn init(cfg: &Config) -> bool {
             index,
         )
     }
+}
+
+/// Cache misses between two idle scans.
+pub(crate) const IDLE_SCAN_PERIOD: u64 = 4096;
+
+/// One fingerprint per region (`nregions` words, mapped at init; null if
+/// that mapping failed, which disables idle draining).
+static IDLE_SIGS: AtomicPtr<AtomicU64> = AtomicPtr::new(core::ptr::null_mut());
+
+/// Regions drained because they were idle (statistics).
+pub(crate) static IDLE_DRAINS: AtomicU64 = AtomicU64::new(0);
+
+fn region_fingerprint(region: usize) -> u64 {
+    let mut sig = 0u64;
+    for c in SizeClass::all() {
+        let n = SLABS.len(region, c.index()) as u64;
+        sig = sig.rotate_left(7) ^ n.wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    }
+    sig
+}
+
+/// Drains the regions that look idle (see the module doc). Never blocks: if
+/// another drain or a fork is in progress, it does nothing.
+#[cold]
+#[inline(never)]
+pub(crate) fn drain_idle_regions() {
+    let sigs = IDLE_SIGS.load(Ordering::Acquire);
+    if sigs.is_null() || !DRAIN_LOCK.try_lock() {
+        return;
+    }
+    let central = &crate::global::CENTRAL;
+    let heap = &crate::global::HEAP;
+    for r in 0..SLABS.nregions() {
+        // SAFETY: IDLE_SIGS has `nregions` entries (mapped at init).
+        let slot = unsafe { &*sigs.add(r) };
+        let sig = region_fingerprint(r);
+        let empty = SizeClass::all().all(|c| SLABS.len(r, c.index()) == 0);
+        if !empty && sig == slot.load(Ordering::Relaxed) {
+            SLABS.drain(r, &mut |class, items| {
+                if let Some(c) = SizeClass::from_index(class) {
+                    // SAFETY: the drain handed us these free objects of
+                    // `class` exclusively.
+                    unsafe { central.get(c).push_batch(heap, c, items) };
+                }
+            });
+            IDLE_DRAINS.fetch_add(1, Ordering::Relaxed);
+            slot.store(region_fingerprint(r), Ordering::Relaxed);
+        } else {
+            slot.store(sig, Ordering::Relaxed);
+        }
+    }
+    // SAFETY: taken above by this thread.
+    unsafe { DRAIN_LOCK.unlock() };
 }
 
 /// Serialises drains with `fork_prepare`: a drain holds rseq-sys's region

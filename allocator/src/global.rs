@@ -298,7 +298,10 @@ fn reclaim() -> bool {
 #[cold]
 #[inline(never)]
 fn malloc_miss(class: SizeClass, e: OpError) -> *mut u8 {
-    FAST_MISSES.fetch_add(1, Ordering::Relaxed);
+    let misses = FAST_MISSES.fetch_add(1, Ordering::Relaxed);
+    if misses % crate::cpu_cache::IDLE_SCAN_PERIOD == crate::cpu_cache::IDLE_SCAN_PERIOD - 1 {
+        crate::cpu_cache::drain_idle_regions();
+    }
     if e != OpError::Empty {
         return central_pop_one(class);
     }

@@ -101,6 +101,8 @@ pub fn print_stats() {
         .dec(s.rseq_aborts)
         .str(" fallback_ops=")
         .dec(s.fallback_ops)
+        .str(" idle_drains=")
+        .dec(crate::cpu_cache::IDLE_DRAINS.load(Ordering::Relaxed))
         .str("\n");
     m.flush_stderr();
     if global::cache_ready() {

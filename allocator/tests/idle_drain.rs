@@ -1,0 +1,84 @@
+//! Idle per-CPU caches are drained without `trim()`: a helper thread pinned
+//! to CPU 1 fills that CPU's cache and exits; the main thread, pinned to CPU
+//! 0, keeps missing in its own cache; the periodic idle scan must notice
+//! that region 1 no longer changes and drain it. Runs in a child process
+//! with `RSEQ_MALLOC_CONF=index=cpu` so that regions are CPU numbers.
+
+use rseq_alloc::raw;
+
+const BODY_VAR: &str = "RSEQ_ALLOC_TEST_BODY";
+
+fn pin(cpu: usize) -> bool {
+    // SAFETY: a zeroed cpu_set_t is valid; CPU_SET writes inside it;
+    // sched_setaffinity on the calling thread.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(cpu, &mut set);
+        libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) == 0
+    }
+}
+
+fn body() {
+    if !pin(0) {
+        eprintln!("SKIP cannot pin to CPU 0");
+        return;
+    }
+    let helper = std::thread::spawn(|| {
+        if !pin(1) {
+            return false;
+        }
+        let v: Vec<usize> = (0..500).map(|_| raw::malloc(64) as usize).collect();
+        for p in v {
+            // SAFETY: live blocks, freed once.
+            unsafe { raw::free(p as *mut u8) };
+        }
+        true
+    });
+    if !helper.join().unwrap() {
+        eprintln!("SKIP cannot pin to CPU 1");
+        return;
+    }
+    let before = rseq_alloc::stats::cached_bytes_in_region(1);
+    assert!(before > 0, "the helper left objects in CPU 1's cache");
+    let mut v = Vec::with_capacity(40_000);
+    for _ in 0..20 {
+        for _ in 0..40_000 {
+            v.push(raw::malloc(48) as usize);
+        }
+        for p in v.drain(..) {
+            // SAFETY: live blocks, freed once.
+            unsafe { raw::free(p as *mut u8) };
+        }
+        if rseq_alloc::stats::cached_bytes_in_region(1) == 0 {
+            break;
+        }
+    }
+    let after = rseq_alloc::stats::cached_bytes_in_region(1);
+    assert_eq!(after, 0, "idle region 1 was drained (had {before} bytes)");
+    raw::check_invariants();
+}
+
+#[test]
+fn idle_cpu_cache_is_drained() {
+    if std::env::var_os(BODY_VAR).is_some() {
+        body();
+        return;
+    }
+    let out = std::process::Command::new(std::env::current_exe().unwrap())
+        .args([
+            "idle_cpu_cache_is_drained",
+            "--exact",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env(BODY_VAR, "1")
+        .env("RSEQ_MALLOC_CONF", "index=cpu")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
