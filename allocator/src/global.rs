@@ -570,8 +570,9 @@ pub(crate) unsafe fn dealloc(p: *mut u8, size: usize, align: usize) {
 }
 
 /// Reallocation keeping `align`. In place when the class does not change,
-/// when a large block keeps its page count, or through `mremap` for a huge
-/// block whose alignment allows it.
+/// when a large block keeps its page count or can shrink or grow into the
+/// free pages after it, or through `mremap` for a huge block whose
+/// alignment allows it.
 ///
 /// # Safety
 /// `p` is a live block of this allocator allocated with alignment `align`.
@@ -589,9 +590,12 @@ pub(crate) unsafe fn realloc(p: *mut u8, new_size: usize, align: usize, who: &st
                 && new_size
                     .checked_add(align)
                     .is_some_and(|n| n < HUGE_THRESHOLD_BYTES)
-                && new_size.div_ceil(PAGE_BYTES) == old_pages
             {
-                return p;
+                let new_pages = new_size.div_ceil(PAGE_BYTES).max(1);
+                // SAFETY: the caller owns the live block `s`.
+                if new_pages == old_pages || unsafe { HEAP.resize_large(s, new_pages) } {
+                    return p;
+                }
             }
             old_pages << PAGE_SHIFT
         }

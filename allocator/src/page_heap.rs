@@ -286,6 +286,74 @@ impl PageHeap {
         self.publish(&g);
     }
 
+    /// Resizes a LARGE span in place to `new_pages`: shrinking gives the tail
+    /// back; growing takes pages from the free span that follows it (or from
+    /// the top of the heap). Returns false, changing nothing, if the pages
+    /// after the span are not free.
+    ///
+    /// # Safety
+    /// `s` is a LARGE span of this heap owned by the caller (a live block).
+    pub unsafe fn resize_large(&self, s: &Span, new_pages: usize) -> bool {
+        if new_pages == 0 || new_pages > u32::MAX as usize / 2 {
+            return false;
+        }
+        let mut g = self.inner.lock();
+        let start = s.start();
+        let n = s.pages();
+        let id = self.id_of(s);
+        if new_pages <= n {
+            if new_pages < n {
+                let tail = n - new_pages;
+                s.npages.store(new_pages as u32, Ordering::Relaxed);
+                self.map.set_range(start + new_pages, tail, 0);
+                self.large_bytes
+                    .fetch_sub(tail << PAGE_SHIFT, Ordering::Relaxed);
+                self.insert_free(&mut g, start + new_pages, tail, tail, 0);
+                if g.free_dirty_pages > RELEASE_THRESHOLD_PAGES {
+                    self.release_down_to(&mut g, RELEASE_THRESHOLD_PAGES / 2);
+                }
+                self.publish(&g);
+            }
+            return true;
+        }
+        let end = start + n;
+        let need = new_pages - n;
+        if end == g.top {
+            if self.grow(&mut g, need).is_none() {
+                return false;
+            }
+        } else {
+            let rid = self.map.get(end);
+            if rid == 0 {
+                return false;
+            }
+            let r = self.record(rid);
+            if r.state() != FREE || r.pages() < need {
+                return false;
+            }
+            debug_assert_eq!(r.start(), end);
+            let rn = r.pages();
+            self.remove_list(&mut g, rid);
+            // SAFETY: page-heap lock held; r is FREE.
+            let rd = unsafe { r.locked() }.dirty_pages as usize;
+            self.map.set(end, 0);
+            self.map.set(end + rn - 1, 0);
+            g.free_pages -= rn;
+            g.free_dirty_pages -= rd;
+            self.drop_record(&mut g, rid);
+            if rn > need {
+                let rest = rn - need;
+                self.insert_free(&mut g, end + need, rest, rd.min(rest), 0);
+            }
+        }
+        s.npages.store(new_pages as u32, Ordering::Relaxed);
+        self.map.set_range(end, need, id);
+        self.large_bytes
+            .fetch_add(need << PAGE_SHIFT, Ordering::Relaxed);
+        self.publish(&g);
+        true
+    }
+
     /// Releases every dirty free span to the OS; returns the bytes released.
     pub fn release_all(&self) -> usize {
         let mut g = self.inner.lock();
@@ -752,6 +820,40 @@ mod tests {
         let st = h.stats();
         assert_eq!(st.large_bytes, 0);
         assert_eq!(st.free_bytes, h.inner.lock().top << PAGE_SHIFT);
+    }
+
+    #[test]
+    fn resize_large_in_place() {
+        let h = heap();
+        let (a, _) = h.alloc_span(4, 0, LARGE, 0).unwrap();
+        let (b, _) = h.alloc_span(4, 0, LARGE, 0).unwrap();
+        let (c, _) = h.alloc_span(2, 0, LARGE, 0).unwrap();
+        // a cannot grow: b follows.
+        // SAFETY: a, b, c are ours.
+        unsafe {
+            assert!(!h.resize_large(a, 5));
+            h.free_span(b);
+            h.check_invariants();
+            assert!(h.resize_large(a, 6), "grows into the freed b");
+            assert_eq!(a.pages(), 6);
+            h.check_invariants();
+            assert!(h.resize_large(a, 8), "takes the rest of b exactly");
+            assert!(!h.resize_large(a, 9), "c follows");
+            assert!(h.resize_large(a, 3), "shrinks");
+            h.check_invariants();
+            // c is at the top: it can grow from the top of the heap.
+            assert!(h.resize_large(c, 50));
+            assert_eq!(c.pages(), 50);
+            h.check_invariants();
+            assert!(core::ptr::eq(
+                h.span_of(h.span_addr(c) + 49 * PAGE_BYTES).unwrap(),
+                c
+            ));
+            h.free_span(a);
+            h.free_span(c);
+        }
+        h.check_invariants();
+        assert_eq!(h.stats().large_bytes, 0);
     }
 
     #[test]
