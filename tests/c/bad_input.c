@@ -8,8 +8,8 @@
  * call returns, the program prints "NOT REACHED" and exits 3.
  *
  * Cases: stack global interior interior_medium interior_large
- *        double_medium double_large realloc_stack realloc_interior foreign
- *        usable_stack
+ *        double_medium double_large realloc_stack realloc_interior
+ *        realloc_zero_stack foreign usable_stack
  * (medium: a block of pages from the page heap; large: a direct mapping.
  * A double free of a small block sitting in a per-CPU cache is not
  * detectable without a cost on the fast path, so it is not a case here.)
@@ -96,6 +96,9 @@ int main(int argc, char **argv)
     } else if (!strcmp(c, "realloc_interior")) {
         bad = (char *)malloc(100) + 32;
         use_realloc = 1;
+    } else if (!strcmp(c, "realloc_zero_stack")) {
+        bad = stack_buf + 64;
+        use_realloc = 2; /* realloc(p, 0): frees p, so p is checked too */
     } else if (!strcmp(c, "foreign")) {
         bad = __libc_malloc(100);
     } else if (!strcmp(c, "usable_stack")) {
@@ -108,7 +111,7 @@ int main(int argc, char **argv)
     check_heap();
     printf("bad pointer: %p\n", bad);
     if (use_realloc)
-        launder(realloc(launder(bad), 200));
+        launder(realloc(launder(bad), use_realloc == 2 ? 0 : 200));
     else if (use_usable)
         printf("usable %zu\n", malloc_usable_size(launder(bad)));
     else

@@ -158,6 +158,12 @@ fn ffi_bad_realloc_of_interior_pointer() {
     check_case("realloc_interior", "realloc()");
 }
 
+/// `realloc(p, 0)` frees `p`; the message names the function called.
+#[test]
+fn ffi_bad_realloc_to_zero_of_stack_pointer() {
+    check_case("realloc_zero_stack", "realloc()");
+}
+
 #[test]
 fn ffi_bad_malloc_usable_size_of_stack_pointer() {
     check_case("usable_stack", "malloc_usable_size()");
