@@ -24,6 +24,20 @@ fn pair<A: GlobalAlloc>(a: &A, size: usize, iters: usize) -> f64 {
     t.elapsed().as_nanos() as f64 / iters as f64
 }
 
+/// The C path: `raw::malloc` + `raw::free` (page-map lookup on free).
+fn raw_pair(size: usize, iters: usize) -> f64 {
+    let t = Instant::now();
+    for _ in 0..iters {
+        let p = black_box(rseq_alloc::raw::malloc(size));
+        // SAFETY: fresh block, freed once.
+        unsafe {
+            *p = 1;
+            rseq_alloc::raw::free(p)
+        };
+    }
+    t.elapsed().as_nanos() as f64 / iters as f64
+}
+
 fn batch<A: GlobalAlloc>(a: &A, size: usize, rounds: usize) -> f64 {
     let l = Layout::from_size_align(size, 8).unwrap();
     let mut v = vec![std::ptr::null_mut(); 1000];

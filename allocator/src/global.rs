@@ -4,7 +4,14 @@
 //! Fast paths (`malloc_class`, `free_class`): the class is found from the
 //! size by a table lookup; then one load of `STATE` and one per-CPU pop or
 //! push (an rseq critical section, or CAS in fallback mode). Everything else
-//! is in `#[cold]` functions.
+//! is in `#[cold]` functions. Cost: about 40 instructions per call through
+//! `__rust_alloc` (class lookup ~8, state check 3, rseq-sys pop ~25 including
+//! the critical section); measured 7.6-8 ns per alloc+free pair when inlined
+//! and ~15 ns through `std::alloc::{alloc, dealloc}` on the 2.5 GHz Xeon of
+//! this project (glibc: 11.5 ns inlined), on an idle machine.
+//!
+//! The C path (`raw::free`) finds the class through the page map: about a
+//! dozen more loads than `dealloc` with a layout.
 //!
 //! Block kinds, by request:
 //! - small: size <= 256 KiB and alignment <= page (8 KiB): size classes;
