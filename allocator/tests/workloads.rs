@@ -163,11 +163,16 @@ fn all_bodies() {
 /// Runs the named test body in a child process with the given
 /// RSEQ_MALLOC_CONF; returns (stdout, stderr).
 fn run_child(test_name: &str, conf: &str) -> (String, String) {
+    run_child_env(test_name, conf, &[])
+}
+
+fn run_child_env(test_name: &str, conf: &str, env: &[(&str, &str)]) -> (String, String) {
     let exe = std::env::current_exe().unwrap();
     let out = Command::new(exe)
         .args([test_name, "--exact", "--nocapture", "--test-threads=1"])
         .env(BODY_VAR, "1")
         .env("RSEQ_MALLOC_CONF", conf)
+        .envs(env.iter().copied())
         .output()
         .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
@@ -201,6 +206,35 @@ fn workloads_forced_cas_mode() {
         "{stderr}"
     );
     assert!(line.contains(" cpus="), "{line}");
+}
+
+/// glibc told not to register rseq: this crate's rseq-sys registers its own
+/// area per thread (mode rseq-own), including 2000 short-lived threads.
+#[test]
+fn workloads_rseq_own_mode() {
+    if std::env::var_os(BODY_VAR).is_some() {
+        let mode = rseq_alloc::mode_name();
+        assert!(mode == "rseq-own" || mode == "cmpxchg", "{mode}");
+        all_bodies();
+        return;
+    }
+    let (_, stderr) = run_child_env(
+        "workloads_rseq_own_mode",
+        "verbose=1",
+        &[("GLIBC_TUNABLES", "glibc.pthread.rseq=0")],
+    );
+    assert!(stderr.contains("rseq-malloc: mode="), "{stderr}");
+}
+
+/// Caches indexed by CPU number instead of mm_cid.
+#[test]
+fn workloads_index_cpu() {
+    if std::env::var_os(BODY_VAR).is_some() {
+        assert_eq!(rseq_alloc::index_name(), "cpu");
+        all_bodies();
+        return;
+    }
+    run_child("workloads_index_cpu", "index=cpu");
 }
 
 #[test]
