@@ -62,10 +62,10 @@ fn main() {
         // `quickbench rseq|system SIZE`: only pairs, for `perf stat`.
         let size: usize = args[2].parse().unwrap();
         let n = 20_000_000;
-        let ns = if args[1] == "rseq" {
-            pair(&r, size, n)
-        } else {
-            pair(&System, size, n)
+        let ns = match args[1].as_str() {
+            "rseq" => pair(&r, size, n),
+            "raw" => raw_pair(size, n),
+            _ => pair(&System, size, n),
         };
         println!("{} {size}: {ns:.2} ns/pair", args[1]);
         return;

@@ -24,6 +24,7 @@ use crate::cpu_cache::SLABS;
 use crate::huge::HugeTable;
 use crate::lock::RawLock;
 use crate::page_heap::PageHeap;
+use crate::pagemap::PageMap;
 use crate::size_class::{self, SizeClass, MAX_SMALL_BYTES, PAGE_BYTES, PAGE_SHIFT};
 use crate::span::{LARGE, SMALL};
 use crate::util::{self, MsgBuf};
@@ -463,28 +464,46 @@ pub(crate) enum Block<'a> {
 pub(crate) fn classify(p: *mut u8, who: &str) -> Block<'static> {
     let addr = p as usize;
     if let Some(page) = HEAP.map.page_of(addr) {
-        let id = HEAP.map.get(page);
-        if id != 0 {
-            let s = HEAP.record(id);
-            let start = HEAP.map.page_addr(s.start());
-            match s.state() {
-                SMALL => {
-                    if let Some(class) = SizeClass::from_index(s.class() as usize) {
-                        let off = addr.wrapping_sub(start);
-                        if off < s.pages() << PAGE_SHIFT
-                            && class.index_of_offset(off) * class.size_bytes() == off
-                        {
-                            return Block::Small(class);
-                        }
-                    }
-                }
-                LARGE if addr == start => return Block::Large(s),
-                _ => {}
+        let entry = HEAP.map.get_raw(page);
+        let (class_idx, page_in_span) = PageMap::small_of(entry);
+        if let Some(class) = SizeClass::from_index(class_idx) {
+            // A page of small objects: the entry alone gives the class and
+            // the span start, so validate the offset without the record.
+            let start = HEAP.map.page_addr(page - page_in_span);
+            let off = addr - start;
+            if class.index_of_offset(off) * class.size_bytes() == off {
+                return Block::Small(class);
             }
+            util::invalid_pointer(who, p)
         }
-        util::invalid_pointer(who, p)
+        return classify_span(p, entry as u32, who);
     }
     classify_outside(p, who)
+}
+
+/// The rest of `classify` for pages that are not small-object pages.
+#[inline(never)]
+fn classify_span(p: *mut u8, id: u32, who: &str) -> Block<'static> {
+    let addr = p as usize;
+    if id != 0 {
+        let s = HEAP.record(id);
+        let start = HEAP.map.page_addr(s.start());
+        match s.state() {
+            SMALL => {
+                if let Some(class) = SizeClass::from_index(s.class() as usize) {
+                    let off = addr.wrapping_sub(start);
+                    if off < s.pages() << PAGE_SHIFT
+                        && class.index_of_offset(off) * class.size_bytes() == off
+                    {
+                        return Block::Small(class);
+                    }
+                }
+            }
+            LARGE if addr == start => return Block::Large(s),
+            _ => {}
+        }
+    }
+    util::invalid_pointer(who, p)
 }
 
 #[cold]

@@ -162,7 +162,7 @@ impl PageHeap {
         // committed); entries are committed before the pages they describe
         // become part of a span (`grow`), and nobody else sees this heap
         // before `init` returns.
-        unsafe { self.map.init(base, npages, map_base as *mut u32) };
+        unsafe { self.map.init(base, npages, map_base as *mut u64) };
         true
     }
 
@@ -249,7 +249,11 @@ impl PageHeap {
         l.allocated = 0;
         l.carved = 0;
         l.on_list = false;
-        self.map.set_range(start + front, npages, id);
+        if state == SMALL && npages <= 255 {
+            self.map.set_small_range(start + front, npages, id, class);
+        } else {
+            self.map.set_range(start + front, npages, id);
+        }
         let bytes = npages << PAGE_SHIFT;
         if state == SMALL {
             self.small_bytes.fetch_add(bytes, Ordering::Relaxed);
@@ -673,8 +677,9 @@ impl PageHeap {
                     assert!(!prev_free, "adjacent free spans at page {p}");
                     assert_eq!(self.map.get(p + n - 1), id);
                     for q in p + 1..p + n - 1 {
-                        assert_eq!(self.map.get(q), 0, "inner page of free span mapped");
+                        assert_eq!(self.map.get_raw(q), 0, "inner page of free span mapped");
                     }
+                    assert_eq!(PageMap::small_of(self.map.get_raw(p)), (0, 0));
                     // SAFETY: page-heap lock held; s is FREE.
                     let d = unsafe { s.locked() }.dirty_pages as usize;
                     assert!(d <= n);
@@ -685,6 +690,12 @@ impl PageHeap {
                 SMALL | LARGE => {
                     for q in p..p + n {
                         assert_eq!(self.map.get(q), id, "page {q} of a used span");
+                        let want = if s.state() == SMALL && n <= 255 {
+                            (s.class() as usize, q - p)
+                        } else {
+                            (0, 0)
+                        };
+                        assert_eq!(PageMap::small_of(self.map.get_raw(q)), want, "page {q}");
                     }
                     prev_free = false;
                 }

@@ -1,9 +1,14 @@
 //! Page map: heap page -> span id, in O(1) with lock-free reads.
 //!
-//! A flat array of `AtomicU32`, one entry per page of the heap reservation,
+//! A flat array of `AtomicU64`, one entry per page of the heap reservation,
 //! itself living in the reservation (committed together with the pages it
-//! describes). A pointer outside `[base, base + npages * PAGE_BYTES)` is not
-//! ours; inside, entry 0 means "no live span here".
+//! describes). A pointer outside `[base, base + limit * PAGE_BYTES)` is not
+//! ours; inside, an entry whose span id is 0 means "no live span here".
+//!
+//! Entry layout: bits 0..32 span id; for pages of a span of small objects,
+//! bits 32..40 the page's index inside its span and bits 40..48 the size
+//! class (0 for every other page). `free(ptr)` reads one entry and, for a
+//! small object, needs no span record to find and validate its class.
 //!
 //! Invariants (writers hold the page-heap lock):
 //! - every page of a span in use (small or large) maps to that span's id;
@@ -16,7 +21,7 @@
 //! sees the span it describes.
 
 use crate::size_class::{PAGE_BYTES, PAGE_SHIFT};
-use core::sync::atomic::{AtomicPtr, AtomicU32, AtomicUsize, Ordering};
+use core::sync::atomic::{AtomicPtr, AtomicU64, AtomicUsize, Ordering};
 
 /// Id of a span in the span arena (never 0 for a real span).
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -29,7 +34,7 @@ pub struct PageMap {
     /// Pages whose entries are committed (`<= npages`); lookups beyond are
     /// answered "not ours" without reading the (uncommitted) entry.
     limit: AtomicUsize,
-    entries: AtomicPtr<AtomicU32>,
+    entries: AtomicPtr<AtomicU64>,
 }
 
 impl PageMap {
@@ -46,10 +51,10 @@ impl PageMap {
     /// Sets the heap range and the entry array.
     ///
     /// # Safety
-    /// `entries` points to `npages` zeroed `u32`s that outlive `self`, of
+    /// `entries` points to `npages` zeroed `u64`s that outlive `self`, of
     /// which the first `limit` are committed (see `set_limit`); called once,
     /// before any other thread can reach this map.
-    pub unsafe fn init(&self, base: usize, npages: usize, entries: *mut u32) {
+    pub unsafe fn init(&self, base: usize, npages: usize, entries: *mut u64) {
         self.entries.store(entries.cast(), Ordering::Relaxed);
         self.npages.store(npages, Ordering::Relaxed);
         self.base.store(base, Ordering::Release);
@@ -96,7 +101,7 @@ impl PageMap {
     }
 
     #[inline(always)]
-    fn entry(&self, page: usize) -> &AtomicU32 {
+    fn entry(&self, page: usize) -> &AtomicU64 {
         debug_assert!(page < self.limit.load(Ordering::Relaxed));
         // SAFETY: `page < limit` (callers get pages from `page_of` or from
         // spans, which lie below the heap's commit mark = limit), and
@@ -107,13 +112,20 @@ impl PageMap {
     /// The span id at `page` (0 = none).
     #[inline(always)]
     pub fn get(&self, page: usize) -> u32 {
+        self.entry(page).load(Ordering::Acquire) as u32
+    }
+
+    /// The whole entry at `page` (see the module doc for the layout).
+    #[inline(always)]
+    pub fn get_raw(&self, page: usize) -> u64 {
         self.entry(page).load(Ordering::Acquire)
     }
 
-    /// Sets one entry (page-heap lock held).
+    /// Sets one entry to a span id, without small-object data (page-heap
+    /// lock held).
     #[inline]
     pub fn set(&self, page: usize, id: u32) {
-        self.entry(page).store(id, Ordering::Release)
+        self.entry(page).store(id as u64, Ordering::Release)
     }
 
     /// Sets `n` entries starting at `page` (page-heap lock held).
@@ -123,9 +135,29 @@ impl PageMap {
         }
     }
 
+    /// Sets the `n` entries of a span of small objects of class `class`
+    /// (`n <= 255`; page-heap lock held).
+    pub fn set_small_range(&self, page: usize, n: usize, id: u32, class: u8) {
+        debug_assert!(n <= 255 && class != 0);
+        for i in 0..n {
+            let e = id as u64 | ((i as u64) << 32) | ((class as u64) << 40);
+            self.entry(page + i).store(e, Ordering::Release);
+        }
+    }
+
+    /// Splits a raw entry into (class, page index inside the span); class 0
+    /// means "not a page of small objects".
+    #[inline(always)]
+    pub fn small_of(entry: u64) -> (usize, usize) {
+        (
+            ((entry >> 40) & 0xff) as usize,
+            ((entry >> 32) & 0xff) as usize,
+        )
+    }
+
     /// Bytes of entry array needed for `npages` pages.
     pub const fn bytes_for(npages: usize) -> usize {
-        npages * 4
+        npages * 8
     }
 }
 
@@ -144,7 +176,7 @@ mod tests {
 
     #[test]
     fn foreign_and_ours() {
-        let mut entries = vec![0u32; 16];
+        let mut entries = vec![0u64; 16];
         let pm = PageMap::new();
         assert_eq!(pm.page_of(0x1234), None);
         let base = 1usize << 30;
@@ -164,5 +196,9 @@ mod tests {
         assert_eq!(pm.get(6), 9);
         assert_eq!(pm.get(7), 0);
         assert_eq!(pm.page_addr(2), base + 2 * PAGE);
+        pm.set_small_range(8, 3, 5, 17);
+        assert_eq!(pm.get(9), 5);
+        assert_eq!(PageMap::small_of(pm.get_raw(9)), (17, 1));
+        assert_eq!(PageMap::small_of(pm.get_raw(3)), (0, 0));
     }
 }
