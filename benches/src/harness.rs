@@ -154,7 +154,7 @@ struct Options {
 
 const USAGE: &str = "\
 usage: rseq-alloc-bench [--full] [--only W1,W2] [--alloc A1,A2] [--reps N] [--list]
-  --full      longer, steadier sizes and every allocator variant (about 15-25 min)
+  --full      longer, steadier sizes and every allocator variant (about 8 min on 2 CPUs)
   --only      run only these workloads
   --alloc     run only these allocators
   --reps N    repetitions of each measurement (default 3; median and min-max reported)
