@@ -13,6 +13,13 @@
 //! slots of class = region[begin .. end], live items = region[begin .. current]
 //! ```
 //!
+//! A section reads the whole header with one 8-byte load, so the fields it
+//! checks always come from one consistent state; reading `current` and
+//! `begin`/`end` with separate loads would let a section that starts while a
+//! drain has the header stopped read the old `current` and the restored
+//! bounds, and commit a stale `current` (seen as duplicated items in the
+//! drain stress test).
+//!
 //! Only `current` is written by the critical sections (the commit store).
 //! `begin`/`end` are written by initialisation and by a drain, which first
 //! "stops" the header (`begin = 0xffff`, `end = 0`: every pop sees it empty,
@@ -211,8 +218,10 @@ pub unsafe fn pop(base: *mut u8, class: usize, off: isize, idx: isize) -> (*mut 
             "mov {tmp:e}, dword ptr fs:[{idx}]\n",              // tmp = rseq->(cpu_id | mm_cid)
             "shl {tmp}, {shift}\n",                                // tmp = base + (tmp << SHIFT)
             "add {tmp}, {base}\n",
-            "movzx {cur:e}, word ptr [{tmp} + {class}*8]\n",    // cur = hdr[class].current
-            "cmp {cur:x}, word ptr [{tmp} + {class}*8 + 4]\n",  // if cur <= hdr[class].begin
+            "mov {h}, qword ptr [{tmp} + {class}*8]\n",         // h = hdr[class] (one snapshot)
+            "movzx {cur:e}, {h:x}\n",                           // cur = h.current
+            "shr {h}, 32\n",                                    // h = h.begin (| lock << 16)
+            "cmp {cur:x}, {h:x}\n",                             // if cur <= h.begin
             "jbe 8f\n",                                         //     goto miss (empty)
             "mov {item}, qword ptr [{tmp} + {cur}*8 - 8]\n",    // item = region[cur - 1]
             "dec {cur:e}\n",                                    // cur -= 1
@@ -224,6 +233,7 @@ pub unsafe fn pop(base: *mut u8, class: usize, off: isize, idx: isize) -> (*mut 
             class = in(reg) class,
             item = out(reg) item,
             tmp = out(reg) _,
+            h = out(reg) _,
             cur = out(reg) _,
             rt = out(reg) _,
             st = out(reg) status,
@@ -248,8 +258,10 @@ pub unsafe fn push(base: *mut u8, class: usize, off: isize, idx: isize, item: *m
             "mov {tmp:e}, dword ptr fs:[{idx}]\n",              // tmp = rseq->(cpu_id | mm_cid)
             "shl {tmp}, {shift}\n",                                // tmp = base + (tmp << SHIFT)
             "add {tmp}, {base}\n",
-            "movzx {cur:e}, word ptr [{tmp} + {class}*8]\n",    // cur = hdr[class].current
-            "cmp {cur:x}, word ptr [{tmp} + {class}*8 + 2]\n",  // if cur >= hdr[class].end
+            "mov {h}, qword ptr [{tmp} + {class}*8]\n",         // h = hdr[class] (one snapshot)
+            "movzx {cur:e}, {h:x}\n",                           // cur = h.current
+            "shr {h}, 16\n",                                    // h = h.end (| ...)
+            "cmp {cur:x}, {h:x}\n",                             // if cur >= h.end
             "jae 8f\n",                                         //     goto miss (full)
             "mov qword ptr [{tmp} + {cur}*8], {item}\n",        // region[cur] = item
             "inc {cur:e}\n",                                    // cur += 1
@@ -261,6 +273,7 @@ pub unsafe fn push(base: *mut u8, class: usize, off: isize, idx: isize, item: *m
             class = in(reg) class,
             item = in(reg) item,
             tmp = out(reg) _,
+            h = out(reg) _,
             cur = out(reg) _,
             rt = out(reg) _,
             st = out(reg) status,
@@ -287,8 +300,10 @@ pub unsafe fn pop_batch(args: &BatchArgs, off: isize, idx: isize) -> (usize, u32
             "shl {tmp}, {shift}\n",                                // region = args.base + (tmp << SHIFT)
             "add {tmp}, qword ptr [{a}]\n",
             "mov {cls}, qword ptr [{a} + 8]\n",                 // cls = args.class
-            "movzx {cur:e}, word ptr [{tmp} + {cls}*8]\n",      // cur = hdr.current
-            "movzx ecx, word ptr [{tmp} + {cls}*8 + 4]\n",      // n = hdr.begin
+            "mov rcx, qword ptr [{tmp} + {cls}*8]\n",           // n = hdr (one snapshot)
+            "movzx {cur:e}, cx\n",                              // cur = hdr.current
+            "shr rcx, 32\n",                                    // n = hdr.begin
+            "movzx ecx, cx\n",
             "sub rcx, {cur}\n",                                 // n = begin - cur
             "jge 8f\n",                                         // if begin >= cur goto miss (empty)
             "neg rcx\n",                                        // n = cur - begin
@@ -338,8 +353,10 @@ pub unsafe fn push_batch(args: &BatchArgs, off: isize, idx: isize) -> (usize, u3
             "shl {tmp}, {shift}\n",                                // region = args.base + (tmp << SHIFT)
             "add {tmp}, qword ptr [{a}]\n",
             "mov {cls}, qword ptr [{a} + 8]\n",                 // cls = args.class
-            "movzx {cur:e}, word ptr [{tmp} + {cls}*8]\n",      // cur = hdr.current
-            "movzx ecx, word ptr [{tmp} + {cls}*8 + 2]\n",      // n = hdr.end
+            "mov rcx, qword ptr [{tmp} + {cls}*8]\n",           // n = hdr (one snapshot)
+            "movzx {cur:e}, cx\n",                              // cur = hdr.current
+            "shr rcx, 16\n",                                    // n = hdr.end
+            "movzx ecx, cx\n",
             "sub rcx, {cur}\n",                                 // n = end - cur
             "jle 8f\n",                                         // if end <= cur goto miss (full)
             "cmp rcx, qword ptr [{a} + 24]\n",                  // n = min(n, args.max)
