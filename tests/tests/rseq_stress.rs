@@ -465,7 +465,7 @@ fn back_to_back_drains(index: Index) {
                     if held.is_empty() {
                         held.push(token(next.fetch_add(1, Ordering::Relaxed) as usize));
                     }
-                    if ops % 2 == 0 {
+                    if ops.is_multiple_of(2) {
                         let p = held.pop().unwrap();
                         if fx.slabs.push(0, NonNull::new(p).unwrap()).is_err() {
                             held.push(p);
