@@ -553,9 +553,18 @@ pub(crate) fn usable_of(p: *mut u8, who: &str) -> usize {
 // ---------------------------------------------------------------- entry points
 
 /// `malloc` with alignment: the object for (size, align), null on OOM or on
-/// an impossible request.
+/// an impossible request. The common case (alignment <= 16, small size)
+/// makes no call before the per-CPU pop; everything else is a tail call.
 #[inline(always)]
 pub(crate) fn alloc(size: usize, align: usize) -> *mut u8 {
+    match size_class::class_for_common(size, align) {
+        Some(c) => malloc_class(c),
+        None => alloc_uncommon(size, align),
+    }
+}
+
+#[inline(never)]
+fn alloc_uncommon(size: usize, align: usize) -> *mut u8 {
     match size_class::class_for(size, align) {
         Some(c) => malloc_class(c),
         None => alloc_big(size, align, false),
@@ -584,6 +593,23 @@ pub(crate) fn alloc_zeroed(size: usize, align: usize) -> *mut u8 {
 /// maps to the same class), not used afterwards.
 #[inline(always)]
 pub(crate) unsafe fn dealloc(p: *mut u8, size: usize, align: usize) {
+    if let (Some(c), Some(nn)) = (size_class::class_for_common(size, align), NonNull::new(p)) {
+        debug_assert!(
+            matches!(classify(p, "free_sized()"), Block::Small(k) if k == c) || is_boot(p as usize)
+        );
+        // SAFETY: per the contract p is a live object of class `c`.
+        return unsafe { free_class(nn, c) };
+    }
+    // SAFETY: forwarded contract.
+    unsafe { dealloc_uncommon(p, size, align) }
+}
+
+/// `dealloc` for large alignments and sizes.
+///
+/// # Safety
+/// As for `dealloc`.
+#[inline(never)]
+unsafe fn dealloc_uncommon(p: *mut u8, size: usize, align: usize) {
     if let (Some(c), Some(nn)) = (size_class::class_for(size, align), NonNull::new(p)) {
         debug_assert!(
             matches!(classify(p, "free_sized()"), Block::Small(k) if k == c) || is_boot(p as usize)

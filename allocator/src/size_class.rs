@@ -308,11 +308,10 @@ fn lookup(size: usize) -> u8 {
 /// The index of the 16-byte class (the smallest with 16-byte alignment).
 pub const CLASS16: u8 = 2;
 
-/// The class for a request of `size` bytes aligned to `align` (a power of
-/// two), or `None` when it is not a small object (too large, or aligned beyond
-/// a page). Size 0 gets the smallest class allowed by `align`.
+/// `class_for` restricted to the common case (alignment <= 16 and a small
+/// size), with no call inside: `None` means "ask `class_for`".
 #[inline(always)]
-pub fn class_for(size: usize, align: usize) -> Option<SizeClass> {
+pub fn class_for_common(size: usize, align: usize) -> Option<SizeClass> {
     if size <= MAX_SMALL_BYTES && align <= 16 {
         let mut c = lookup(size);
         if align > 8 && c < CLASS16 {
@@ -320,7 +319,18 @@ pub fn class_for(size: usize, align: usize) -> Option<SizeClass> {
         }
         return Some(SizeClass(c));
     }
-    class_for_aligned(size, align)
+    None
+}
+
+/// The class for a request of `size` bytes aligned to `align` (a power of
+/// two), or `None` when it is not a small object (too large, or aligned beyond
+/// a page). Size 0 gets the smallest class allowed by `align`.
+#[inline(always)]
+pub fn class_for(size: usize, align: usize) -> Option<SizeClass> {
+    match class_for_common(size, align) {
+        Some(c) => Some(c),
+        None => class_for_aligned(size, align),
+    }
 }
 
 #[inline(never)]
