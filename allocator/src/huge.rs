@@ -87,10 +87,26 @@ impl HugeTable {
         let Some(len) = crate::util::round_up(size, os::OS_PAGE_BYTES) else {
             return core::ptr::null_mut();
         };
-        let Some(p) = os::map_aligned(len, align, libc::PROT_READ | libc::PROT_WRITE, false) else {
-            return core::ptr::null_mut();
+        let p = if align <= os::OS_PAGE_BYTES {
+            match os::map(len, libc::PROT_READ | libc::PROT_WRITE, false) {
+                Some(p) => p.as_ptr(),
+                None => return core::ptr::null_mut(),
+            }
+        } else {
+            // Over-reserve address space only (no commit charge for the
+            // alignment slack), then make the block itself accessible.
+            let Some(p) = os::reserve(len, align) else {
+                return core::ptr::null_mut();
+            };
+            let p = p.as_ptr();
+            // SAFETY: `p` is our fresh reservation of `len` bytes.
+            if !unsafe { os::commit(p, len) } {
+                // SAFETY: nobody else knows the reservation.
+                unsafe { os::unmap(p, len) };
+                return core::ptr::null_mut();
+            }
+            p
         };
-        let p = p.as_ptr();
         if !self.insert(p as usize, len) {
             // SAFETY: we just mapped it and nobody else knows it.
             unsafe { os::unmap(p, len) };

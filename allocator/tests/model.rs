@@ -257,6 +257,21 @@ fn every_alignment_up_to_and_beyond_page() {
         // SAFETY: live block with this layout.
         unsafe { a.dealloc(p, layout) };
     }
+    // Alignments far beyond the page: address space is reserved, not
+    // committed, for the slack.
+    for shift in [26u32, 30, 34] {
+        let layout = Layout::from_size_align(100, 1 << shift).unwrap();
+        // SAFETY: non-zero size.
+        let p = unsafe { a.alloc(layout) };
+        if !p.is_null() {
+            assert_eq!(p as usize % (1 << shift), 0);
+            // SAFETY: 100-byte block.
+            unsafe {
+                p.write_bytes(7, 100);
+                a.dealloc(p, layout);
+            }
+        }
+    }
     rseq_alloc::raw::check_invariants();
 }
 
