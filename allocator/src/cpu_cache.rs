@@ -17,7 +17,8 @@
 //! Reclaiming: `drain_all` empties every region into the central lists
 //! (rseq-sys stops the region's stacks and fences with membarrier); used by
 //! `trim()` and when the heap runs out of memory. Idle regions are drained
-//! automatically: every [`IDLE_SCAN_PERIOD`] cache misses (process-wide),
+//! automatically: every `idle_scan_period()` cache misses (process-wide:
+//! 4096 per 16 regions, so the scan costs a few loads per miss),
 //! `drain_idle_regions` takes a fingerprint of each region's stack depths
 //! and drains the non-empty regions whose fingerprint has not changed since
 //! the previous scan (e.g. the cache of a CPU or cid no thread uses any more,
@@ -67,6 +68,10 @@ pub(crate) fn init(cfg: &Config) -> bool {
             }
         }
     };
+    IDLE_PERIOD.store(
+        IDLE_SCAN_PERIOD * nregions.div_ceil(16) as u64,
+        Ordering::Relaxed,
+    );
     if let Some(sigs) = crate::os::map(
         nregions * core::mem::size_of::<AtomicU64>(),
         libc::PROT_READ | libc::PROT_WRITE,
@@ -88,8 +93,16 @@ pub(crate) fn init(cfg: &Config) -> bool {
     }
 }
 
-/// Cache misses between two idle scans.
-pub(crate) const IDLE_SCAN_PERIOD: u64 = 4096;
+/// Cache misses between two idle scans, per 16 regions.
+const IDLE_SCAN_PERIOD: u64 = 4096;
+static IDLE_PERIOD: AtomicU64 = AtomicU64::new(IDLE_SCAN_PERIOD);
+
+/// Cache misses between two idle scans: `IDLE_SCAN_PERIOD` per started
+/// group of 16 regions (a scan reads `regions x classes` stack depths).
+#[inline]
+pub(crate) fn idle_scan_period() -> u64 {
+    IDLE_PERIOD.load(Ordering::Relaxed)
+}
 
 /// One fingerprint per region (`nregions` words, mapped at init; null if
 /// that mapping failed, which disables idle draining).

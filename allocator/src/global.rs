@@ -307,7 +307,8 @@ fn reclaim() -> bool {
 #[inline(never)]
 fn malloc_miss(class: SizeClass, e: OpError) -> *mut u8 {
     let misses = FAST_MISSES.fetch_add(1, Ordering::Relaxed);
-    if misses % crate::cpu_cache::IDLE_SCAN_PERIOD == crate::cpu_cache::IDLE_SCAN_PERIOD - 1 {
+    let period = crate::cpu_cache::idle_scan_period();
+    if misses % period == period - 1 {
         crate::cpu_cache::drain_idle_regions();
     }
     if e != OpError::Empty {
