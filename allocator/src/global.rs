@@ -225,12 +225,24 @@ pub fn index_name() -> &'static str {
 #[inline(always)]
 pub(crate) fn malloc_class(class: SizeClass) -> *mut u8 {
     if STATE.load(Ordering::Relaxed) == READY_CACHE {
-        match SLABS.pop(class.index()) {
-            Ok(p) => return p.as_ptr(),
-            Err(e) => return malloc_miss(class, e),
+        let p = SLABS.pop_fast(class.index());
+        if !p.is_null() {
+            return p;
         }
+        return malloc_fast_miss(class);
     }
     malloc_not_fast(class)
+}
+
+/// The fast pop missed: the full `pop` fixes what it can (registers the
+/// thread, initialises the region) before the central lists refill.
+#[cold]
+#[inline(never)]
+fn malloc_fast_miss(class: SizeClass) -> *mut u8 {
+    match SLABS.pop(class.index()) {
+        Ok(p) => p.as_ptr(),
+        Err(e) => malloc_miss(class, e),
+    }
 }
 
 /// Everything but the plain fast path: not yet initialised, counting hits
@@ -343,14 +355,29 @@ fn malloc_miss(class: SizeClass, e: OpError) -> *mut u8 {
 #[inline(always)]
 pub(crate) unsafe fn free_class(p: NonNull<u8>, class: SizeClass) {
     if STATE.load(Ordering::Relaxed) == READY_CACHE {
-        match SLABS.push(class.index(), p) {
-            Ok(()) => return,
-            // SAFETY: forwarded contract.
-            Err(e) => return unsafe { free_miss(p, class, e) },
+        if SLABS.push_fast(class.index(), p) {
+            return;
         }
+        // SAFETY: forwarded contract.
+        return unsafe { free_fast_miss(p, class) };
     }
     // SAFETY: forwarded contract.
     unsafe { free_not_fast(p, class) }
+}
+
+/// The fast push missed: the full `push` fixes what it can before the
+/// overflow goes to the central lists.
+///
+/// # Safety
+/// As for `free_class`.
+#[cold]
+#[inline(never)]
+unsafe fn free_fast_miss(p: NonNull<u8>, class: SizeClass) {
+    match SLABS.push(class.index(), p) {
+        Ok(()) => {}
+        // SAFETY: forwarded contract.
+        Err(e) => unsafe { free_miss(p, class, e) },
+    }
 }
 
 /// Everything but the plain fast path: counting mode, no caches, not

@@ -151,7 +151,8 @@ impl Default for PerCpuSlabs {
 }
 
 impl PerCpuSlabs {
-    /// An inert structure, usable in a `static`, until [`init`](Self::init).
+    /// An inert structure, usable in a `static`, until [`init`](Self::init):
+    /// every operation on it fails with [`OpError::Unregistered`].
     pub const fn new() -> Self {
         PerCpuSlabs {
             rseq: AtomicBool::new(false),
@@ -414,6 +415,76 @@ impl PerCpuSlabs {
         }
     }
 
+    /// The fast path of [`pop`](Self::pop): the item, or null on any miss
+    /// (empty, unregistered thread, uninitialised region, exhausted
+    /// restarts, inert structure). Nothing is fixed up here: on null, call
+    /// [`pop`](Self::pop), which registers the thread or initialises the
+    /// region when that is what was missing. Returns a raw pointer so the
+    /// caller's fast path needs no stack frame.
+    #[inline(always)]
+    pub fn pop_fast(&self, class: usize) -> *mut u8 {
+        debug_assert!(class < MAX_CLASSES);
+        if self.rseq.load(Ordering::Relaxed) {
+            // SAFETY: as in `pop`.
+            let (item, st) = unsafe {
+                arch::pop(
+                    self.base.load(Ordering::Relaxed),
+                    class,
+                    self.off.load(Ordering::Relaxed),
+                    self.idx.load(Ordering::Relaxed),
+                )
+            };
+            return if st == arch::STATUS_OK {
+                item
+            } else {
+                core::ptr::null_mut()
+            };
+        }
+        self.pop_cas_ptr(class)
+    }
+
+    /// The fast path of [`push`](Self::push): true if `item` was pushed;
+    /// on false, call [`push`](Self::push) (see [`pop_fast`](Self::pop_fast)).
+    #[inline(always)]
+    pub fn push_fast(&self, class: usize, item: NonNull<u8>) -> bool {
+        debug_assert!(class < MAX_CLASSES);
+        if self.rseq.load(Ordering::Relaxed) {
+            // SAFETY: as in `pop`.
+            let st = unsafe {
+                arch::push(
+                    self.base.load(Ordering::Relaxed),
+                    class,
+                    self.off.load(Ordering::Relaxed),
+                    self.idx.load(Ordering::Relaxed),
+                    item.as_ptr(),
+                )
+            };
+            return st == arch::STATUS_OK;
+        }
+        self.push_cas_bool(class, item)
+    }
+
+    #[inline(never)]
+    fn pop_cas_outlined(&self, class: usize) -> Result<NonNull<u8>, OpError> {
+        self.pop_cas(class)
+    }
+
+    #[inline(never)]
+    fn push_cas_outlined(&self, class: usize, item: NonNull<u8>) -> Result<(), OpError> {
+        self.push_cas(class, item)
+    }
+
+    #[inline(never)]
+    fn pop_cas_ptr(&self, class: usize) -> *mut u8 {
+        self.pop_cas(class)
+            .map_or(core::ptr::null_mut(), NonNull::as_ptr)
+    }
+
+    #[inline(never)]
+    fn push_cas_bool(&self, class: usize, item: NonNull<u8>) -> bool {
+        self.push_cas(class, item).is_ok()
+    }
+
     /// Pops one item from the current CPU's stack of `class`.
     #[inline(always)]
     pub fn pop(&self, class: usize) -> Result<NonNull<u8>, OpError> {
@@ -435,7 +506,7 @@ impl PerCpuSlabs {
             }
             return self.pop_slow(class, st);
         }
-        self.pop_cas(class)
+        self.pop_cas_outlined(class)
     }
 
     #[cold]
@@ -495,7 +566,7 @@ impl PerCpuSlabs {
             }
             return self.push_slow(class, item, st);
         }
-        self.push_cas(class, item)
+        self.push_cas_outlined(class, item)
     }
 
     #[cold]
@@ -632,6 +703,10 @@ impl PerCpuSlabs {
     /// Takes the stack lock of `(region, class)` with CAS, a bounded number
     /// of times; returns the region pointer when held.
     fn lock_cas(&self, class: usize) -> Result<*mut u8, OpError> {
+        if self.discipline.load(Ordering::Acquire) != D_CAS {
+            // Not initialised yet: an inert structure refuses every operation.
+            return Err(OpError::Unregistered);
+        }
         let r = self.current_region_cas();
         self.ensure_region(r);
         let region = self.region(r);
@@ -658,6 +733,8 @@ impl PerCpuSlabs {
         self.header(region, class)[3].store(0, Ordering::Release);
     }
 
+    // Inlined only into the out-of-line wrappers below: the fallback must
+    // not weigh on the rseq fast path's registers and stack frame.
     #[inline]
     fn pop_cas(&self, class: usize) -> Result<NonNull<u8>, OpError> {
         let region = self.lock_cas(class)?;
@@ -729,7 +806,7 @@ impl PerCpuSlabs {
     }
 
     /// Operations the CAS discipline has done on this structure (approximate:
-/// concurrent increments on one region may lose a count).
+    /// concurrent increments on one region may lose a count).
     pub fn cas_ops(&self) -> u64 {
         if self.discipline.load(Ordering::Acquire) != D_CAS {
             return 0;
@@ -1018,5 +1095,16 @@ mod tests {
         assert!(!unsafe {
             slabs.init_unregistered(mem.base, 1, &caps, Discipline::Cas, Index::Cpu)
         });
+        // Still inert: operations are refused, not run on bad memory.
+        let item = NonNull::new(16 as *mut u8).unwrap();
+        assert_eq!(slabs.pop(0), Err(OpError::Unregistered));
+        assert_eq!(slabs.push(0, item), Err(OpError::Unregistered));
+        let mut out = [core::ptr::null_mut(); 2];
+        assert_eq!(slabs.pop_batch(0, &mut out), Err(OpError::Unregistered));
+        assert_eq!(
+            slabs.push_batch(0, &[item.as_ptr()]),
+            Err(OpError::Unregistered)
+        );
+        assert!(slabs.drain(0, &mut |_, _| panic!("nothing to drain")));
     }
 }

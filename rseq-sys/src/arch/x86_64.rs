@@ -115,7 +115,8 @@ macro_rules! delay {
 // Emits one asm! block: `$body` is the section from start_ip (label 4) to
 // the commit store inclusive; it may jump to 7 (unregistered) and 8 (miss).
 // Register `{tmp}` holds the descriptor address while arming and is free
-// inside the body; `{rt}` counts retries and must not be touched by the body.
+// inside the body; `{st}` counts retries until an exit sets the status,
+// and must not be touched by the body.
 macro_rules! rseq_section {
     ($($body:expr),+ ; $($operands:tt)*) => {{
         #[cfg(feature = "inject-delay")]
@@ -143,7 +144,7 @@ macro_rules! rseq_section {
     }};
     (@text [$($body:expr),+]) => {
         concat!(
-            "xor {rt:e}, {rt:e}\n",                        // retries = 0
+            "xor {st:e}, {st:e}\n",                        // retries = 0 (st doubles as the counter)
             "2:\n",
             "lea {tmp}, [rip + 3f]\n",                     // tmp = &descriptor
             "mov qword ptr fs:[{off} + 8], {tmp}\n",       // rseq->rseq_cs = tmp (arm)
@@ -154,19 +155,35 @@ macro_rules! rseq_section {
             $($body,)+
             "5:\n",                                        // post-commit
             "xor {st:e}, {st:e}\n",                        // status = OK
-            "jmp 9f\n",
+            "9:\n",
+            // Everything else is out of line, so the committed path falls
+            // straight through. The abort handler's signature is the 32-bit
+            // displacement of `ud1 disp32(%rip), %edi` (0f b9 3d), so a
+            // disassembler reads it as one instruction.
+            ".pushsection __rseq_abort, \"ax\"\n",
             "7:\n",                                        // unregistered:
             "mov {st:e}, 2\n",                             // status = UNREGISTERED
-            "jmp 9f\n",
+            "jmp 9b\n",
             "8:\n",                                        // miss:
             "mov {st:e}, 1\n",                             // status = MISS
-            "jmp 9f\n",
+            "jmp 9b\n",
+            ".byte 0x0f, 0xb9, 0x3d\n",
+            ".long {sig}\n",
+            "6:\n",                                        // abort_ip
+            "mov {tmp}, qword ptr [rip + {aborts}@GOTPCREL]\n", // tmp = &ABORTS
+            "lock inc qword ptr [{tmp}]\n",                // ABORTS += 1
+            "inc {st:e}\n",                                // retries += 1
+            "cmp {st:e}, {max}\n",                         // if retries < MAX
+            "jb 2b\n",                                     //     goto arm again
+            "mov {st:e}, 3\n",                             // status = EXHAUSTED
+            "jmp 9b\n",
+            ".popsection\n",
             // The descriptor (struct rseq_cs) and the debugger tables.
             ".pushsection __rseq_cs, \"awR\"\n",
             ".balign 32\n",
             "3:\n",
             ".long 0, 0\n",                                // version, flags
-            ".quad 4b, 5b - 4b, 6f\n",                     // start_ip, post_commit_offset, abort_ip
+            ".quad 4b, 5b - 4b, 6b\n",                     // start_ip, post_commit_offset, abort_ip
             ".popsection\n",
             ".pushsection __rseq_cs_ptr_array, \"awR\"\n",
             ".balign 8\n",
@@ -177,22 +194,6 @@ macro_rules! rseq_section {
             ".quad 4b, 7b\n",                              // (start_ip, exit_ip) pairs
             ".quad 4b, 8b\n",
             ".popsection\n",
-            // The abort handler, out of line. The signature is the 32-bit
-            // displacement of `ud1 disp32(%rip), %edi` (0f b9 3d), so a
-            // disassembler reads it as one instruction.
-            ".pushsection __rseq_abort, \"ax\"\n",
-            ".byte 0x0f, 0xb9, 0x3d\n",
-            ".long {sig}\n",
-            "6:\n",                                        // abort_ip
-            "mov {tmp}, qword ptr [rip + {aborts}@GOTPCREL]\n", // tmp = &ABORTS
-            "lock inc qword ptr [{tmp}]\n",                // ABORTS += 1
-            "inc {rt:e}\n",                                // retries += 1
-            "cmp {rt:e}, {max}\n",                         // if retries < MAX
-            "jb 2b\n",                                     //     goto arm again
-            "mov {st:e}, 3\n",                             // status = EXHAUSTED
-            "jmp 9f\n",
-            ".popsection\n",
-            "9:\n",
         )
     };
 }
@@ -218,10 +219,10 @@ pub unsafe fn pop(base: *mut u8, class: usize, off: isize, idx: isize) -> (*mut 
             "mov {tmp:e}, dword ptr fs:[{idx}]\n",              // tmp = rseq->(cpu_id | mm_cid)
             "shl {tmp}, {shift}\n",                                // tmp = base + (tmp << SHIFT)
             "add {tmp}, {base}\n",
-            "mov {h}, qword ptr [{tmp} + {class}*8]\n",         // h = hdr[class] (one snapshot)
-            "movzx {cur:e}, {h:x}\n",                           // cur = h.current
-            "shr {h}, 32\n",                                    // h = h.begin (| lock << 16)
-            "cmp {cur:x}, {h:x}\n",                             // if cur <= h.begin
+            "mov {item}, qword ptr [{tmp} + {class}*8]\n",      // h = hdr[class] (one snapshot; item's register)
+            "movzx {cur:e}, {item:x}\n",                        // cur = h.current
+            "shr {item}, 32\n",                                 // h = h.begin (| lock << 16)
+            "cmp {cur:x}, {item:x}\n",                          // if cur <= h.begin
             "jbe 8f\n",                                         //     goto miss (empty)
             "mov {item}, qword ptr [{tmp} + {cur}*8 - 8]\n",    // item = region[cur - 1]
             "dec {cur:e}\n",                                    // cur -= 1
@@ -233,9 +234,7 @@ pub unsafe fn pop(base: *mut u8, class: usize, off: isize, idx: isize) -> (*mut 
             class = in(reg) class,
             item = out(reg) item,
             tmp = out(reg) _,
-            h = out(reg) _,
             cur = out(reg) _,
-            rt = out(reg) _,
             st = out(reg) status,
         );
     }
@@ -275,7 +274,6 @@ pub unsafe fn push(base: *mut u8, class: usize, off: isize, idx: isize, item: *m
             tmp = out(reg) _,
             h = out(reg) _,
             cur = out(reg) _,
-            rt = out(reg) _,
             st = out(reg) status,
         );
     }
@@ -321,7 +319,6 @@ pub unsafe fn pop_batch(args: &BatchArgs, off: isize, idx: isize) -> (usize, u32
             cls = out(reg) _,
             tmp = out(reg) _,
             cur = out(reg) _,
-            rt = out(reg) _,
             st = out(reg) status,
             out("rcx") _,
             out("rsi") _,
@@ -373,7 +370,6 @@ pub unsafe fn push_batch(args: &BatchArgs, off: isize, idx: isize) -> (usize, u3
             cls = out(reg) _,
             tmp = out(reg) _,
             cur = out(reg) _,
-            rt = out(reg) _,
             st = out(reg) status,
             out("rcx") _,
             out("rsi") end,
