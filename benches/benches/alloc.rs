@@ -11,6 +11,7 @@
 //! (threads replacing objects in private rings), `prodcon` (objects allocated
 //! on one thread and freed on another). Every block is written to, and
 //! pointers go through `black_box`, so nothing is optimised away.
+#![warn(clippy::undocumented_unsafe_blocks)]
 
 use criterion::{black_box, criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use rseq_alloc_bench::XorShift;

@@ -7,6 +7,7 @@
 //!
 //! The bench thread is pinned to the CPU it starts on so that every pair hits
 //! the same, primed per-CPU stack (a migration would only add noise).
+#![warn(clippy::undocumented_unsafe_blocks)]
 
 use criterion::{black_box, criterion_group, criterion_main, Criterion};
 use rseq_alloc_bench::{current_cpu, mmap_aligned, pin_to_cpu};

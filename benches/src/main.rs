@@ -14,6 +14,8 @@
 //! (see `dispatch`); C libraries by `LD_PRELOAD` with the child on the system
 //! allocator. Results go to stdout as markdown and to `target/bench-report/`.
 
+#![warn(clippy::undocumented_unsafe_blocks, clippy::missing_safety_doc)]
+
 mod dispatch;
 mod harness;
 mod report;
