@@ -849,7 +849,8 @@ impl PerCpuSlabs {
     ///
     /// rseq: stop every header of the region (pops see it empty, pushes see
     /// it full), fence so that no section that read the old header can still
-    /// commit, hand the items over, then restart the headers. CAS: take each
+    /// commit, hand the items over and reset `current`, fence again (see
+    /// `drain_rseq`), then restore the bounds. CAS: take each
     /// stack lock in turn.
     pub fn drain(&self, region: usize, f: &mut dyn FnMut(usize, &[*mut u8])) -> bool {
         if region >= self.nregions() {
@@ -905,6 +906,22 @@ impl PerCpuSlabs {
                     f(class, items);
                 }
                 current.store(b, Ordering::Release);
+            }
+            // Second fence, before the bounds come back: a section reads
+            // `current` and the bounds with separate loads, so one that read
+            // the old `current` while the header was stopped could otherwise
+            // read the restored bounds and commit a stale `current`,
+            // resurrecting the items just handed over. After this fence any
+            // such section has been restarted, and every later one reads the
+            // reset `current`. Should it fail, the region stays stopped (its
+            // cache is simply never used again), which is safe.
+            let refenced = if self.index() == Index::Cpu {
+                fence::cpu(region as u32)
+            } else {
+                fence::all()
+            };
+            if refenced.is_err() {
+                return true;
             }
         }
         for class in 0..n {

@@ -13,12 +13,12 @@
 //! slots of class = region[begin .. end], live items = region[begin .. current]
 //! ```
 //!
-//! A section reads the whole header with one 8-byte load, so the fields it
-//! checks always come from one consistent state; reading `current` and
-//! `begin`/`end` with separate loads would let a section that starts while a
-//! drain has the header stopped read the old `current` and the restored
-//! bounds, and commit a stale `current` (seen as duplicated items in the
-//! drain stress test).
+//! A section reads `current` and `begin`/`end` with separate 16-bit loads
+//! (a wider load would miss store-to-load forwarding from the previous
+//! operation's 16-bit commit, about 5 ns per operation). A section may thus
+//! read `current` while a drain has the header stopped and the bounds after
+//! the drain restored them; the drain therefore fences a second time, after
+//! resetting `current` and before restoring the bounds (see `percpu.rs`).
 //!
 //! Only `current` is written by the critical sections (the commit store).
 //! `begin`/`end` are written by initialisation and by a drain, which first
@@ -219,22 +219,20 @@ pub unsafe fn pop(base: *mut u8, class: usize, off: isize, idx: isize) -> (*mut 
             "mov {tmp:e}, dword ptr fs:[{idx}]\n",              // tmp = rseq->(cpu_id | mm_cid)
             "shl {tmp}, {shift}\n",                                // tmp = base + (tmp << SHIFT)
             "add {tmp}, {base}\n",
-            "mov {item}, qword ptr [{tmp} + {class}*8]\n",      // h = hdr[class] (one snapshot; item's register)
-            "movzx {cur:e}, {item:x}\n",                        // cur = h.current
-            "shr {item}, 32\n",                                 // h = h.begin (| lock << 16)
-            "cmp {cur:x}, {item:x}\n",                          // if cur <= h.begin
+            "movzx {h:e}, word ptr [{tmp} + {class}*8]\n",      // cur = hdr[class].current
+            "cmp {h:x}, word ptr [{tmp} + {class}*8 + 4]\n",    // if cur <= hdr[class].begin
             "jbe 8f\n",                                         //     goto miss (empty)
-            "mov {item}, qword ptr [{tmp} + {cur}*8 - 8]\n",    // item = region[cur - 1]
-            "dec {cur:e}\n",                                    // cur -= 1
+            "mov {item}, qword ptr [{tmp} + {h}*8 - 8]\n",      // item = region[cur - 1]
+            "dec {h:e}\n",                                      // cur -= 1
             delay!(),
-            "mov word ptr [{tmp} + {class}*8], {cur:x}\n";      // commit: hdr[class].current = cur
+            "mov word ptr [{tmp} + {class}*8], {h:x}\n";        // commit: hdr[class].current = cur
             off = in(reg) off,
             idx = in(reg) idx,
             base = in(reg) base,
             class = in(reg) class,
             item = out(reg) item,
             tmp = out(reg) _,
-            cur = out(reg) _,
+            h = out(reg) _,
             st = out(reg) status,
         );
     }
@@ -257,15 +255,13 @@ pub unsafe fn push(base: *mut u8, class: usize, off: isize, idx: isize, item: *m
             "mov {tmp:e}, dword ptr fs:[{idx}]\n",              // tmp = rseq->(cpu_id | mm_cid)
             "shl {tmp}, {shift}\n",                                // tmp = base + (tmp << SHIFT)
             "add {tmp}, {base}\n",
-            "mov {h}, qword ptr [{tmp} + {class}*8]\n",         // h = hdr[class] (one snapshot)
-            "movzx {cur:e}, {h:x}\n",                           // cur = h.current
-            "shr {h}, 16\n",                                    // h = h.end (| ...)
-            "cmp {cur:x}, {h:x}\n",                             // if cur >= h.end
+            "movzx {h:e}, word ptr [{tmp} + {class}*8]\n",      // cur = hdr[class].current
+            "cmp {h:x}, word ptr [{tmp} + {class}*8 + 2]\n",    // if cur >= hdr[class].end
             "jae 8f\n",                                         //     goto miss (full)
-            "mov qword ptr [{tmp} + {cur}*8], {item}\n",        // region[cur] = item
-            "inc {cur:e}\n",                                    // cur += 1
+            "mov qword ptr [{tmp} + {h}*8], {item}\n",          // region[cur] = item
+            "inc {h:e}\n",                                      // cur += 1
             delay!(),
-            "mov word ptr [{tmp} + {class}*8], {cur:x}\n";      // commit: hdr[class].current = cur
+            "mov word ptr [{tmp} + {class}*8], {h:x}\n";        // commit: hdr[class].current = cur
             off = in(reg) off,
             idx = in(reg) idx,
             base = in(reg) base,
@@ -273,7 +269,6 @@ pub unsafe fn push(base: *mut u8, class: usize, off: isize, idx: isize, item: *m
             item = in(reg) item,
             tmp = out(reg) _,
             h = out(reg) _,
-            cur = out(reg) _,
             st = out(reg) status,
         );
     }
@@ -298,10 +293,8 @@ pub unsafe fn pop_batch(args: &BatchArgs, off: isize, idx: isize) -> (usize, u32
             "shl {tmp}, {shift}\n",                                // region = args.base + (tmp << SHIFT)
             "add {tmp}, qword ptr [{a}]\n",
             "mov {cls}, qword ptr [{a} + 8]\n",                 // cls = args.class
-            "mov rcx, qword ptr [{tmp} + {cls}*8]\n",           // n = hdr (one snapshot)
-            "movzx {cur:e}, cx\n",                              // cur = hdr.current
-            "shr rcx, 32\n",                                    // n = hdr.begin
-            "movzx ecx, cx\n",
+            "movzx {cur:e}, word ptr [{tmp} + {cls}*8]\n",      // cur = hdr.current
+            "movzx ecx, word ptr [{tmp} + {cls}*8 + 4]\n",      // n = hdr.begin
             "sub rcx, {cur}\n",                                 // n = begin - cur
             "jge 8f\n",                                         // if begin >= cur goto miss (empty)
             "neg rcx\n",                                        // n = cur - begin
@@ -350,10 +343,8 @@ pub unsafe fn push_batch(args: &BatchArgs, off: isize, idx: isize) -> (usize, u3
             "shl {tmp}, {shift}\n",                                // region = args.base + (tmp << SHIFT)
             "add {tmp}, qword ptr [{a}]\n",
             "mov {cls}, qword ptr [{a} + 8]\n",                 // cls = args.class
-            "mov rcx, qword ptr [{tmp} + {cls}*8]\n",           // n = hdr (one snapshot)
-            "movzx {cur:e}, cx\n",                              // cur = hdr.current
-            "shr rcx, 16\n",                                    // n = hdr.end
-            "movzx ecx, cx\n",
+            "movzx {cur:e}, word ptr [{tmp} + {cls}*8]\n",      // cur = hdr.current
+            "movzx ecx, word ptr [{tmp} + {cls}*8 + 2]\n",      // n = hdr.end
             "sub rcx, {cur}\n",                                 // n = end - cur
             "jle 8f\n",                                         // if end <= cur goto miss (full)
             "cmp rcx, qword ptr [{a} + 24]\n",                  // n = min(n, args.max)
