@@ -84,7 +84,9 @@ impl HugeTable {
     /// Maps a huge block of at least `size` bytes aligned to `align`;
     /// returns it (fresh memory, reads as zero) or null.
     pub fn alloc(&self, size: usize, align: usize) -> *mut u8 {
-        let Some(len) = crate::util::round_up(size, os::OS_PAGE_BYTES) else {
+        // At least one page: a zero-size request with a huge alignment
+        // still gets a real, unique block.
+        let Some(len) = crate::util::round_up(size.max(1), os::OS_PAGE_BYTES) else {
             return core::ptr::null_mut();
         };
         let p = if align <= os::OS_PAGE_BYTES {
@@ -99,8 +101,10 @@ impl HugeTable {
                 return core::ptr::null_mut();
             };
             let p = p.as_ptr();
-            // SAFETY: `p` is our fresh reservation of `len` bytes.
-            if !unsafe { os::commit(p, len) } {
+            // SAFETY: `p` is our fresh reservation of `len` bytes. The block
+            // is committed with an accounted mapping, so an impossible size
+            // fails here as it would without the alignment.
+            if !unsafe { os::commit_accounted(p, len) } {
                 // SAFETY: nobody else knows the reservation.
                 unsafe { os::unmap(p, len) };
                 return core::ptr::null_mut();

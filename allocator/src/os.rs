@@ -98,6 +98,30 @@ pub unsafe fn commit(p: *mut u8, len: usize) -> bool {
     unsafe { libc::mprotect(p.cast(), len, libc::PROT_READ | libc::PROT_WRITE) == 0 }
 }
 
+/// Replaces `[p, p+len)` (inside a reservation) with an ordinary, accounted
+/// read-write mapping. Unlike [`commit`], the kernel's overcommit policy
+/// applies: a block larger than the machine can back fails here (ENOMEM)
+/// instead of succeeding and killing the process on first touch.
+///
+/// # Safety
+/// The range is page aligned, lies inside a reservation made by `reserve`,
+/// and holds nothing live.
+pub unsafe fn commit_accounted(p: *mut u8, len: usize) -> bool {
+    // SAFETY: per the contract the range is ours and unused; MAP_FIXED only
+    // replaces our own reservation pages.
+    let q = unsafe {
+        libc::mmap(
+            p.cast(),
+            len,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_FIXED,
+            -1,
+            0,
+        )
+    };
+    q == p.cast()
+}
+
 /// Gives the memory of `[p, p+len)` back to the kernel; it reads as zero
 /// afterwards. Returns false if the kernel refused.
 ///
