@@ -513,20 +513,8 @@ impl PerCpuSlabs {
     #[inline(never)]
     fn pop_slow(&self, class: usize, mut st: u32) -> Result<NonNull<u8>, OpError> {
         for _ in 0..3 {
-            match st {
-                arch::STATUS_MISS => {
-                    let r = self.current_region_rseq();
-                    if self.control(self.region(r)).0.load(Ordering::Acquire) == 1 {
-                        return Err(OpError::Empty);
-                    }
-                    self.ensure_region(r);
-                }
-                arch::STATUS_UNREGISTERED => {
-                    if registration::current_mode() == Mode::Unavailable {
-                        return Err(OpError::Unregistered);
-                    }
-                }
-                _ => return Err(OpError::Exhausted),
+            if !self.prepare_retry(st) {
+                break;
             }
             // SAFETY: as in `pop`.
             let (item, s) = unsafe {
@@ -573,20 +561,8 @@ impl PerCpuSlabs {
     #[inline(never)]
     fn push_slow(&self, class: usize, item: NonNull<u8>, mut st: u32) -> Result<(), OpError> {
         for _ in 0..3 {
-            match st {
-                arch::STATUS_MISS => {
-                    let r = self.current_region_rseq();
-                    if self.control(self.region(r)).0.load(Ordering::Acquire) == 1 {
-                        return Err(OpError::Full);
-                    }
-                    self.ensure_region(r);
-                }
-                arch::STATUS_UNREGISTERED => {
-                    if registration::current_mode() == Mode::Unavailable {
-                        return Err(OpError::Unregistered);
-                    }
-                }
-                _ => return Err(OpError::Exhausted),
+            if !self.prepare_retry(st) {
+                break;
             }
             // SAFETY: as in `pop`.
             st = unsafe {
@@ -614,31 +590,16 @@ impl PerCpuSlabs {
         if !self.rseq.load(Ordering::Relaxed) {
             return self.batch_cas(class, out.as_mut_ptr(), out.len(), true);
         }
-        let args = arch::BatchArgs {
-            base: self.base.load(Ordering::Relaxed),
-            class,
-            buf: out.as_mut_ptr(),
-            max: out.len(),
-        };
-        let mut st = arch::STATUS_MISS;
-        for attempt in 0..4 {
-            if attempt > 0 && !self.prepare_retry(st) {
-                break;
-            }
-            // SAFETY: as in `pop`; `out` is valid for `out.len()` writes.
-            let (n, s) = unsafe {
-                arch::pop_batch(
-                    &args,
-                    self.off.load(Ordering::Relaxed),
-                    self.idx.load(Ordering::Relaxed),
-                )
-            };
-            if s == arch::STATUS_OK {
-                return Ok(n);
-            }
-            st = s;
+        // SAFETY: `out` is valid for `out.len()` writes.
+        unsafe {
+            self.batch_rseq(
+                class,
+                out.as_mut_ptr(),
+                out.len(),
+                arch::pop_batch,
+                OpError::Empty,
+            )
         }
-        Err(status_error(st, OpError::Empty))
     }
 
     /// Pushes a prefix of `items`; `Ok(n)` = how many were pushed (>= 1).
@@ -648,24 +609,44 @@ impl PerCpuSlabs {
         if items.is_empty() {
             return Ok(0);
         }
+        let buf = items.as_ptr().cast_mut();
         if !self.rseq.load(Ordering::Relaxed) {
-            return self.batch_cas(class, items.as_ptr().cast_mut(), items.len(), false);
+            return self.batch_cas(class, buf, items.len(), false);
         }
+        // SAFETY: `items` is valid for `items.len()` reads, and the push
+        // section only reads through `buf`.
+        unsafe { self.batch_rseq(class, buf, items.len(), arch::push_batch, OpError::Full) }
+    }
+
+    /// Runs a batch section, fixing up and retrying as
+    /// [`prepare_retry`](Self::prepare_retry) allows.
+    ///
+    /// # Safety
+    /// `buf` is valid for `max` reads and writes (whichever `section` does);
+    /// `max >= 1`; rseq discipline.
+    unsafe fn batch_rseq(
+        &self,
+        class: usize,
+        buf: *mut *mut u8,
+        max: usize,
+        section: unsafe fn(&arch::BatchArgs, isize, isize) -> (usize, u32),
+        miss: OpError,
+    ) -> Result<usize, OpError> {
         let args = arch::BatchArgs {
             base: self.base.load(Ordering::Relaxed),
             class,
-            buf: items.as_ptr().cast_mut(),
-            max: items.len(),
+            buf,
+            max,
         };
         let mut st = arch::STATUS_MISS;
         for attempt in 0..4 {
             if attempt > 0 && !self.prepare_retry(st) {
                 break;
             }
-            // SAFETY: as in `pop`; `items` is valid for `items.len()` reads
-            // (the section only reads through `buf` when pushing).
+            // SAFETY: rseq discipline (off/idx name the process's area, base
+            // covers every index) and the caller's promise about `buf`.
             let (n, s) = unsafe {
-                arch::push_batch(
+                section(
                     &args,
                     self.off.load(Ordering::Relaxed),
                     self.idx.load(Ordering::Relaxed),
@@ -676,12 +657,11 @@ impl PerCpuSlabs {
             }
             st = s;
         }
-        Err(status_error(st, OpError::Full))
+        Err(status_error(st, miss))
     }
 
-    /// After a failed batch section: fixes what can be fixed (an
-    /// uninitialised region, an unregistered thread) and says whether a
-    /// retry makes sense.
+    /// After a failed section: fixes what can be fixed (an uninitialised
+    /// region, an unregistered thread) and says whether a retry makes sense.
     #[cold]
     fn prepare_retry(&self, st: u32) -> bool {
         match st {
