@@ -27,6 +27,36 @@ static BACKEND: AtomicU8 = AtomicU8::new(UNSET);
 
 #[cfg(feature = "ours")]
 static OURS: rseq_alloc::RseqAlloc = rseq_alloc::RseqAlloc;
+
+/// Our backend behind out-of-line calls, like the peers (whose code lives in
+/// C libraries), so that inlining its fast path into the four-way dispatch
+/// function cannot change the other backends' register allocation.
+#[cfg(feature = "ours")]
+mod ours {
+    use super::OURS;
+    use std::alloc::{GlobalAlloc, Layout};
+
+    #[inline(never)]
+    pub unsafe fn alloc(layout: Layout) -> *mut u8 {
+        // SAFETY: forwarded GlobalAlloc contract.
+        unsafe { OURS.alloc(layout) }
+    }
+    #[inline(never)]
+    pub unsafe fn alloc_zeroed(layout: Layout) -> *mut u8 {
+        // SAFETY: forwarded GlobalAlloc contract.
+        unsafe { OURS.alloc_zeroed(layout) }
+    }
+    #[inline(never)]
+    pub unsafe fn dealloc(ptr: *mut u8, layout: Layout) {
+        // SAFETY: forwarded GlobalAlloc contract.
+        unsafe { OURS.dealloc(ptr, layout) }
+    }
+    #[inline(never)]
+    pub unsafe fn realloc(ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        // SAFETY: forwarded GlobalAlloc contract.
+        unsafe { OURS.realloc(ptr, layout, new_size) }
+    }
+}
 static JE: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 static MI: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
@@ -87,7 +117,7 @@ macro_rules! dispatch {
             JEMALLOC => JE.$method($($arg),*),
             MIMALLOC => MI.$method($($arg),*),
             #[cfg(feature = "ours")]
-            RSEQ => OURS.$method($($arg),*),
+            RSEQ => ours::$method($($arg),*),
             // UNKNOWN also lands here: the worker reports the bad name and exits.
             _ => System.$method($($arg),*),
         }

@@ -618,6 +618,7 @@ pub fn main(args: &[String]) -> i32 {
     let mut records: Vec<Record> = Vec::new();
     let mut failures: Vec<Failure> = Vec::new();
     let mut workload_skips: Vec<String> = Vec::new();
+    let mut internals: Vec<report::Internals> = Vec::new();
     for (i, (w, a, rep)) in plan.iter().enumerate() {
         if failures
             .iter()
@@ -713,6 +714,17 @@ pub fn main(args: &[String]) -> i32 {
                     }
                     continue;
                 }
+                if let Some(l) = run.stdout.lines().find(|l| l.starts_with("OURS")) {
+                    let num =
+                        |k: &str| field(l, k).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+                    internals.push(report::Internals {
+                        workload: w.name.to_string(),
+                        rseq_aborts: num("rseq_aborts"),
+                        fallback_ops: num("fallback_ops"),
+                        mapped_kib: num("mapped_kib"),
+                        cached_kib: num("cached_kib"),
+                    });
+                }
                 let peak = run
                     .stdout
                     .lines()
@@ -793,6 +805,7 @@ pub fn main(args: &[String]) -> i32 {
         records,
         failures,
         notes,
+        internals,
         elapsed_secs: t0.elapsed().as_secs_f64(),
     };
     let md = rep.markdown();

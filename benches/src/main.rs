@@ -81,7 +81,21 @@ fn worker_main(args: &[String]) -> i32 {
         }
     };
     match worker::run(name, &params) {
-        Ok(()) => 0,
+        Ok(()) => {
+            #[cfg(feature = "ours")]
+            if backend == "rseq" {
+                // Internals of our allocator for this run (no allocation).
+                let st = rseq_alloc::raw::stats();
+                println!(
+                    "OURS rseq_aborts={} fallback_ops={} mapped_kib={} cached_kib={}",
+                    st.rseq_aborts,
+                    st.fallback_ops,
+                    st.mapped_bytes / 1024,
+                    st.cached_bytes / 1024
+                );
+            }
+            0
+        }
         Err(e) => {
             eprintln!("worker: {e}");
             2

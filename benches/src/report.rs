@@ -41,6 +41,21 @@ pub struct Failure {
     pub fatal: bool,
 }
 
+/// rseq-alloc's own counters at the end of one in-process run.
+#[derive(Clone, Debug)]
+pub struct Internals {
+    /// Workload.
+    pub workload: String,
+    /// rseq restarts in the whole run.
+    pub rseq_aborts: u64,
+    /// Operations done by the CAS fallback or bypassing the per-CPU cache.
+    pub fallback_ops: u64,
+    /// Memory mapped by the allocator at the end, KiB.
+    pub mapped_kib: u64,
+    /// Free objects held in per-CPU caches at the end, KiB.
+    pub cached_kib: u64,
+}
+
 /// What the machine is, printed at the top of every report.
 #[derive(Clone, Debug, Default)]
 pub struct Machine {
@@ -173,6 +188,8 @@ pub struct Report {
     pub failures: Vec<Failure>,
     /// Skipped allocators or workloads, with the reason.
     pub notes: Vec<String>,
+    /// Our allocator's counters, one entry per in-process run.
+    pub internals: Vec<Internals>,
     /// Wall time of the whole run.
     pub elapsed_secs: f64,
 }
@@ -485,6 +502,40 @@ impl Report {
                     );
                 }
                 let _ = writeln!(s);
+            }
+            let _ = writeln!(s);
+        }
+        if !self.internals.is_empty() {
+            let _ = writeln!(
+                s,
+                "## rseq-alloc internals (in-process runs; median over repetitions)\n\n\
+                 | workload | rseq aborts | fallback ops | mapped MiB at end | cached in per-CPU caches MiB |\n\
+                 |---|---:|---:|---:|---:|"
+            );
+            let mut names: Vec<&str> = Vec::new();
+            for i in &self.internals {
+                if !names.contains(&i.workload.as_str()) {
+                    names.push(&i.workload);
+                }
+            }
+            for n in names {
+                let col = |f: &dyn Fn(&Internals) -> u64| {
+                    let mut v: Vec<f64> = self
+                        .internals
+                        .iter()
+                        .filter(|i| i.workload == n)
+                        .map(|i| f(i) as f64)
+                        .collect();
+                    stats(&mut v).0
+                };
+                let _ = writeln!(
+                    s,
+                    "| {n} | {:.0} | {:.0} | {} | {} |",
+                    col(&|i| i.rseq_aborts),
+                    col(&|i| i.fallback_ops),
+                    mib(col(&|i| i.mapped_kib)),
+                    mib(col(&|i| i.cached_kib)),
+                );
             }
             let _ = writeln!(s);
         }
