@@ -863,11 +863,7 @@ impl PerCpuSlabs {
             begin.store(STOPPED_BEGIN, Ordering::SeqCst);
             end.store(0, Ordering::SeqCst);
         }
-        let fenced = if self.index() == Index::Cpu {
-            fence::cpu(region as u32)
-        } else {
-            fence::all()
-        };
+        let fenced = self.fence_region(region);
         if fenced.is_ok() {
             for class in 0..n {
                 let (b, _) = self.bounds(class);
@@ -895,11 +891,7 @@ impl PerCpuSlabs {
             // such section has been restarted, and every later one reads the
             // reset `current`. Should it fail, the region stays stopped (its
             // cache is simply never used again), which is safe.
-            let refenced = if self.index() == Index::Cpu {
-                fence::cpu(region as u32)
-            } else {
-                fence::all()
-            };
+            let refenced = self.fence_region(region);
             if refenced.is_err() {
                 return true;
             }
@@ -911,6 +903,17 @@ impl PerCpuSlabs {
             end.store(e, Ordering::Release);
         }
         fenced.is_ok()
+    }
+
+    /// Restarts every critical section that may be running on `region`:
+    /// on that CPU when regions are CPUs, anywhere when they are cids (a
+    /// cid can run on any CPU).
+    fn fence_region(&self, region: usize) -> Result<(), i32> {
+        if self.index() == Index::Cpu {
+            fence::cpu(region as u32)
+        } else {
+            fence::all()
+        }
     }
 
     fn drain_cas(&self, reg: *mut u8, f: &mut dyn FnMut(usize, &[*mut u8])) -> bool {
