@@ -2,7 +2,8 @@
 //! without allocating (a scan of libc's `environ`, not `std::env` nor
 //! `getenv`).
 //!
-//! Keys: `rseq=auto|off`, `index=cpu|cid`, `verbose=0|1`, `stats=0|1`.
+//! Keys: `rseq=auto|off`, `index=cpu|cid`, `verbose=0|1`, `stats=0|1`,
+//! `decay_ms=N` (-1 = never), `background=0|1`, `thp=auto|never`.
 //! An unknown key or a bad value prints one warning line on stderr and is
 //! ignored; parsing goes on with the next pair.
 
@@ -19,6 +20,15 @@ pub enum IndexChoice {
     Cid,
 }
 
+/// Transparent hugepage policy for the heap.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum ThpChoice {
+    /// `MADV_HUGEPAGE` on heap chunks when the system allows it.
+    Auto,
+    /// Never ask for hugepages.
+    Never,
+}
+
 /// The parsed configuration.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 pub struct Config {
@@ -30,6 +40,13 @@ pub struct Config {
     pub verbose: bool,
     /// `stats=1`: statistics at exit (and fast-path hit counting).
     pub stats: bool,
+    /// `decay_ms=N`: dirty free pages go back to the OS after this many
+    /// milliseconds unused; 0 = at once, -1 = never.
+    pub decay_ms: i64,
+    /// `background=1`: a background thread returns memory of idle processes.
+    pub background: bool,
+    /// `thp=auto|never`.
+    pub thp: ThpChoice,
 }
 
 impl Config {
@@ -39,6 +56,9 @@ impl Config {
         index: IndexChoice::Auto,
         verbose: false,
         stats: false,
+        decay_ms: 10_000,
+        background: false,
+        thp: ThpChoice::Auto,
     };
 }
 
@@ -114,6 +134,19 @@ pub fn parse(text: &[u8], sink: &mut dyn WarnSink) -> Config {
             },
             b"verbose" => parse_bool(value).map(|v| cfg.verbose = v).is_some(),
             b"stats" => parse_bool(value).map(|v| cfg.stats = v).is_some(),
+            b"decay_ms" => parse_decay(value).map(|v| cfg.decay_ms = v).is_some(),
+            b"background" => parse_bool(value).map(|v| cfg.background = v).is_some(),
+            b"thp" => match value {
+                b"auto" => {
+                    cfg.thp = ThpChoice::Auto;
+                    true
+                }
+                b"never" => {
+                    cfg.thp = ThpChoice::Never;
+                    true
+                }
+                _ => false,
+            },
             _ => {
                 warn(sink, "unknown key", pair);
                 continue;
@@ -128,10 +161,22 @@ pub fn parse(text: &[u8], sink: &mut dyn WarnSink) -> Config {
 
 fn parse_bool(v: &[u8]) -> Option<bool> {
     match v {
-        b"1" | b"true" | b"yes" => Some(true),
-        b"0" | b"false" | b"no" => Some(false),
+        b"1" | b"true" | b"yes" | b"on" => Some(true),
+        b"0" | b"false" | b"no" | b"off" => Some(false),
         _ => None,
     }
+}
+
+/// `-1` or a decimal number of milliseconds (at most about 24 days).
+fn parse_decay(v: &[u8]) -> Option<i64> {
+    if v == b"-1" {
+        return Some(-1);
+    }
+    if v.is_empty() || v.len() > 10 || !v.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    let n = v.iter().fold(0i64, |n, &d| n * 10 + i64::from(d - b'0'));
+    (n <= i64::from(i32::MAX)).then_some(n)
 }
 
 fn trim(mut s: &[u8]) -> &[u8] {
@@ -221,7 +266,8 @@ mod tests {
                 rseq_off: true,
                 index: IndexChoice::Cpu,
                 verbose: true,
-                stats: true
+                stats: true,
+                ..Config::DEFAULT
             }
         );
         let (c, w) = p(" rseq = auto , index=cid ");
@@ -244,6 +290,22 @@ mod tests {
             w[1],
             "rseq-malloc: RSEQ_MALLOC_CONF: bad value 'verbose' ignored\n"
         );
+    }
+
+    #[test]
+    fn decay_background_thp() {
+        let (c, w) = p("decay_ms=0,background=on,thp=never");
+        assert!(w.is_empty());
+        assert_eq!(
+            (c.decay_ms, c.background, c.thp),
+            (0, true, ThpChoice::Never)
+        );
+        let (c, w) = p("decay_ms=-1");
+        assert!(w.is_empty());
+        assert_eq!(c.decay_ms, -1);
+        let (c, w) = p("decay_ms=-5,decay_ms=abc,thp=always");
+        assert_eq!(w.len(), 3);
+        assert_eq!(c, Config::DEFAULT);
     }
 
     #[test]
