@@ -137,6 +137,7 @@ pub(crate) fn drain_idle_regions() {
         let sig = region_fingerprint(r);
         let empty = SizeClass::all().all(|c| SLABS.len(r, c.index()) == 0);
         if !empty && sig == slot.load(Ordering::Relaxed) {
+            let _moving = crate::double_free::InFlight::all();
             SLABS.drain(r, &mut |class, items| {
                 if let Some(c) = SizeClass::from_index(class) {
                     // SAFETY: the drain handed us these free objects of
@@ -161,6 +162,7 @@ pub(crate) static DRAIN_LOCK: RawLock = RawLock::new();
 /// Empties every region of the per-CPU caches into the central lists.
 pub(crate) fn drain_all_into(central: &CentralLists, heap: &PageHeap) {
     DRAIN_LOCK.lock();
+    let _moving = crate::double_free::InFlight::all();
     for r in 0..SLABS.nregions() {
         SLABS.drain(r, &mut |class, items| {
             if let Some(c) = SizeClass::from_index(class) {
@@ -177,6 +179,12 @@ pub(crate) fn drain_all_into(central: &CentralLists, heap: &PageHeap) {
 /// Empties every region into the global central lists.
 pub(crate) fn drain_all() {
     drain_all_into(&crate::global::CENTRAL, &crate::global::HEAP);
+}
+
+/// Whether `p` sits in some region's stack of `class` (racy scan; see
+/// `double_free` for how a miss is confirmed).
+pub(crate) fn cached(class: SizeClass, p: *mut u8) -> bool {
+    (0..SLABS.nregions()).any(|r| SLABS.contains(r, class.index(), p))
 }
 
 /// Bytes of free objects in one region (racy snapshot).

@@ -803,6 +803,46 @@ impl PerCpuSlabs {
             .sum()
     }
 
+    /// What a caller's own fast path needs to run the rseq sections
+    /// [`arch::pop_or_null`] / [`arch::push_or_miss`] on this structure:
+    /// `(base, rseq area offset, index field offset)`, all thread-pointer
+    /// relative offsets constant for the process. `None` unless the structure
+    /// was initialised with the rseq discipline.
+    pub fn fast_params(&self) -> Option<(*mut u8, isize, isize)> {
+        if !self.rseq.load(Ordering::Acquire) {
+            return None;
+        }
+        Some((
+            self.base.load(Ordering::Relaxed),
+            self.off.load(Ordering::Relaxed),
+            self.idx.load(Ordering::Relaxed),
+        ))
+    }
+
+    /// Whether `item` is on the stack `(region, class)` right now (a racy
+    /// scan with atomic loads: an item that a concurrent operation moves may
+    /// be missed; a stopped header reads as empty).
+    pub fn contains(&self, region: usize, class: usize, item: *mut u8) -> bool {
+        if region >= self.nregions() || class >= self.nclasses() {
+            return false;
+        }
+        let reg = self.region(region);
+        if self.control(reg).0.load(Ordering::Acquire) != 1 {
+            return false;
+        }
+        let [current, _, begin, _] = self.header(reg, class);
+        let (b, e) = self.bounds(class);
+        let lo = begin.load(Ordering::Acquire).max(b) as usize;
+        let hi = current.load(Ordering::Acquire).min(e) as usize;
+        (lo..hi).any(|i| {
+            // SAFETY: slot `i` lies inside this class's fixed bounds in a
+            // region of this structure; slots are 8-aligned and read
+            // atomically, so a concurrent write is merely seen or not.
+            let slot = unsafe { &*self.slot(reg, i).cast::<AtomicPtr<u8>>() };
+            slot.load(Ordering::Relaxed) == item
+        })
+    }
+
     /// Items currently in `(region, class)`: a racy snapshot, for statistics.
     pub fn len(&self, region: usize, class: usize) -> usize {
         if region >= self.nregions() || class >= self.nclasses() {

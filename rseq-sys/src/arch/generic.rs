@@ -46,6 +46,16 @@ pub unsafe fn push(_: *mut u8, _: usize, _: isize, _: isize, _: *mut u8) -> u32 
 }
 /// # Safety
 /// Never touches memory.
+pub unsafe fn pop_or_null(_: *mut u8, _: usize, _: isize, _: isize) -> *mut u8 {
+    core::ptr::null_mut()
+}
+/// # Safety
+/// Never touches memory.
+pub unsafe fn push_or_miss(_: *mut u8, _: usize, _: isize, _: isize, _: *mut u8) -> bool {
+    false
+}
+/// # Safety
+/// Never touches memory.
 pub unsafe fn pop_batch(_: &BatchArgs, _: isize, _: isize) -> (usize, u32) {
     (0, STATUS_UNREGISTERED)
 }
