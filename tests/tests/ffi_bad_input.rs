@@ -223,7 +223,11 @@ fn ffi_bad_realloc_of_freed_small_block() {
 /// `free_sized(malloc(100), 5000)`: the size does not match the block.
 #[test]
 fn ffi_bad_free_sized_wrong_size() {
-    check_case_says("free_sized_wrong", "free_sized()", "size 5000 does not match the block");
+    check_case_says(
+        "free_sized_wrong",
+        "free_sized()",
+        "size 5000 does not match the block",
+    );
 }
 
 /// A multiple of the object size in a span's tail waste is not an object.
