@@ -196,6 +196,7 @@ fn after_init() {
 }
 
 /// True once initialised with per-CPU caches.
+#[inline(always)]
 pub(crate) fn cache_ready() -> bool {
     matches!(STATE.load(Ordering::Relaxed), READY_CACHE | READY_COUNTING)
 }

@@ -51,11 +51,13 @@ pub(crate) fn malloc_slow(class: SizeClass) -> *mut u8 {
 }
 
 fn malloc_slow_inner(class: SizeClass) -> *mut u8 {
-    if !global::ensure_init() {
-        return global::boot_alloc_class(class);
-    }
     if !global::cache_ready() {
-        return central_pop_one(class);
+        if !global::ensure_init() {
+            return global::boot_alloc_class(class);
+        }
+        if !global::cache_ready() {
+            return central_pop_one(class);
+        }
     }
     match crate::cpu_cache::SLABS.pop(class.index()) {
         Ok(p) => {

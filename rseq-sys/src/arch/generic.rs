@@ -64,6 +64,14 @@ pub unsafe fn pop_batch(_: &BatchArgs, _: isize, _: isize) -> (usize, u32) {
 pub unsafe fn push_batch(_: &BatchArgs, _: isize, _: isize) -> (usize, u32) {
     (0, STATUS_UNREGISTERED)
 }
+/// No `rdpid` here.
+pub fn has_rdpid() -> bool {
+    false
+}
+/// Never called (see [`has_rdpid`]).
+pub fn rdpid_cpu() -> u32 {
+    0
+}
 /// No thread pointer is used here.
 pub fn thread_pointer() -> usize {
     0

@@ -535,6 +535,26 @@ pub unsafe fn push_batch(args: &BatchArgs, off: isize, idx: isize) -> (usize, u3
     }
 }
 
+/// Whether the CPU has `rdpid` (CPUID leaf 7, ECX bit 22) and the kernel
+/// is Linux (which keeps the CPU number in `TSC_AUX`). An emulator that
+/// does not implement the instruction does not advertise it.
+pub fn has_rdpid() -> bool {
+    // cpuid is always available on x86_64; leaf 0 reports the highest
+    // standard leaf, so leaf 7 is read only when it exists.
+    let max = core::arch::x86_64::__cpuid(0).eax;
+    max >= 7 && core::arch::x86_64::__cpuid_count(7, 0).ecx & (1 << 22) != 0
+}
+
+/// The CPU number from `rdpid` (Linux stores `node << 12 | cpu` in
+/// `TSC_AUX`). Call only when [`has_rdpid`] said yes.
+#[inline(always)]
+pub fn rdpid_cpu() -> u32 {
+    let aux: u64;
+    // SAFETY: the caller checked CPUID; rdpid only reads TSC_AUX.
+    unsafe { asm!("rdpid {}", out(reg) aux, options(nomem, nostack, preserves_flags)) };
+    (aux & 0xfff) as u32
+}
+
 /// The thread pointer (`%fs` base).
 #[inline(always)]
 pub fn thread_pointer() -> usize {
