@@ -63,6 +63,10 @@ struct Workload {
     full: &'static [&'static str],
     /// Tiny sizes for `--smoke` (a seconds-long check that everything runs).
     smoke: &'static [&'static str],
+    /// A per-call micro workload (ns per operation): its per-process figure
+    /// depends on the address layout the process drew, so it runs in more
+    /// fresh processes (`micro_procs`) and the report shows the spread.
+    micro: bool,
 }
 
 const WORKLOADS: &[Workload] = &[
@@ -72,6 +76,7 @@ const WORKLOADS: &[Workload] = &[
         quick: &["iters=3000000", "burst_rounds=1500"],
         full: &["iters=10000000", "burst_rounds=5000"],
         smoke: &["iters=20000", "burst_rounds=10"],
+        micro: true,
     },
     Workload {
         name: "larson",
@@ -79,6 +84,7 @@ const WORKLOADS: &[Workload] = &[
         quick: &["threads=4", "ops=400000"],
         full: &["threads=8", "ops=1500000"],
         smoke: &["threads=4", "ops=5000"],
+        micro: false,
     },
     Workload {
         name: "prodcon",
@@ -86,6 +92,7 @@ const WORKLOADS: &[Workload] = &[
         quick: &["pairs=2", "batches=8000"],
         full: &["pairs=2", "batches=30000"],
         smoke: &["pairs=2", "batches=20"],
+        micro: false,
     },
     Workload {
         name: "threads64",
@@ -93,6 +100,7 @@ const WORKLOADS: &[Workload] = &[
         quick: &["threads=64", "ops=50000"],
         full: &["threads=64", "ops=150000"],
         smoke: &["threads=64", "ops=200"],
+        micro: false,
     },
     Workload {
         name: "frag",
@@ -100,6 +108,7 @@ const WORKLOADS: &[Workload] = &[
         quick: &["mib=128"],
         full: &["mib=512"],
         smoke: &["mib=4"],
+        micro: false,
     },
     Workload {
         name: "realloc",
@@ -107,6 +116,7 @@ const WORKLOADS: &[Workload] = &[
         quick: &["bufs=2000", "max=65536"],
         full: &["bufs=4000", "max=65536"],
         smoke: &["bufs=50", "max=8192"],
+        micro: true,
     },
     Workload {
         name: "remote",
@@ -114,6 +124,7 @@ const WORKLOADS: &[Workload] = &[
         quick: &["batches=20000"],
         full: &["batches=80000"],
         smoke: &["batches=50"],
+        micro: false,
     },
     Workload {
         name: "python",
@@ -121,6 +132,7 @@ const WORKLOADS: &[Workload] = &[
         quick: &["200000"],
         full: &["1000000"],
         smoke: &["2000"],
+        micro: false,
     },
     Workload {
         name: "sqlite",
@@ -128,6 +140,7 @@ const WORKLOADS: &[Workload] = &[
         quick: &["300000"],
         full: &["1000000"],
         smoke: &["2000"],
+        micro: false,
     },
 ];
 
@@ -150,14 +163,42 @@ struct Options {
     only: Option<Vec<String>>,
     allocs: Option<Vec<String>>,
     reps: usize,
+    procs: Option<usize>,
+}
+
+impl Options {
+    /// Fresh processes per (micro workload, allocator): at least 5 (quick) or
+    /// 10 (full), never fewer than `--reps`; `--procs` overrides; 2 in
+    /// `--smoke` so the spread is still computed.
+    fn micro_procs(&self) -> usize {
+        let default = if self.smoke {
+            2
+        } else if self.full {
+            10
+        } else {
+            5
+        };
+        self.procs.unwrap_or(default).max(self.reps)
+    }
+
+    fn reps_of(&self, w: &Workload) -> usize {
+        if w.micro {
+            self.micro_procs()
+        } else {
+            self.reps
+        }
+    }
 }
 
 const USAGE: &str = "\
-usage: rseq-alloc-bench [--full] [--only W1,W2] [--alloc A1,A2] [--reps N] [--list]
+usage: rseq-alloc-bench [--full] [--only W1,W2] [--alloc A1,A2] [--reps N] [--procs N] [--list]
   --full      longer, steadier sizes and every allocator variant (about 8 min on 2 CPUs)
   --only      run only these workloads
   --alloc     run only these allocators
   --reps N    repetitions of each measurement (default 3; median and min-max reported)
+  --procs N   fresh processes for each micro workload (pair, realloc; default 5 quick,
+              10 full, at least --reps): their per-process figures are bimodal with
+              address-space layout randomisation, so median and spread are reported
   --out DIR   write the report files there instead of target/bench-report
   --smoke     tiny sizes: checks in seconds that every workload runs (figures meaningless)
   --list      list workloads and allocators and exit
@@ -171,6 +212,7 @@ fn parse(args: &[String]) -> Result<Option<Options>, String> {
         only: None,
         allocs: None,
         reps: 3,
+        procs: None,
     };
     let mut it = args.iter();
     let split = |v: &str| v.split(',').map(|s| s.trim().to_string()).collect();
@@ -188,6 +230,14 @@ fn parse(args: &[String]) -> Result<Option<Options>, String> {
                     .and_then(|v| v.parse().ok())
                     .filter(|&n| n >= 1)
                     .ok_or("--reps needs a number >= 1")?
+            }
+            "--procs" => {
+                o.procs = Some(
+                    it.next()
+                        .and_then(|v| v.parse().ok())
+                        .filter(|&n| n >= 1)
+                        .ok_or("--procs needs a number >= 1")?,
+                )
             }
             "--list" => {
                 println!("workloads:");
@@ -587,7 +637,7 @@ pub fn main(args: &[String]) -> i32 {
     let explicit = opts.allocs.is_some();
     let mut plan: Vec<(&Workload, &Alloc, usize)> = Vec::new();
     for w in &workloads_run {
-        for rep in 0..opts.reps {
+        for rep in 0..opts.reps_of(w) {
             for a in &allocs {
                 let applies = match w.kind {
                     WKind::Synthetic => {
@@ -609,9 +659,10 @@ pub fn main(args: &[String]) -> i32 {
         "quick"
     };
     eprintln!(
-        "running {} measurements ({suite} suite, {} reps) ...",
+        "running {} measurements ({suite} suite, {} reps, {} processes per micro workload) ...",
         plan.len(),
-        opts.reps
+        opts.reps,
+        opts.micro_procs()
     );
 
     let timeout = Duration::from_secs(if opts.full { 900 } else { 180 });
@@ -684,7 +735,7 @@ pub fn main(args: &[String]) -> i32 {
             w.name,
             a.name,
             rep + 1,
-            opts.reps
+            opts.reps_of(w)
         );
         let run = run_child(&mut cmd, timeout);
         let preload_failed = run.stderr.contains("cannot be preloaded");
@@ -797,6 +848,12 @@ pub fn main(args: &[String]) -> i32 {
         machine,
         suite: suite.to_string(),
         reps: opts.reps,
+        micro_procs: opts.micro_procs(),
+        micro: workloads_run
+            .iter()
+            .filter(|w| w.micro)
+            .map(|w| w.name.to_string())
+            .collect(),
         command: std::iter::once("cargo run --release -p rseq-alloc-bench".to_string())
             .chain((!args.is_empty()).then(|| format!("-- {}", args.join(" "))))
             .collect::<Vec<_>>()

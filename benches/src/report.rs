@@ -178,6 +178,10 @@ pub struct Report {
     pub suite: String,
     /// Repetitions per measurement.
     pub reps: usize,
+    /// Fresh processes per (micro workload, allocator).
+    pub micro_procs: usize,
+    /// The micro workloads of this run (their spread is summarised).
+    pub micro: Vec<String>,
     /// The command that reproduces this run.
     pub command: String,
     /// (allocator name, description), in display order.
@@ -231,6 +235,8 @@ struct Cell {
     min: f64,
     max: f64,
     n: usize,
+    /// Slowest over fastest run (max/min of the figure), >= 1.
+    spread: f64,
     peak_med: f64,
     peak_min: f64,
     peak_max: f64,
@@ -288,6 +294,7 @@ impl Report {
                     min,
                     max,
                     n: mine.len(),
+                    spread: if min > 0.0 { max / min } else { f64::NAN },
                     peak_med,
                     peak_min,
                     peak_max,
@@ -343,8 +350,13 @@ impl Report {
         let _ = writeln!(s, "| rseq-alloc | {} |", m.rseq);
         let _ = writeln!(
             s,
-            "| suite | {} ({} repetitions each, median [min–max]; {:.0} s in all) |",
-            self.suite, self.reps, self.elapsed_secs
+            "| suite | {} ({} repetitions each, {} fresh processes for the micro workloads \
+             {}; median [min–max]; {:.0} s in all) |",
+            self.suite,
+            self.reps,
+            self.micro_procs,
+            self.micro.join(", "),
+            self.elapsed_secs
         );
         let _ = writeln!(s, "| command | `{}` |\n", self.command);
         let _ = writeln!(
@@ -439,6 +451,7 @@ impl Report {
         }
         let _ = writeln!(s);
 
+        self.spread_table(&metrics, &allocs, &mut s);
         self.targets(&metrics, &mut s);
 
         // Per-workload detail.
@@ -463,13 +476,13 @@ impl Report {
             let base = mt.baseline.as_deref().unwrap_or("no jemalloc in this run");
             let _ = write!(
                 s,
-                "**{}** ({}, {dir}; ratios vs {base})\n\n| allocator | {} | speed × | peak RSS MiB | RSS × |",
+                "**{}** ({}, {dir}; ratios vs {base})\n\n| allocator | {} median [min–max] | runs | slowest/fastest | speed × | peak RSS MiB | RSS × |",
                 mt.name, mt.unit, mt.unit
             );
             if has_final {
                 let _ = write!(s, " final RSS MiB | final × |");
             }
-            let _ = write!(s, "\n|---|---:|---:|---:|---:|");
+            let _ = write!(s, "\n|---|---:|---:|---:|---:|---:|---:|");
             if has_final {
                 let _ = write!(s, "---:|---:|");
             }
@@ -477,16 +490,13 @@ impl Report {
             for c in &mt.cells {
                 let _ = write!(
                     s,
-                    "| {} | {} [{}–{}]{} | {} | {} [{}–{}] | {} |",
+                    "| {} | {} [{}–{}] | {} | {:.2}× | {} | {} [{}–{}] | {} |",
                     c.alloc,
                     fmt_num(c.med),
                     fmt_num(c.min),
                     fmt_num(c.max),
-                    if c.n < self.reps {
-                        format!(" ({} runs)", c.n)
-                    } else {
-                        String::new()
-                    },
+                    c.n,
+                    c.spread,
                     c.speed.map_or("–".into(), |x| format!("{x:.2}")),
                     mib(c.peak_med),
                     mib(c.peak_min),
@@ -547,6 +557,57 @@ impl Report {
             let _ = writeln!(s);
         }
         s
+    }
+
+    /// Median and spread across fresh processes of every micro-workload
+    /// figure: `median [min–max] slowest/fastest×`.
+    fn spread_table(&self, metrics: &[Metric], allocs: &[&String], s: &mut String) {
+        let micro: Vec<&Metric> = metrics
+            .iter()
+            .filter(|m| self.micro.contains(&m.workload))
+            .collect();
+        if micro.is_empty() {
+            return;
+        }
+        let _ = writeln!(
+            s,
+            "## Micro workloads across fresh processes\n\n\
+             Each figure is the median over {} processes, then [fastest–slowest process] and \
+             the slowest/fastest ratio. Address-space layout randomisation gives every \
+             process a different layout, and per-call costs can be bimodal by process, so \
+             one process per allocator is not a measurement.\n",
+            self.micro_procs
+        );
+        let _ = write!(s, "| figure |");
+        for a in allocs {
+            let _ = write!(s, " {a} |");
+        }
+        let _ = write!(s, "\n|---|");
+        for _ in allocs {
+            let _ = write!(s, "---:|");
+        }
+        let _ = writeln!(s);
+        for mt in micro {
+            let _ = write!(s, "| {} ({}) |", mt.name, mt.unit);
+            for a in allocs {
+                let txt = mt
+                    .cells
+                    .iter()
+                    .find(|c| &&c.alloc == a)
+                    .map_or(String::new(), |c| {
+                        format!(
+                            "{} [{}–{}] {:.2}×",
+                            fmt_num(c.med),
+                            fmt_num(c.min),
+                            fmt_num(c.max),
+                            c.spread
+                        )
+                    });
+                let _ = write!(s, " {txt} |");
+            }
+            let _ = writeln!(s);
+        }
+        let _ = writeln!(s);
     }
 
     /// The project's targets (issue 5), evaluated on this run's medians.
@@ -647,7 +708,7 @@ impl Report {
     pub fn csv(&self) -> String {
         let mut s = String::from(
             "workload,metric,allocator,unit,higher_is_better,runs,median,min,max,\
-             speed_vs_jemalloc,peak_rss_kib_median,peak_rss_kib_min,peak_rss_kib_max,\
+             slowest_over_fastest,speed_vs_jemalloc,peak_rss_kib_median,peak_rss_kib_min,peak_rss_kib_max,\
              rss_vs_jemalloc,final_rss_kib_median\n",
         );
         let opt = |x: Option<f64>| x.map_or(String::new(), |v| format!("{v:.4}"));
@@ -655,7 +716,7 @@ impl Report {
             for c in &mt.cells {
                 let _ = writeln!(
                     s,
-                    "{},{},{},{},{},{},{:.4},{:.4},{:.4},{},{:.0},{:.0},{:.0},{},{}",
+                    "{},{},{},{},{},{},{:.4},{:.4},{:.4},{:.4},{},{:.0},{:.0},{:.0},{},{}",
                     mt.workload,
                     mt.name,
                     c.alloc,
@@ -665,6 +726,7 @@ impl Report {
                     c.med,
                     c.min,
                     c.max,
+                    c.spread,
                     opt(c.speed),
                     c.peak_med,
                     c.peak_min,
@@ -675,7 +737,7 @@ impl Report {
             }
         }
         for f in &self.failures {
-            let _ = writeln!(s, "{},,{},failed,,0,,,,,,,,,", f.workload, f.alloc);
+            let _ = writeln!(s, "{},,{},failed,,0,,,,,,,,,,", f.workload, f.alloc);
         }
         s
     }
