@@ -420,13 +420,8 @@ impl Report {
             "\n## Summary: peak RSS relative to jemalloc (lower is leaner)\n"
         );
         header(&mut s);
-        let mut seen = Vec::new();
-        for mt in &metrics {
-            if seen.contains(&mt.workload) {
-                continue;
-            }
-            seen.push(mt.workload.clone());
-            let _ = write!(s, "| {} |", mt.workload);
+        for (mt, label) in rss_rows(&metrics) {
+            let _ = write!(s, "| {label} |");
             for a in &allocs {
                 let cell = mt.cells.iter().find(|c| &&c.alloc == a);
                 let txt = match cell {
@@ -438,7 +433,7 @@ impl Report {
             }
             let _ = writeln!(s);
             if mt.cells.iter().any(|c| c.final_rel.is_some()) {
-                let _ = write!(s, "| {} (final RSS) |", mt.workload);
+                let _ = write!(s, "| {label} (final RSS) |");
                 for a in &allocs {
                     let cell = mt.cells.iter().find(|c| &&c.alloc == a);
                     let txt = cell
@@ -976,6 +971,38 @@ impl Report {
         let _ = writeln!(s, "</svg>");
         s
     }
+}
+
+/// The rows of a peak-RSS table: one per workload, or one per figure for a
+/// workload whose figures carry their own peaks (phases of one process, such
+/// as `large/1t` and `large/2t`).
+fn rss_rows(metrics: &[Metric]) -> Vec<(&Metric, String)> {
+    let mut out: Vec<(&Metric, String)> = Vec::new();
+    let mut seen: Vec<&str> = Vec::new();
+    for mt in metrics {
+        if seen.contains(&mt.workload.as_str()) {
+            continue;
+        }
+        seen.push(&mt.workload);
+        let group: Vec<&Metric> = metrics
+            .iter()
+            .filter(|m| m.workload == mt.workload)
+            .collect();
+        let same = group.iter().all(|m| {
+            m.cells.iter().all(|c| {
+                mt.cells
+                    .iter()
+                    .find(|d| d.alloc == c.alloc)
+                    .is_some_and(|d| d.peak_med == c.peak_med)
+            })
+        });
+        if same {
+            out.push((mt, mt.workload.clone()));
+        } else {
+            out.extend(group.into_iter().map(|m| (m, m.name.clone())));
+        }
+    }
+    out
 }
 
 fn kv<'a>(line: &'a str, key: &str) -> Option<&'a str> {

@@ -43,7 +43,17 @@ fn smoke_suite_runs_every_workload_and_writes_reports() {
     assert!(!md.contains("## Failed runs"), "{md}");
 
     let runs = std::fs::read_to_string(dir.join("runs.csv")).expect("runs.csv");
-    let synthetic = ["pair", "larson", "prodcon", "threads64", "frag", "realloc"];
+    let synthetic = [
+        "pair",
+        "larson",
+        "prodcon",
+        "threads64",
+        "frag",
+        "realloc",
+        "larson2t",
+        "large",
+        "spike",
+    ];
     for alloc in ["rseq", "jemalloc", "mimalloc", "glibc"] {
         for w in synthetic {
             assert!(
