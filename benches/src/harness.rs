@@ -188,6 +188,8 @@ struct Options {
     allocs: Option<Vec<String>>,
     reps: usize,
     procs: Option<usize>,
+    /// `--lib NAME=PATH`: extra allocators, preloaded.
+    libs: Vec<Alloc>,
 }
 
 impl Options {
@@ -215,10 +217,13 @@ impl Options {
 }
 
 const USAGE: &str = "\
-usage: rseq-alloc-bench [--full] [--only W1,W2] [--alloc A1,A2] [--reps N] [--procs N] [--list]
+usage: rseq-alloc-bench [--full] [--only W1,W2] [--alloc A1,A2] [--lib NAME=PATH]
+                        [--reps N] [--procs N] [--list]
   --full      longer, steadier sizes and every allocator variant (about 8 min on 2 CPUs)
   --only      run only these workloads
   --alloc     run only these allocators
+  --lib NAME=PATH  add an allocator: the shared library PATH, put in front of glibc
+              with LD_PRELOAD for every workload (repeatable)
   --reps N    repetitions of each measurement (default 3; median and min-max reported)
   --procs N   fresh processes for each micro workload (pair, realloc; default 5 quick,
               10 full, at least --reps): their per-process figures are bimodal with
@@ -237,6 +242,7 @@ fn parse(args: &[String]) -> Result<Option<Options>, String> {
         allocs: None,
         reps: 3,
         procs: None,
+        libs: Vec::new(),
     };
     let mut it = args.iter();
     let split = |v: &str| v.split(',').map(|s| s.trim().to_string()).collect();
@@ -255,6 +261,26 @@ fn parse(args: &[String]) -> Result<Option<Options>, String> {
                     .filter(|&n| n >= 1)
                     .ok_or("--reps needs a number >= 1")?
             }
+            "--lib" => {
+                let v = it.next().ok_or("--lib needs NAME=PATH")?;
+                let (name, path) = v
+                    .split_once('=')
+                    .filter(|(n, p)| !n.is_empty() && !p.is_empty())
+                    .ok_or_else(|| format!("--lib `{v}` is not NAME=PATH"))?;
+                if all_allocs().iter().chain(&o.libs).any(|a| a.name == name) {
+                    return Err(format!("--lib: the name `{name}` is already taken"));
+                }
+                if !Path::new(path).exists() {
+                    return Err(format!("--lib {name}: {path} does not exist"));
+                }
+                // The harness is one short-lived process: leaking the few
+                // names keeps `Alloc` plain `&'static str` data.
+                o.libs.push(Alloc {
+                    name: Box::leak(name.to_string().into_boxed_str()),
+                    label: Box::leak(format!("{path} via LD_PRELOAD (--lib)").into_boxed_str()),
+                    kind: Kind::Preload(PathBuf::from(path)),
+                });
+            }
             "--procs" => {
                 o.procs = Some(
                     it.next()
@@ -269,7 +295,7 @@ fn parse(args: &[String]) -> Result<Option<Options>, String> {
                     println!("  {:<10} {}", w.name, describe(w.name));
                 }
                 println!("allocators:");
-                for a in all_allocs() {
+                for a in all_allocs().iter().chain(&o.libs) {
                     println!("  {:<12} {}", a.name, a.label);
                 }
                 return Ok(None);
@@ -297,12 +323,12 @@ fn all_allocs() -> Vec<Alloc> {
     v.extend([
         Alloc {
             name: "jemalloc",
-            label: "jemalloc 5.3 (tikv-jemallocator crate, in-process)",
+            label: "jemalloc, tikv-jemallocator crate, in-process",
             kind: Kind::InProc("jemalloc"),
         },
         Alloc {
             name: "mimalloc",
-            label: "mimalloc (mimalloc crate, in-process)",
+            label: "mimalloc, mimalloc crate, in-process",
             kind: Kind::InProc("mimalloc"),
         },
         Alloc {
@@ -387,6 +413,8 @@ struct ChildRun {
     stderr: String,
     wall_secs: f64,
     maxrss_kib: u64,
+    /// The child's own user and system CPU time and page faults (wait4).
+    usage: report::Usage,
 }
 
 fn run_child(cmd: &mut Command, timeout: Duration) -> ChildRun {
@@ -402,6 +430,7 @@ fn run_child(cmd: &mut Command, timeout: Duration) -> ChildRun {
                 stderr: String::new(),
                 wall_secs: 0.0,
                 maxrss_kib: 0,
+                usage: report::Usage::default(),
             }
         }
     };
@@ -427,16 +456,23 @@ fn run_child(cmd: &mut Command, timeout: Duration) -> ChildRun {
         // SAFETY: pid is our un-reaped child; status and ru are valid out-pointers.
         let r = unsafe { libc::wait4(pid, &mut status, 0, &mut ru) };
         let wall = start.elapsed().as_secs_f64();
-        let _ = tx.send((r, status, ru.ru_maxrss as u64, wall));
+        let usage = report::Usage {
+            user_secs: ru.ru_utime.tv_sec as f64 + ru.ru_utime.tv_usec as f64 * 1e-6,
+            sys_secs: ru.ru_stime.tv_sec as f64 + ru.ru_stime.tv_usec as f64 * 1e-6,
+            minor_faults: ru.ru_minflt as u64,
+            major_faults: ru.ru_majflt as u64,
+        };
+        let _ = tx.send((r, status, ru.ru_maxrss as u64, wall, usage));
     });
     let mut timed_out = false;
-    let (r, status, maxrss, wall) = match rx.recv_timeout(timeout) {
+    let (r, status, maxrss, wall, usage) = match rx.recv_timeout(timeout) {
         Ok(v) => v,
         Err(_) => {
             timed_out = true;
             // SAFETY: pid is our child, not yet reaped (the waiter still blocks on it).
             unsafe { libc::kill(pid, libc::SIGKILL) };
-            rx.recv().unwrap_or((-1, 0, 0, 0.0))
+            rx.recv()
+                .unwrap_or((-1, 0, 0, 0.0, report::Usage::default()))
         }
     };
     drop(child);
@@ -463,6 +499,7 @@ fn run_child(cmd: &mut Command, timeout: Duration) -> ChildRun {
         stderr,
         wall_secs: wall,
         maxrss_kib: maxrss,
+        usage,
     }
 }
 
@@ -520,6 +557,27 @@ fn sql_script(rows: &str) -> String {
     )
 }
 
+/// Seconds still to run: each planned run costs the mean wall time of the
+/// finished runs of its workload, or of all finished runs for a workload not
+/// started yet.
+fn eta_secs<'a>(took: &[(&str, f64, usize)], rest: impl Iterator<Item = &'a str>) -> f64 {
+    let (sum, n) = took
+        .iter()
+        .fold((0.0, 0usize), |(s, n), t| (s + t.1, n + t.2));
+    let overall = if n > 0 { sum / n as f64 } else { 0.0 };
+    rest.map(|w| {
+        took.iter()
+            .find(|t| t.0 == w)
+            .map_or(overall, |t| t.1 / t.2 as f64)
+    })
+    .sum()
+}
+
+fn fmt_eta(secs: f64) -> String {
+    let s = secs.round() as u64;
+    format!("{}:{:02}", s / 60, s % 60)
+}
+
 /// Entry point of the harness; returns the process exit code.
 pub fn main(args: &[String]) -> i32 {
     let opts = match parse(args) {
@@ -563,10 +621,10 @@ pub fn main(args: &[String]) -> i32 {
     let mut allocs: Vec<Alloc> = Vec::new();
     let wanted = |n: &str| match &opts.allocs {
         None => true,
-        Some(v) => v.iter().any(|a| a == n),
+        Some(v) => v.iter().any(|a| a == n) || opts.libs.iter().any(|l| l.name == n),
     };
     if let Some(v) = &opts.allocs {
-        let known = all_allocs();
+        let known: Vec<Alloc> = all_allocs().into_iter().chain(opts.libs.clone()).collect();
         for a in v {
             if !known.iter().any(|k| k.name == a) {
                 if a == "rseq" {
@@ -585,7 +643,7 @@ pub fn main(args: &[String]) -> i32 {
             "rseq (in-process): skipped — this binary was built without the `ours` feature".into(),
         );
     }
-    for a in all_allocs() {
+    for a in all_allocs().into_iter().chain(opts.libs.clone()) {
         if !wanted(a.name) {
             continue;
         }
@@ -694,6 +752,8 @@ pub fn main(args: &[String]) -> i32 {
     let mut failures: Vec<Failure> = Vec::new();
     let mut workload_skips: Vec<String> = Vec::new();
     let mut internals: Vec<report::Internals> = Vec::new();
+    // Wall seconds of finished runs per workload, for the ETA.
+    let mut took: Vec<(&str, f64, usize)> = Vec::new();
     for (i, (w, a, rep)) in plan.iter().enumerate() {
         if failures
             .iter()
@@ -781,6 +841,14 @@ pub fn main(args: &[String]) -> i32 {
             opts.reps_of(w)
         );
         let run = run_child(&mut cmd, timeout);
+        match took.iter_mut().find(|t| t.0 == w.name) {
+            Some(t) => {
+                t.1 += run.wall_secs;
+                t.2 += 1;
+            }
+            None => took.push((w.name, run.wall_secs, 1)),
+        }
+        let eta = eta_secs(&took, plan[i + 1..].iter().map(|p| p.0.name));
         let preload_failed = run.stderr.contains("cannot be preloaded");
         if !run.ok || preload_failed {
             let why = if preload_failed {
@@ -788,7 +856,11 @@ pub fn main(args: &[String]) -> i32 {
             } else {
                 run.why.clone()
             };
-            eprintln!("{prefix}  FAILED: {why}: {}", last_line(&run.stderr));
+            eprintln!(
+                "{prefix}  FAILED: {why}: {}  (ETA {})",
+                last_line(&run.stderr),
+                fmt_eta(eta)
+            );
             failures.push(Failure {
                 workload: w.name.to_string(),
                 alloc: a.name.to_string(),
@@ -851,6 +923,7 @@ pub fn main(args: &[String]) -> i32 {
                             .and_then(|v| v.parse().ok())
                             .unwrap_or(peak),
                         final_kib: field(l, "final_kib").and_then(|v| v.parse().ok()),
+                        usage: run.usage,
                     });
                 }
             }
@@ -866,14 +939,16 @@ pub fn main(args: &[String]) -> i32 {
                     higher_is_better: false,
                     peak_kib: run.maxrss_kib,
                     final_kib: None,
+                    usage: run.usage,
                 });
             }
         }
         let peak = records.last().map_or(0, |r| r.peak_kib);
         eprintln!(
-            "{prefix}{shown}  peak {:.1} MiB  ({:.0} s elapsed)",
+            "{prefix}{shown}  peak {:.1} MiB  ({:.0} s elapsed, ETA {})",
             peak as f64 / 1024.0,
-            t0.elapsed().as_secs_f64()
+            t0.elapsed().as_secs_f64(),
+            fmt_eta(eta)
         );
     }
     notes.extend(workload_skips);

@@ -26,6 +26,21 @@ pub struct Record {
     pub peak_kib: u64,
     /// Resident set at the end of the workload, KiB, where it reports one.
     pub final_kib: Option<u64>,
+    /// CPU time and page faults of the whole child process.
+    pub usage: Usage,
+}
+
+/// `getrusage` figures of one child process (from `wait4`).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Usage {
+    /// User CPU time, seconds.
+    pub user_secs: f64,
+    /// System CPU time, seconds.
+    pub sys_secs: f64,
+    /// Minor page faults.
+    pub minor_faults: u64,
+    /// Major page faults.
+    pub major_faults: u64,
 }
 
 /// A run that did not produce figures.
@@ -67,6 +82,75 @@ pub struct Machine {
     commit: String,
     date: String,
     rseq: String,
+    /// (allocator name, version text) for every allocator whose version is known.
+    versions: Vec<(String, String)>,
+}
+
+/// The version of `name` in this workspace's Cargo.lock (the one compiled in).
+fn locked_version(name: &str) -> Option<String> {
+    const LOCK: &str = include_str!("../../Cargo.lock");
+    let key = format!("name = \"{name}\"");
+    let mut lines = LOCK.lines();
+    while let Some(l) = lines.next() {
+        if l.trim() == key {
+            return lines
+                .next()
+                .and_then(|v| v.trim().strip_prefix("version = "))
+                .map(|v| v.trim_matches('"').to_string());
+        }
+    }
+    None
+}
+
+/// The installed version of a Debian package, if it is installed.
+fn dpkg_version(pkg: &str) -> Option<String> {
+    cmd_out(Command::new("dpkg-query").args(["-W", "-f=${Version}", pkg])).filter(|v| !v.is_empty())
+}
+
+/// Versions of every allocator the harness knows: crates from Cargo.lock,
+/// C libraries from dpkg.
+fn versions(glibc: &str, commit: &str) -> Vec<(String, String)> {
+    let mut v = vec![
+        (
+            "rseq".to_string(),
+            format!("rseq-alloc {} at {commit}", env!("CARGO_PKG_VERSION")),
+        ),
+        (
+            "rseq-so".to_string(),
+            format!("rseq-malloc {} at {commit}", env!("CARGO_PKG_VERSION")),
+        ),
+        ("glibc".to_string(), format!("glibc {glibc}")),
+    ];
+    if let Some(je) = locked_version("tikv-jemallocator") {
+        let sys = locked_version("tikv-jemalloc-sys").unwrap_or_default();
+        // tikv-jemalloc-sys carries jemalloc's version as build metadata.
+        let upstream = sys.split_once('+').map_or("?", |(_, m)| m);
+        let upstream = upstream.split('-').next().unwrap_or(upstream);
+        v.push((
+            "jemalloc".into(),
+            format!(
+                "tikv-jemallocator {je} (tikv-jemalloc-sys {}, jemalloc {upstream})",
+                sys.split('+').next().unwrap_or("?")
+            ),
+        ));
+    }
+    if let Some(mi) = locked_version("mimalloc") {
+        let sys = locked_version("libmimalloc-sys").unwrap_or_else(|| "?".into());
+        v.push((
+            "mimalloc".into(),
+            format!("mimalloc crate {mi} (libmimalloc-sys {sys})"),
+        ));
+    }
+    for (alloc, pkg) in [
+        ("jemalloc-so", "libjemalloc2"),
+        ("mimalloc-so", "libmimalloc2.0"),
+        ("tcmalloc-so", "libtcmalloc-minimal4"),
+    ] {
+        if let Some(ver) = dpkg_version(pkg) {
+            v.push((alloc.into(), format!("Debian {pkg} {ver}")));
+        }
+    }
+    v
 }
 
 fn cmd_out(cmd: &mut Command) -> Option<String> {
@@ -149,6 +233,7 @@ impl Machine {
         } else {
             "not built".into()
         };
+        let versions = versions(&glibc, &commit);
         Machine {
             cpu,
             cpus_online: online,
@@ -158,7 +243,16 @@ impl Machine {
             commit,
             date,
             rseq,
+            versions,
         }
+    }
+
+    /// The version text of allocator `name`, if known.
+    pub fn version(&self, name: &str) -> Option<&str> {
+        self.versions
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.as_str())
     }
 
     /// A one-line summary for the progress output.
@@ -197,6 +291,11 @@ pub struct Report {
     /// Wall time of the whole run.
     pub elapsed_secs: f64,
 }
+
+/// The baseline of a figure: the first of these that ran it (jemalloc's
+/// crate for the synthetic workloads, its Debian library for the programs,
+/// glibc when neither ran).
+const BASELINES: [&str; 3] = ["jemalloc", "jemalloc-so", "glibc"];
 
 /// Median, min and max of a non-empty list.
 fn stats(v: &mut [f64]) -> (f64, f64, f64) {
@@ -241,6 +340,13 @@ struct Cell {
     peak_min: f64,
     peak_max: f64,
     final_med: Option<f64>,
+    final_min: Option<f64>,
+    final_max: Option<f64>,
+    /// Medians of the per-process usage figures.
+    user_med: f64,
+    sys_med: f64,
+    minflt_med: f64,
+    majflt_med: f64,
     /// Speed relative to the baseline (higher = faster), if there is one.
     speed: Option<f64>,
     /// Peak RSS relative to the baseline (lower = leaner).
@@ -287,7 +393,10 @@ impl Report {
                     .iter()
                     .filter_map(|r| r.final_kib.map(|k| k as f64))
                     .collect();
-                let final_med = (!finals.is_empty()).then(|| stats(&mut finals.clone()).0);
+                let fin = (!finals.is_empty()).then(|| stats(&mut finals.clone()));
+                let med_of = |f: &dyn Fn(&Usage) -> f64| {
+                    stats(&mut mine.iter().map(|r| f(&r.usage)).collect::<Vec<_>>()).0
+                };
                 cells.push(Cell {
                     alloc: alloc.clone(),
                     med,
@@ -298,14 +407,20 @@ impl Report {
                     peak_med,
                     peak_min,
                     peak_max,
-                    final_med,
+                    final_med: fin.map(|f| f.0),
+                    final_min: fin.map(|f| f.1),
+                    final_max: fin.map(|f| f.2),
+                    user_med: med_of(&|u| u.user_secs),
+                    sys_med: med_of(&|u| u.sys_secs),
+                    minflt_med: med_of(&|u| u.minor_faults as f64),
+                    majflt_med: med_of(&|u| u.major_faults as f64),
                     speed: None,
                     rss: None,
                     final_rel: None,
                 });
             }
             let higher = recs[0].higher_is_better;
-            let baseline = ["jemalloc", "jemalloc-so"]
+            let baseline = BASELINES
                 .iter()
                 .find_map(|b| cells.iter().find(|c| c.alloc == *b).cloned());
             if let Some(b) = &baseline {
@@ -348,6 +463,12 @@ impl Report {
         let _ = writeln!(s, "| kernel | {} |", m.kernel);
         let _ = writeln!(s, "| glibc | {} |", m.glibc);
         let _ = writeln!(s, "| rseq-alloc | {} |", m.rseq);
+        let vers: Vec<String> = self
+            .legend
+            .iter()
+            .filter_map(|(n, _)| m.version(n).map(|v| format!("{n}: {v}")))
+            .collect();
+        let _ = writeln!(s, "| versions | {} |", vers.join("; "));
         let _ = writeln!(
             s,
             "| suite | {} ({} repetitions each, {} fresh processes for the micro workloads \
@@ -362,13 +483,23 @@ impl Report {
         let _ = writeln!(
             s,
             "Every measurement runs in its own process. Ratios compare allocators \
-             measured in this same run; absolute numbers move with machine load.\n"
+             measured in this same run; absolute numbers move with machine load. \
+             The baseline (1.00) of a figure is the first of jemalloc (the \
+             tikv-jemallocator crate), jemalloc-so (Debian's library, for the \
+             programs) and glibc that ran it. Charts: `report.svg`.\n"
         );
 
         // Allocator legend.
         let _ = writeln!(s, "## Allocators\n");
         for (n, d) in &self.legend {
-            let _ = writeln!(s, "- **{n}**: {d}");
+            match m.version(n) {
+                Some(v) => {
+                    let _ = writeln!(s, "- **{n}**: {d}; version: {v}");
+                }
+                None => {
+                    let _ = writeln!(s, "- **{n}**: {d}");
+                }
+            }
         }
         for n in &self.notes {
             let _ = writeln!(s, "- {n}");
@@ -387,11 +518,11 @@ impl Report {
             })
             .collect();
         let header = |s: &mut String| {
-            let _ = write!(s, "| workload |");
+            let _ = write!(s, "| workload | baseline |");
             for a in &allocs {
                 let _ = write!(s, " {a} |");
             }
-            let _ = write!(s, "\n|---|");
+            let _ = write!(s, "\n|---|---|");
             for _ in &allocs {
                 let _ = write!(s, "---:|");
             }
@@ -399,11 +530,16 @@ impl Report {
         };
         let _ = writeln!(
             s,
-            "## Summary: speed relative to jemalloc (higher is faster; 1.00 = jemalloc)\n"
+            "## Summary: speed relative to the baseline (higher is faster; 1.00 = baseline)\n"
         );
         header(&mut s);
         for mt in &metrics {
-            let _ = write!(s, "| {} |", mt.name);
+            let _ = write!(
+                s,
+                "| {} | {} |",
+                mt.name,
+                mt.baseline.as_deref().unwrap_or("–")
+            );
             for a in &allocs {
                 let cell = mt.cells.iter().find(|c| &&c.alloc == a);
                 let txt = match cell {
@@ -417,11 +553,12 @@ impl Report {
         }
         let _ = writeln!(
             s,
-            "\n## Summary: peak RSS relative to jemalloc (lower is leaner)\n"
+            "\n## Summary: peak RSS relative to the baseline (lower is leaner)\n"
         );
         header(&mut s);
         for (mt, label) in rss_rows(&metrics) {
-            let _ = write!(s, "| {label} |");
+            let base = mt.baseline.as_deref().unwrap_or("–");
+            let _ = write!(s, "| {label} | {base} |");
             for a in &allocs {
                 let cell = mt.cells.iter().find(|c| &&c.alloc == a);
                 let txt = match cell {
@@ -433,7 +570,7 @@ impl Report {
             }
             let _ = writeln!(s);
             if mt.cells.iter().any(|c| c.final_rel.is_some()) {
-                let _ = write!(s, "| {label} (final RSS) |");
+                let _ = write!(s, "| {label} (final RSS) | {base} |");
                 for a in &allocs {
                     let cell = mt.cells.iter().find(|c| &&c.alloc == a);
                     let txt = cell
@@ -447,7 +584,6 @@ impl Report {
         let _ = writeln!(s);
 
         self.spread_table(&metrics, &allocs, &mut s);
-        self.targets(&metrics, &mut s);
 
         // Per-workload detail.
         let _ = writeln!(s, "## Details\n");
@@ -468,16 +604,20 @@ impl Report {
                 "lower is better"
             };
             let has_final = mt.cells.iter().any(|c| c.final_med.is_some());
-            let base = mt.baseline.as_deref().unwrap_or("no jemalloc in this run");
+            let base = mt.baseline.as_deref().unwrap_or("no baseline in this run");
             let _ = write!(
                 s,
-                "**{}** ({}, {dir}; ratios vs {base})\n\n| allocator | {} median [min–max] | runs | slowest/fastest | speed × | peak RSS MiB | RSS × |",
+                "**{}** ({}, {dir}; ratios vs {base}; user, sys and faults are the whole process's, median)\n\n\
+                 | allocator | {} median [min–max] | runs | slowest/fastest | speed × | peak RSS MiB | RSS × | user s | sys s | minor faults | major faults |",
                 mt.name, mt.unit, mt.unit
             );
             if has_final {
                 let _ = write!(s, " final RSS MiB | final × |");
             }
-            let _ = write!(s, "\n|---|---:|---:|---:|---:|---:|---:|");
+            let _ = write!(
+                s,
+                "\n|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+            );
             if has_final {
                 let _ = write!(s, "---:|---:|");
             }
@@ -485,7 +625,7 @@ impl Report {
             for c in &mt.cells {
                 let _ = write!(
                     s,
-                    "| {} | {} [{}–{}] | {} | {:.2}× | {} | {} [{}–{}] | {} |",
+                    "| {} | {} [{}–{}] | {} | {:.2}× | {} | {} [{}–{}] | {} | {:.2} | {:.2} | {:.0} | {:.0} |",
                     c.alloc,
                     fmt_num(c.med),
                     fmt_num(c.min),
@@ -497,6 +637,10 @@ impl Report {
                     mib(c.peak_min),
                     mib(c.peak_max),
                     c.rss.map_or("–".into(), |x| format!("{x:.2}")),
+                    c.user_med,
+                    c.sys_med,
+                    c.minflt_med,
+                    c.majflt_med,
                 );
                 if has_final {
                     let _ = write!(
@@ -605,94 +749,6 @@ impl Report {
         let _ = writeln!(s);
     }
 
-    /// The project's targets (issue 5), evaluated on this run's medians.
-    fn targets(&self, metrics: &[Metric], s: &mut String) {
-        let med = |metric: &str, alloc: &str| {
-            metrics
-                .iter()
-                .find(|m| m.name == metric)
-                .and_then(|m| m.cells.iter().find(|c| c.alloc == alloc))
-        };
-        let status = |ok: Option<bool>| match ok {
-            Some(true) => "met",
-            Some(false) => "**missed**",
-            None => "not measured",
-        };
-        let mut rows: Vec<(String, String, &str)> = Vec::new();
-
-        // Single-thread small-object churn: our time over theirs.
-        let small = [
-            "pair/16B",
-            "pair/64B",
-            "pair/256B",
-            "pair/1024B",
-            "burst1000",
-        ];
-        let worst = |peer: &str| -> Option<(f64, String)> {
-            let mut out: Option<(f64, String)> = None;
-            for m in small {
-                let (Some(o), Some(p)) = (med(m, "rseq"), med(m, peer)) else {
-                    continue;
-                };
-                let r = o.med / p.med;
-                if !matches!(&out, Some((w, _)) if r <= *w) {
-                    out = Some((r, m.to_string()));
-                }
-            }
-            out
-        };
-        for (peer, limit) in [("jemalloc", 0.8), ("mimalloc", 1.0)] {
-            let w = worst(peer);
-            rows.push((
-                format!("single-thread small objects: time ≤ {limit:.1}x {peer}'s"),
-                w.as_ref()
-                    .map_or("–".into(), |(r, m)| format!("worst {r:.2}x ({m})")),
-                status(w.map(|(r, _)| r <= limit)),
-            ));
-        }
-        let t64 = med("threads64", "rseq");
-        rows.push((
-            "threads64: throughput ≥ 1.2x jemalloc's".into(),
-            t64.and_then(|c| c.speed)
-                .map_or("–".into(), |x| format!("{x:.2}x")),
-            status(t64.and_then(|c| c.speed).map(|x| x >= 1.2)),
-        ));
-        rows.push((
-            "threads64: peak RSS ≤ jemalloc's".into(),
-            t64.and_then(|c| c.rss)
-                .map_or("–".into(), |x| format!("{x:.2}x")),
-            status(t64.and_then(|c| c.rss).map(|x| x <= 1.0)),
-        ));
-        let fr = med("frag", "rseq").and_then(|c| c.final_rel);
-        rows.push((
-            "frag: final RSS ≤ jemalloc's".into(),
-            fr.map_or("–".into(), |x| format!("{x:.2}x")),
-            status(fr.map(|x| x <= 1.0)),
-        ));
-        for prog in ["python", "sqlite"] {
-            let r = match (med(prog, "rseq-so"), med(prog, "glibc")) {
-                (Some(o), Some(g)) => Some(o.med / g.med),
-                _ => None,
-            };
-            rows.push((
-                format!("{prog}: time ≤ glibc's (rseq-so)"),
-                r.map_or("–".into(), |x| format!("{x:.2}x")),
-                status(r.map(|x| x <= 1.0)),
-            ));
-        }
-        if self.suite == "smoke" || rows.iter().all(|r| r.2 == "not measured") {
-            return;
-        }
-        let _ = writeln!(
-            s,
-            "## Targets (issue 5), on this run's medians\n\n| target | measured | status |\n|---|---:|---|"
-        );
-        for (t, m, st) in rows {
-            let _ = writeln!(s, "| {t} | {m} | {st} |");
-        }
-        let _ = writeln!(s);
-    }
-
     fn failed(&self, workload: &str, alloc: &str) -> bool {
         self.failures
             .iter()
@@ -703,15 +759,16 @@ impl Report {
     pub fn csv(&self) -> String {
         let mut s = String::from(
             "workload,metric,allocator,unit,higher_is_better,runs,median,min,max,\
-             slowest_over_fastest,speed_vs_jemalloc,peak_rss_kib_median,peak_rss_kib_min,peak_rss_kib_max,\
-             rss_vs_jemalloc,final_rss_kib_median\n",
+             slowest_over_fastest,baseline,speed_vs_baseline,peak_rss_kib_median,peak_rss_kib_min,\
+             peak_rss_kib_max,rss_vs_baseline,final_rss_kib_median,user_s_median,sys_s_median,\
+             minor_faults_median,major_faults_median\n",
         );
         let opt = |x: Option<f64>| x.map_or(String::new(), |v| format!("{v:.4}"));
         for mt in self.metrics() {
             for c in &mt.cells {
                 let _ = writeln!(
                     s,
-                    "{},{},{},{},{},{},{:.4},{:.4},{:.4},{:.4},{},{:.0},{:.0},{:.0},{},{}",
+                    "{},{},{},{},{},{},{:.4},{:.4},{:.4},{:.4},{},{},{:.0},{:.0},{:.0},{},{},{:.3},{:.3},{:.0},{:.0}",
                     mt.workload,
                     mt.name,
                     c.alloc,
@@ -722,17 +779,22 @@ impl Report {
                     c.min,
                     c.max,
                     c.spread,
+                    mt.baseline.as_deref().unwrap_or(""),
                     opt(c.speed),
                     c.peak_med,
                     c.peak_min,
                     c.peak_max,
                     opt(c.rss),
                     c.final_med.map_or(String::new(), |v| format!("{v:.0}")),
+                    c.user_med,
+                    c.sys_med,
+                    c.minflt_med,
+                    c.majflt_med,
                 );
             }
         }
         for f in &self.failures {
-            let _ = writeln!(s, "{},,{},failed,,0,,,,,,,,,,", f.workload, f.alloc);
+            let _ = writeln!(s, "{},,{},failed,,0,,,,,,,,,,,,,,,", f.workload, f.alloc);
         }
         s
     }
@@ -740,11 +802,11 @@ impl Report {
     /// Every run, unaggregated.
     pub fn runs_csv(&self) -> String {
         let mut s =
-            String::from("workload,metric,allocator,rep,value,unit,peak_rss_kib,final_rss_kib\n");
+            String::from("workload,metric,allocator,rep,value,unit,peak_rss_kib,final_rss_kib,user_s,sys_s,minor_faults,major_faults\n");
         for r in &self.records {
             let _ = writeln!(
                 s,
-                "{},{},{},{},{:.4},{},{},{}",
+                "{},{},{},{},{:.4},{},{},{},{:.3},{:.3},{},{}",
                 r.workload,
                 r.metric,
                 r.alloc,
@@ -752,225 +814,293 @@ impl Report {
                 r.value,
                 r.unit,
                 r.peak_kib,
-                r.final_kib.map_or(String::new(), |v| v.to_string())
+                r.final_kib.map_or(String::new(), |v| v.to_string()),
+                r.usage.user_secs,
+                r.usage.sys_secs,
+                r.usage.minor_faults,
+                r.usage.major_faults,
             );
         }
         s
     }
 
-    /// A hand-written SVG: one small horizontal bar chart per figure (speed
-    /// relative to jemalloc), then one per workload for peak RSS.
+    /// A hand-written SVG with two charts, time and peak RSS: every figure of
+    /// every workload on one logarithmic axis normalised to its baseline
+    /// (1 = baseline's median), a bar per allocator from 1 to its median and a
+    /// whisker over its [fastest, slowest] run. Throughput figures are drawn as
+    /// time (baseline throughput / throughput), so lower is better in both.
     pub fn svg(&self) -> String {
         let metrics = self.metrics();
-        const W: f64 = 420.0;
-        const LABEL: f64 = 92.0;
-        const BAR_AREA: f64 = 250.0;
-        const BAR_H: f64 = 13.0;
-        const GAP: f64 = 3.0;
-        const COLS: usize = 2;
-
-        struct Panel {
-            title: String,
-            bars: Vec<(String, Option<f64>)>,
-        }
-        let mut speed_panels = Vec::new();
-        let mut rss_panels = Vec::new();
-        let mut seen = Vec::new();
-        for mt in &metrics {
-            let bars = self
-                .legend
+        let allocs: Vec<&str> = self
+            .legend
+            .iter()
+            .map(|(n, _)| n.as_str())
+            .filter(|n| {
+                metrics
+                    .iter()
+                    .any(|m| m.cells.iter().any(|c| c.alloc == *n))
+            })
+            .collect();
+        let mut time_rows: Vec<Row> = Vec::new();
+        for m in &metrics {
+            let Some(b) = base_cell(m) else { continue };
+            let bars = m
+                .cells
                 .iter()
-                .filter(|(a, _)| {
-                    mt.cells.iter().any(|c| &c.alloc == a) || self.failed(&mt.workload, a)
-                })
-                .map(|(a, _)| {
-                    (
-                        a.clone(),
-                        mt.cells
-                            .iter()
-                            .find(|c| &c.alloc == a)
-                            .and_then(|c| c.speed),
-                    )
+                .map(|c| {
+                    let v = if m.higher_is_better {
+                        (b.med / c.med, b.med / c.max, b.med / c.min)
+                    } else {
+                        (c.med / b.med, c.min / b.med, c.max / b.med)
+                    };
+                    (c.alloc.clone(), v)
                 })
                 .collect();
-            speed_panels.push(Panel {
-                title: format!(
-                    "{} ({})",
-                    mt.name,
-                    if mt.higher_is_better {
-                        "throughput"
-                    } else {
-                        "time"
-                    }
-                ),
+            time_rows.push(Row {
+                label: m.name.clone(),
+                base: b.alloc.clone(),
                 bars,
             });
-            if !seen.contains(&mt.workload) {
-                seen.push(mt.workload.clone());
-                let bars = self
-                    .legend
+        }
+        let mut rss_rows_v: Vec<Row> = Vec::new();
+        for (m, label) in rss_rows(&metrics) {
+            let Some(b) = base_cell(m) else { continue };
+            rss_rows_v.push(Row {
+                label: label.clone(),
+                base: b.alloc.clone(),
+                bars: m
+                    .cells
                     .iter()
-                    .filter(|(a, _)| {
-                        mt.cells.iter().any(|c| &c.alloc == a) || self.failed(&mt.workload, a)
-                    })
-                    .map(|(a, _)| {
+                    .map(|c| {
+                        let r = |x: f64| x / b.peak_med;
                         (
-                            a.clone(),
-                            mt.cells.iter().find(|c| &c.alloc == a).and_then(|c| c.rss),
+                            c.alloc.clone(),
+                            (r(c.peak_med), r(c.peak_min), r(c.peak_max)),
                         )
                     })
-                    .collect();
-                rss_panels.push(Panel {
-                    title: format!("{} peak RSS", mt.workload),
-                    bars,
+                    .collect(),
+            });
+            if let Some(bf) = b.final_med {
+                rss_rows_v.push(Row {
+                    label: format!("{label} (final)"),
+                    base: b.alloc.clone(),
+                    bars: m
+                        .cells
+                        .iter()
+                        .filter_map(|c| {
+                            Some((
+                                c.alloc.clone(),
+                                (c.final_med? / bf, c.final_min? / bf, c.final_max? / bf),
+                            ))
+                        })
+                        .collect(),
                 });
-                if mt.cells.iter().any(|c| c.final_rel.is_some()) {
-                    rss_panels.push(Panel {
-                        title: format!("{} final RSS", mt.workload),
-                        bars: mt
-                            .cells
-                            .iter()
-                            .map(|c| (c.alloc.clone(), c.final_rel))
-                            .collect(),
-                    });
-                }
             }
         }
-        // Each row of panels is as tall as its panel with the most bars.
-        let row_heights = |panels: &[Panel]| -> Vec<f64> {
-            panels
-                .chunks(COLS)
-                .map(|row| {
-                    let n = row.iter().map(|p| p.bars.len()).max().unwrap_or(1) as f64;
-                    30.0 + n * (BAR_H + GAP) + 8.0
-                })
-                .collect()
-        };
-        let section_h = 34.0;
-        let total_h = 60.0
-            + section_h
-            + row_heights(&speed_panels).iter().sum::<f64>()
-            + section_h
-            + row_heights(&rss_panels).iter().sum::<f64>()
-            + 20.0;
-        let total_w = W * COLS as f64 + 20.0;
+
+        const W: f64 = 960.0;
+        const LABEL: f64 = 150.0;
+        const PLOT: f64 = 680.0;
+        const BAR: f64 = 7.0;
+        const GROUP_GAP: f64 = 9.0;
         let mut s = String::new();
+        let chart_h = |rows: &[Row]| -> f64 {
+            60.0 + rows
+                .iter()
+                .map(|r| r.bars.len() as f64 * (BAR + 1.0) + GROUP_GAP)
+                .sum::<f64>()
+                + 30.0
+        };
+        let total_h = 90.0 + chart_h(&time_rows) + chart_h(&rss_rows_v);
         let _ = writeln!(
             s,
-            r#"<svg xmlns="http://www.w3.org/2000/svg" width="{total_w}" height="{total_h}" viewBox="0 0 {total_w} {total_h}" font-family="DejaVu Sans, Helvetica, Arial, sans-serif" font-size="11">"#
+            r#"<svg xmlns="http://www.w3.org/2000/svg" width="{W}" height="{total_h}" viewBox="0 0 {W} {total_h}" font-family="DejaVu Sans, Helvetica, Arial, sans-serif" font-size="10">"#
         );
         let _ = writeln!(s, r#"<rect width="100%" height="100%" fill="white"/>"#);
         let _ = writeln!(
             s,
-            r#"<text x="10" y="22" font-size="16" font-weight="bold">rseq-alloc vs peers — {} suite, median of {}</text>"#,
+            r#"<text x="10" y="20" font-size="15" font-weight="bold">rseq-alloc vs peers — {} suite, median of {} runs ({} processes for micro workloads)</text>"#,
             esc(&self.suite),
-            self.reps
+            self.reps,
+            self.micro_procs
         );
         let _ = writeln!(
             s,
-            r##"<text x="10" y="40" fill="#444">{}</text>"##,
+            r##"<text x="10" y="36" fill="#444">{}</text>"##,
             esc(&self.machine.one_line())
         );
-        let mut y = 60.0;
-        let draw_section = |s: &mut String,
-                            y: &mut f64,
-                            title: &str,
-                            panels: &[Panel],
-                            lower_better: bool| {
+        // Legend.
+        let mut lx = 10.0;
+        for a in &allocs {
             let _ = writeln!(
                 s,
-                r#"<text x="10" y="{}" font-size="14" font-weight="bold">{}</text>"#,
-                *y + 20.0,
-                esc(title)
+                r#"<rect x="{lx}" y="48" width="10" height="10" fill="{}"/><text x="{}" y="57">{}</text>"#,
+                color(a, &allocs),
+                lx + 13.0,
+                esc(a)
             );
-            *y += section_h;
-            let heights = row_heights(panels);
-            for (i, p) in panels.iter().enumerate() {
-                let px = 10.0 + (i % COLS) as f64 * W;
-                let py = *y + heights[..i / COLS].iter().sum::<f64>();
-                let panel_h = heights[i / COLS];
-                let _ = writeln!(
-                    s,
-                    r##"<rect x="{px}" y="{py}" width="{}" height="{}" fill="#fafafa" stroke="#ddd"/>"##,
-                    W - 10.0,
-                    panel_h - 6.0
-                );
-                let _ = writeln!(
-                    s,
-                    r#"<text x="{}" y="{}" font-weight="bold">{}</text>"#,
-                    px + 6.0,
-                    py + 16.0,
-                    esc(&p.title)
-                );
-                let maxv = p.bars.iter().filter_map(|(_, v)| *v).fold(1.0f64, f64::max) * 1.12;
-                let x0 = px + LABEL;
-                let one = x0 + BAR_AREA / maxv;
-                for (j, (a, v)) in p.bars.iter().enumerate() {
-                    let by = py + 26.0 + j as f64 * (BAR_H + GAP);
-                    let weight = if a.starts_with("rseq") {
-                        "bold"
-                    } else {
-                        "normal"
-                    };
-                    let _ = writeln!(
-                        s,
-                        r#"<text x="{}" y="{}" text-anchor="end" font-weight="{weight}">{}</text>"#,
-                        x0 - 4.0,
-                        by + BAR_H - 3.0,
-                        esc(a)
-                    );
-                    match v {
-                        Some(v) => {
-                            let w = (v / maxv * BAR_AREA).max(1.0);
-                            let _ = writeln!(
-                                s,
-                                r#"<rect x="{x0}" y="{by}" width="{w:.1}" height="{BAR_H}" fill="{}"/>"#,
-                                color(a)
-                            );
-                            let good = if lower_better { *v <= 1.0 } else { *v >= 1.0 };
-                            let _ = writeln!(
-                                s,
-                                r##"<text x="{:.1}" y="{}" fill="{}">{v:.2}×</text>"##,
-                                x0 + w + 3.0,
-                                by + BAR_H - 3.0,
-                                if good { "#1a7f37" } else { "#b42318" }
-                            );
-                        }
-                        None => {
-                            let _ = writeln!(
-                                s,
-                                r##"<text x="{x0}" y="{}" fill="#b42318">n/a (failed, or no jemalloc baseline)</text>"##,
-                                by + BAR_H - 3.0
-                            );
-                        }
-                    }
-                }
-                let _ = writeln!(
-                    s,
-                    r##"<line x1="{one:.1}" y1="{}" x2="{one:.1}" y2="{}" stroke="#333" stroke-dasharray="3,2"/>"##,
-                    py + 22.0,
-                    py + panel_h - 10.0
-                );
-            }
-            *y += heights.iter().sum::<f64>();
-        };
-        draw_section(
-            &mut s,
-            &mut y,
-            "Speed relative to jemalloc (higher is faster; dashed line = jemalloc)",
-            &speed_panels,
-            false,
-        );
-        draw_section(
-            &mut s,
-            &mut y,
-            "Peak RSS relative to jemalloc (lower is leaner; dashed line = jemalloc)",
-            &rss_panels,
-            true,
-        );
+            lx += 20.0 + 6.5 * a.len() as f64;
+        }
+        let mut y = 70.0;
+        for (title, rows) in [
+            (
+                "Time relative to the baseline (log scale; lower is faster; throughput figures drawn as time)",
+                &time_rows,
+            ),
+            (
+                "Peak RSS relative to the baseline (log scale; lower is leaner; (final) = RSS at the end)",
+                &rss_rows_v,
+            ),
+        ] {
+            draw_chart(&mut s, &mut y, title, rows, &allocs, LABEL, PLOT, BAR, GROUP_GAP);
+        }
         let _ = writeln!(s, "</svg>");
         s
     }
+}
+
+fn base_cell(m: &Metric) -> Option<&Cell> {
+    m.baseline
+        .as_ref()
+        .and_then(|b| m.cells.iter().find(|c| &c.alloc == b))
+}
+
+/// One row group of a chart: a figure, its baseline and per allocator
+/// (median, low, high) relative to the baseline's median.
+struct Row {
+    label: String,
+    base: String,
+    bars: Vec<(String, (f64, f64, f64))>,
+}
+
+/// Draws one normalised chart at `*y` and advances `*y` past it.
+#[allow(clippy::too_many_arguments)]
+fn draw_chart(
+    s: &mut String,
+    y: &mut f64,
+    title: &str,
+    rows: &[Row],
+    allocs: &[&str],
+    label_w: f64,
+    plot_w: f64,
+    bar_h: f64,
+    gap: f64,
+) {
+    let x0 = 10.0 + label_w;
+    // Axis: powers of two covering every median and whisker, within 1/32..32.
+    let finite = |v: f64| v.is_finite() && v > 0.0;
+    let (mut lo, mut hi) = (0.5f64, 2.0f64);
+    for r in rows {
+        for (_, (m, a, b)) in &r.bars {
+            for v in [*m, *a, *b] {
+                if finite(v) {
+                    lo = lo.min(v);
+                    hi = hi.max(v);
+                }
+            }
+        }
+    }
+    let lo_e = lo.log2().floor().max(-5.0);
+    let hi_e = hi.log2().ceil().min(5.0);
+    let xof = |v: f64| {
+        let e = if finite(v) { v.log2() } else { lo_e };
+        x0 + (e.clamp(lo_e, hi_e) - lo_e) / (hi_e - lo_e) * plot_w
+    };
+    let _ = writeln!(
+        s,
+        r#"<text x="10" y="{}" font-size="13" font-weight="bold">{}</text>"#,
+        *y + 14.0,
+        esc(title)
+    );
+    let top = *y + 40.0;
+    let height: f64 = rows
+        .iter()
+        .map(|r| r.bars.len() as f64 * (bar_h + 1.0) + gap)
+        .sum();
+    let mut e = lo_e;
+    while e <= hi_e {
+        let x = xof(2f64.powf(e));
+        let (stroke, dash) = if e == 0.0 {
+            ("#333", "")
+        } else {
+            ("#ccc", r#" stroke-dasharray="2,2""#)
+        };
+        let _ = writeln!(
+            s,
+            r#"<line x1="{x:.1}" y1="{:.1}" x2="{x:.1}" y2="{:.1}" stroke="{stroke}"{dash}/>"#,
+            top - 6.0,
+            top + height
+        );
+        let v = 2f64.powf(e);
+        let txt = if v >= 1.0 {
+            format!("{v:.0}×")
+        } else {
+            format!("{v}×")
+        };
+        let _ = writeln!(
+            s,
+            r#"<text x="{x:.1}" y="{:.1}" text-anchor="middle">{txt}</text>"#,
+            top - 9.0
+        );
+        e += 1.0;
+    }
+    let mut gy = top;
+    for (i, r) in rows.iter().enumerate() {
+        let gh = r.bars.len() as f64 * (bar_h + 1.0);
+        if i % 2 == 1 {
+            let _ = writeln!(
+                s,
+                r##"<rect x="10" y="{:.1}" width="{:.1}" height="{:.1}" fill="#f4f4f4"/>"##,
+                gy - gap / 2.0,
+                label_w + plot_w + 110.0,
+                gh + gap
+            );
+        }
+        let _ = writeln!(
+            s,
+            r#"<text x="{:.1}" y="{:.1}" text-anchor="end">{}</text>"#,
+            x0 - 6.0,
+            gy + gh / 2.0 + 3.5,
+            esc(&r.label)
+        );
+        for (j, (a, (m, l, h))) in r.bars.iter().enumerate() {
+            let by = gy + j as f64 * (bar_h + 1.0);
+            let (xa, xb) = (xof(1.0), xof(*m));
+            let _ = writeln!(
+                s,
+                r#"<rect x="{:.1}" y="{by:.1}" width="{:.1}" height="{bar_h}" fill="{}"><title>{}: {m:.3}× {} [{l:.3}–{h:.3}]</title></rect>"#,
+                xa.min(xb),
+                (xb - xa).abs().max(1.0),
+                color(a, allocs),
+                esc(a),
+                esc(&r.base)
+            );
+            if finite(*l) && finite(*h) {
+                let wy = by + bar_h / 2.0;
+                let _ = writeln!(
+                    s,
+                    r##"<path d="M{:.1} {wy:.1}H{:.1}M{:.1} {:.1}V{:.1}M{:.1} {:.1}V{:.1}" stroke="#222" fill="none"/>"##,
+                    xof(*l),
+                    xof(*h),
+                    xof(*l),
+                    wy - 2.5,
+                    wy + 2.5,
+                    xof(*h),
+                    wy - 2.5,
+                    wy + 2.5
+                );
+            }
+            let _ = writeln!(
+                s,
+                r#"<text x="{:.1}" y="{:.1}" font-size="8">{} {m:.2}</text>"#,
+                x0 + plot_w + 8.0,
+                by + bar_h - 0.5,
+                esc(a)
+            );
+        }
+        gy += gh + gap;
+    }
+    *y = top + height + 30.0;
 }
 
 /// The rows of a peak-RSS table: one per workload, or one per figure for a
@@ -1010,7 +1140,8 @@ fn kv<'a>(line: &'a str, key: &str) -> Option<&'a str> {
         .find_map(|w| w.strip_prefix(key).and_then(|r| r.strip_prefix('=')))
 }
 
-fn color(alloc: &str) -> &'static str {
+/// A fixed colour for the known allocators, a palette colour for `--lib` ones.
+fn color(alloc: &str, all: &[&str]) -> &'static str {
     match alloc {
         "rseq" => "#d1495b",
         "rseq-so" => "#e8909a",
@@ -1020,7 +1151,11 @@ fn color(alloc: &str) -> &'static str {
         "mimalloc-so" => "#f0cc8f",
         "glibc" => "#6b6b6b",
         "tcmalloc-so" => "#30638e",
-        _ => "#999999",
+        _ => {
+            const PALETTE: [&str; 5] = ["#8e44ad", "#27ae60", "#c0392b", "#7f8c8d", "#d35400"];
+            let i = all.iter().position(|a| *a == alloc).unwrap_or(0);
+            PALETTE[i % PALETTE.len()]
+        }
     }
 }
 
