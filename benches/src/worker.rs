@@ -1,13 +1,14 @@
-//! The synthetic workloads, run in a child process (`rseq-alloc-bench worker
-//! NAME key=value...`) so each measurement starts from a fresh heap and a
-//! fresh peak-RSS counter.
+//! The synthetic workloads' code, run in a child process (`rseq-alloc-bench
+//! worker NAME key=value...`, see `crate::child`) so each measurement starts
+//! from a fresh heap and a fresh peak-RSS counter. Their names, descriptions
+//! and sizes are in `crate::workloads`.
 //!
 //! Every allocation goes through the global allocator (`crate::dispatch`), so
 //! the same code measures each in-process backend and, with the `system`
 //! backend, whatever `malloc` `LD_PRELOAD` installed.
 //!
-//! Protocol on stdout, one line per figure, parsed by `crate::harness`:
-//! `RESULT name=<metric> value=<f64> unit=<unit> better=<lower|higher> [final_kib=<n>]`
+//! Protocol on stdout, one line per figure, parsed by `crate::runner`:
+//! `RESULT name=<metric> value=<f64> unit=<unit> better=<lower|higher> [final_kib=<n>] [peak_kib=<n>]`
 //! then, last, `PEAK hwm_kib=<n> rss_kib=<n>`; `SKIP <reason>` when the workload
 //! cannot run on this machine.
 
@@ -42,6 +43,13 @@ impl Params {
             .unwrap_or(default)
     }
 
+    fn f64(&self, key: &str, default: f64) -> f64 {
+        self.0
+            .get(key)
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(default)
+    }
+
     fn list(&self, key: &str, default: &[usize]) -> Vec<usize> {
         match self.0.get(key) {
             Some(v) => v.split(',').filter_map(|s| s.parse().ok()).collect(),
@@ -49,56 +57,6 @@ impl Params {
         }
     }
 }
-
-/// The workloads the worker knows, with a one-line description each.
-pub const WORKLOADS: &[(&str, &str)] = &[
-    (
-        "pair",
-        "alloc+free pair latency at 16..4096 B, and bursts of 1000 allocs then 1000 frees",
-    ),
-    (
-        "larson",
-        "server churn: threads replace random slots of a shared array (cross-thread frees)",
-    ),
-    (
-        "prodcon",
-        "producer/consumer pairs: objects allocated on one thread, freed on another",
-    ),
-    (
-        "threads64",
-        "64 threads (far more than CPUs) churning private working sets",
-    ),
-    (
-        "frag",
-        "fragmentation: mixed sizes (128 MiB quick, 512 MiB full), free a random 90%, allocate 45% again in shifted sizes",
-    ),
-    (
-        "realloc",
-        "realloc growth: many buffers grown by 1/8 steps, interleaved",
-    ),
-    (
-        "remote",
-        "two threads pinned to different CPUs exchange objects and free each other's",
-    ),
-    (
-        "larson2t",
-        "larson-style: 2 chains of threads on the 2 CPUs replace random slots with 8-1000 B objects; \
-         each generation hands its slots to a new thread on the other CPU (cross-thread frees)",
-    ),
-    (
-        "large",
-        "large blocks: 1-32 MiB blocks allocated, every page written, freed (4 live per thread), \
-         one thread then two",
-    ),
-    (
-        "spike",
-        "RSS after a spike: allocate 1 GiB (half 16-1024 B objects, half 64 KiB-8 MiB blocks, \
-         every page written), free it all, then light allocation activity for `secs` (3 s); \
-         figure = time of the spike, final RSS = after the idle phase. The harness sets a \
-         1 s decay for rseq (`RSEQ_MALLOC_CONF=decay_ms=1000`, default 10 s) and for jemalloc \
-         (`dirty_decay_ms:1000,muzzy_decay_ms:1000`, default 10 s); the others keep their defaults",
-    ),
-];
 
 fn emit(name: &str, value: f64, unit: &str, better: &str) {
     println!("RESULT name={name} value={value:.4} unit={unit} better={better}");
@@ -180,26 +138,6 @@ fn reset_peak_rss() -> bool {
     std::fs::write("/proc/self/clear_refs", "5").is_ok()
 }
 
-/// Runs workload `name`; returns an error for an unknown name.
-pub fn run(name: &str, p: &Params) -> Result<(), String> {
-    match name {
-        "pair" => pair(p),
-        "larson" => larson(p),
-        "prodcon" => prodcon(p),
-        "threads64" => threads64(p),
-        "frag" => frag(p),
-        "realloc" => realloc_growth(p),
-        "remote" => remote(p),
-        "larson2t" => larson2t(p),
-        "large" => large(p),
-        "spike" => spike(p),
-        _ => return Err(format!("unknown workload `{name}`")),
-    }
-    let (hwm, rss) = rss_kib();
-    println!("PEAK hwm_kib={hwm} rss_kib={rss}");
-    Ok(())
-}
-
 #[inline(always)]
 fn pair_once(layout: Layout) {
     // SAFETY: layout has a non-zero size.
@@ -231,7 +169,8 @@ fn best_chunk_ns(total_iters: usize, mut body: impl FnMut(usize)) -> f64 {
         .fold(f64::INFINITY, f64::min)
 }
 
-fn pair(p: &Params) {
+/// The `pair` workload (see `crate::workloads`).
+pub fn pair(p: &Params) {
     let iters = p.usize("iters", 2_000_000);
     for size in p.list("sizes", &[16, 64, 256, 1024, 4096]) {
         let layout = Layout::from_size_align(size, 8).expect("layout");
@@ -282,7 +221,8 @@ fn span_secs(stamps: Vec<(Instant, Instant)>) -> f64 {
     (last - first).as_secs_f64()
 }
 
-fn larson(p: &Params) {
+/// The `larson` workload (see `crate::workloads`).
+pub fn larson(p: &Params) {
     let threads = p.usize("threads", 4);
     let slots = p.usize("slots", 16384);
     let ops = p.usize("ops", 1_000_000);
@@ -328,7 +268,8 @@ fn larson(p: &Params) {
     );
 }
 
-fn prodcon(p: &Params) {
+/// The `prodcon` workload (see `crate::workloads`).
+pub fn prodcon(p: &Params) {
     let pairs = p.usize("pairs", 2);
     let batches = p.usize("batches", 4000);
     let batch = p.usize("batch", 256);
@@ -363,7 +304,8 @@ fn prodcon(p: &Params) {
     );
 }
 
-fn threads64(p: &Params) {
+/// The `threads64` workload (see `crate::workloads`).
+pub fn threads64(p: &Params) {
     let threads = p.usize("threads", 64);
     let ops = p.usize("ops", 100_000);
     let ring = p.usize("ring", 256);
@@ -406,7 +348,8 @@ fn threads64(p: &Params) {
     );
 }
 
-fn frag(p: &Params) {
+/// The `frag` workload (see `crate::workloads`).
+pub fn frag(p: &Params) {
     let total = p.usize("mib", 128) << 20;
     let mut rng = XorShift::new(4);
     let t = Instant::now();
@@ -448,7 +391,8 @@ fn frag(p: &Params) {
     std::mem::forget(kept);
 }
 
-fn realloc_growth(p: &Params) {
+/// The `realloc` workload (see `crate::workloads`).
+pub fn realloc_growth(p: &Params) {
     let n = p.usize("bufs", 1000);
     let max = p.usize("max", 65536);
     let mut bufs: Vec<(*mut u8, usize)> = (0..n)
@@ -488,7 +432,8 @@ fn realloc_growth(p: &Params) {
     emit("realloc", ns, "ns/realloc", "lower");
 }
 
-fn remote(p: &Params) {
+/// The `remote` workload (see `crate::workloads`).
+pub fn remote(p: &Params) {
     let cpus = allowed_cpus();
     if cpus.len() < 2 {
         println!("SKIP needs two CPUs, this process may use {}", cpus.len());
@@ -585,7 +530,8 @@ fn alloc_packed(size: usize) -> u64 {
 /// `ops` random slots, then hands the slots to the next generation's thread,
 /// pinned to the next CPU. So most frees free another thread's (and another
 /// CPU's) object, like larson's thread hand-over. Thread creation is timed.
-fn larson2t(p: &Params) {
+/// The `larson2t` workload (see `crate::workloads`).
+pub fn larson2t(p: &Params) {
     let chains = p.usize("threads", 2);
     let slots = p.usize("slots", 5000);
     let gens = p.usize("gens", 40);
@@ -665,7 +611,8 @@ unsafe fn touch_pages(p: *mut u8, len: usize) {
 /// allocated, every page written, then freed `live` allocations later, for
 /// `rounds` blocks per thread; once with one thread, once with two. Each phase
 /// reports its own time and its own peak RSS.
-fn large(p: &Params) {
+/// The `large` workload (see `crate::workloads`).
+pub fn large(p: &Params) {
     let rounds = p.usize("rounds", 200);
     let live = p.usize("live", 4).max(1);
     let (min, max) = (p.usize("min_mib", 1) << 20, p.usize("max_mib", 32) << 20);
@@ -716,14 +663,10 @@ fn large(p: &Params) {
     }
 }
 
-/// `spike`: see the description in `WORKLOADS`.
-fn spike(p: &Params) {
+/// The `spike` workload (see `crate::workloads`).
+pub fn spike(p: &Params) {
     let total = p.usize("mib", 1024) << 20;
-    let idle = std::time::Duration::from_secs_f64(
-        p.0.get("secs")
-            .and_then(|v| v.parse::<f64>().ok())
-            .unwrap_or(3.0),
-    );
+    let idle = std::time::Duration::from_secs_f64(p.f64("secs", 3.0));
     let mut rng = XorShift::new(6);
     let t = Instant::now();
     let mut live: Vec<(*mut u8, usize)> = Vec::with_capacity(total / 2 / 300 + total / (1 << 20));
