@@ -155,8 +155,12 @@ fn pair_once(layout: Layout) {
 
 /// Latency figures are the fastest of `CHUNKS` equal chunks of one run: on a
 /// shared machine a chunk that was interrupted by another process is slower,
-/// never faster, so the minimum is the allocator's own cost.
-const CHUNKS: usize = 5;
+/// never faster, so the minimum is the allocator's own cost. Chunks are short
+/// (about 1 ms in the quick suite, under a scheduler time slice) so that some
+/// run uninterrupted even on a loaded machine. The layout of a process does
+/// not change between its chunks, so a process in a slow layout mode stays
+/// slow in all of them: the spread across processes survives the minimum.
+const CHUNKS: usize = 20;
 
 fn best_chunk_ns(total_iters: usize, mut body: impl FnMut(usize)) -> f64 {
     let per = (total_iters / CHUNKS).max(1);
