@@ -32,6 +32,21 @@ pub fn main(args: &[String]) -> i32 {
     }
     if name == "info" {
         println!("INFO backend={backend}");
+        if backend == "mimalloc" {
+            // The C library the mimalloc crate compiled in (libmimalloc-sys
+            // bundles v2 and v3; the crate's features pick one).
+            extern "C" {
+                fn mi_version() -> std::ffi::c_int;
+            }
+            // SAFETY: mi_version takes no arguments and only returns a constant.
+            let v = unsafe { mi_version() };
+            println!(
+                "INFO mimalloc_version={}.{}.{}",
+                v / 10000,
+                v / 100 % 100,
+                v % 100
+            );
+        }
         #[cfg(feature = "ours")]
         if backend == "rseq" {
             // Allocate once so the allocator initialises and picks its mode.

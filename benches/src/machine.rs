@@ -51,7 +51,7 @@ fn dpkg_version(pkg: &str) -> Option<String> {
 
 /// Versions of every allocator the harness knows: crates from Cargo.lock,
 /// C libraries from dpkg.
-fn versions(glibc: &str, commit: &str) -> Vec<(String, String)> {
+fn versions(glibc: &str, commit: &str, mimalloc_c: Option<&str>) -> Vec<(String, String)> {
     let mut v = vec![
         (
             "rseq".to_string(),
@@ -80,7 +80,10 @@ fn versions(glibc: &str, commit: &str) -> Vec<(String, String)> {
         let sys = locked_version("libmimalloc-sys").unwrap_or_else(|| "?".into());
         v.push((
             "mimalloc".into(),
-            format!("mimalloc crate {mi} (libmimalloc-sys {sys})"),
+            format!(
+                "mimalloc crate {mi} (libmimalloc-sys {sys}, mimalloc {})",
+                mimalloc_c.unwrap_or("?")
+            ),
         ));
     }
     for (alloc, pkg) in [
@@ -175,7 +178,19 @@ impl Machine {
         } else {
             "not built".into()
         };
-        let versions = versions(&glibc, &commit);
+        // The C mimalloc inside the mimalloc crate, as it reports itself.
+        let mimalloc_c = cmd_out(
+            Command::new(exe)
+                .args(["worker", "info"])
+                .env(crate::dispatch::ENV, "mimalloc")
+                .env_remove("LD_PRELOAD"),
+        )
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| kv(l, "mimalloc_version"))
+                .map(String::from)
+        });
+        let versions = versions(&glibc, &commit, mimalloc_c.as_deref());
         Machine {
             cpu,
             cpus_online: online,
