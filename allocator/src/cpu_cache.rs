@@ -124,13 +124,11 @@ fn region_fingerprint(region: usize) -> u64 {
 /// another drain or a fork is in progress, it does nothing.
 #[cold]
 #[inline(never)]
-pub(crate) fn drain_idle_regions() {
+pub(crate) fn drain_idle_regions(central: &CentralLists, heap: &PageHeap) {
     let sigs = IDLE_SIGS.load(Ordering::Acquire);
     if sigs.is_null() || !DRAIN_LOCK.try_lock() {
         return;
     }
-    let central = &crate::global::CENTRAL;
-    let heap = &crate::global::HEAP;
     for r in 0..SLABS.nregions() {
         // SAFETY: IDLE_SIGS has `nregions` entries (mapped at init).
         let slot = unsafe { &*sigs.add(r) };
@@ -159,7 +157,8 @@ pub(crate) fn drain_idle_regions() {
 /// lock, which a child must not inherit locked.
 pub(crate) static DRAIN_LOCK: RawLock = RawLock::new();
 
-/// Empties every region of the per-CPU caches into the central lists.
+/// Empties every region of the per-CPU caches into the central lists (the
+/// back end is a parameter: this layer knows nothing above it).
 pub(crate) fn drain_all_into(central: &CentralLists, heap: &PageHeap) {
     DRAIN_LOCK.lock();
     let _moving = crate::double_free::InFlight::all();
@@ -174,11 +173,6 @@ pub(crate) fn drain_all_into(central: &CentralLists, heap: &PageHeap) {
     }
     // SAFETY: taken above by this thread.
     unsafe { DRAIN_LOCK.unlock() };
-}
-
-/// Empties every region into the global central lists.
-pub(crate) fn drain_all() {
-    drain_all_into(&crate::global::CENTRAL, &crate::global::HEAP);
 }
 
 /// Whether `p` sits in some region's stack of `class` (racy scan; see

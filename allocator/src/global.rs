@@ -1,17 +1,8 @@
-//! The front door: process-wide state, lazy initialisation, and the
-//! malloc/free/realloc paths shared by `RseqAlloc` and `raw`.
-//!
-//! Fast paths (`malloc_class`, `free_class`): the class is found from the
-//! size by a table lookup; then one load of `STATE` and one per-CPU pop or
-//! push (an rseq critical section, or CAS in fallback mode). Everything else
-//! is in `#[cold]` functions. Cost: about 40 instructions per call through
-//! `__rust_alloc` (class lookup ~8, state check 3, rseq-sys pop ~25 including
-//! the critical section); measured 7.6-8 ns per alloc+free pair when inlined
-//! and ~15 ns through `std::alloc::{alloc, dealloc}` on the 2.5 GHz Xeon of
-//! this project (glibc: 11.5 ns inlined), on an idle machine.
-//!
-//! The C path (`raw::free`) finds the class through the page map: about a
-//! dozen more loads than `dealloc` with a layout.
+//! The front door's state: process-wide statics, lazy initialisation, the
+//! bootstrap arena, block classification (`classify`), the paths for blocks
+//! that are not small (large spans, huge mappings), `realloc`, `trim` and
+//! fork handling. The small-object fast paths live in `fast.rs` (with their
+//! call tree and cost) and their slow paths in `refill.rs`.
 //!
 //! Block kinds, by request:
 //! - small: size <= 256 KiB and alignment <= page (8 KiB): size classes;
@@ -534,7 +525,7 @@ pub(crate) fn trim() -> bool {
         return false;
     }
     if cache_ready() {
-        crate::cpu_cache::drain_all();
+        crate::cpu_cache::drain_all_into(&CENTRAL, &HEAP);
     }
     for class in SizeClass::all() {
         CENTRAL.get(class).flush(&HEAP, class);

@@ -88,7 +88,7 @@ fn malloc_miss(class: SizeClass, e: OpError) -> *mut u8 {
     let misses = global::FAST_MISSES.fetch_add(1, Ordering::Relaxed);
     let period = crate::cpu_cache::idle_scan_period();
     if misses % period == period - 1 {
-        crate::cpu_cache::drain_idle_regions();
+        crate::cpu_cache::drain_idle_regions(&CENTRAL, &HEAP);
     }
     if e != OpError::Empty {
         return central_pop_one(class);
@@ -130,7 +130,7 @@ pub(crate) fn reclaim() -> bool {
     }
     let before = HEAP.stats().free_bytes;
     if global::cache_ready() {
-        crate::cpu_cache::drain_all();
+        crate::cpu_cache::drain_all_into(&CENTRAL, &HEAP);
     }
     for class in SizeClass::all() {
         CENTRAL.get(class).flush(&HEAP, class);
