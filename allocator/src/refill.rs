@@ -27,8 +27,8 @@ const MAX_BATCH: usize = 32;
 fn handed_out(p: *mut u8) -> *mut u8 {
     if !p.is_null() {
         // SAFETY: `p` is a small object that was free and is now the
-        // caller's; clearing its first word removes the free mark.
-        unsafe { p.cast::<u64>().write(0) };
+        // caller's.
+        unsafe { fast::clear_mark(p) };
     }
     p
 }
