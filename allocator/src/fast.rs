@@ -52,6 +52,9 @@ use core::sync::atomic::{AtomicIsize, AtomicPtr, AtomicU32, AtomicU64, Ordering}
 pub(crate) const NOT_READY: u32 = 0;
 /// `FAST.ready`: per-CPU caches on rseq; `base`, `cs_off`, `idx_off` valid.
 pub(crate) const READY_RSEQ: u32 = 1;
+/// `FAST.ready`: per-CPU caches on the CAS fallback (`refill` tries its
+/// quick pop/push first).
+pub(crate) const READY_CAS: u32 = 2;
 
 const T8_LEN: usize = size_class::fast_table_len(3);
 const T16_LEN: usize = size_class::fast_table_len(4);
@@ -135,6 +138,22 @@ impl Fast {
         self.cs_off.store(cs_off, Ordering::Relaxed);
         self.idx_off.store(idx_off, Ordering::Relaxed);
         self.ready.store(READY_RSEQ, Ordering::Release);
+    }
+
+    /// Turns on the CAS fallback's quick paths.
+    pub(crate) fn enable_cas(&self) {
+        self.ready.store(READY_CAS, Ordering::Release);
+    }
+
+    /// Turns every quick path off (a fork child that stops using the caches).
+    pub(crate) fn disable(&self) {
+        self.ready.store(NOT_READY, Ordering::Release);
+    }
+
+    /// Whether the CAS fallback's quick paths are on.
+    #[inline(always)]
+    pub(crate) fn cas_ready(&self) -> bool {
+        self.ready.load(Ordering::Acquire) == READY_CAS
     }
 
     /// Sets the free mark; called once, before any object is handed out.
