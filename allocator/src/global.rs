@@ -35,9 +35,6 @@ use rseq_sys::percpu::{Discipline, Index, OpError};
 /// Requests of at least this many bytes (size + alignment slack) are mapped
 /// directly.
 pub const HUGE_THRESHOLD_BYTES: usize = 1 << 20;
-/// Address space reserved for the page heap (halved until the kernel
-/// accepts, down to 256 MiB).
-pub const HEAP_RESERVE_BYTES: usize = 256 << 30;
 /// What `malloc` guarantees.
 pub const MIN_ALIGN: usize = 16;
 
@@ -152,7 +149,7 @@ fn do_init() -> u8 {
     if crate::os::os_page_size() > PAGE_BYTES {
         return FAILED;
     }
-    if !HEAP.init(HEAP_RESERVE_BYTES) {
+    if !HEAP.init(cfg.thp == crate::config::ThpChoice::Auto) {
         return FAILED;
     }
     if crate::cpu_cache::init(&cfg) {
@@ -491,8 +488,7 @@ pub(crate) enum Block<'a> {
 #[inline]
 pub(crate) fn classify(p: *mut u8, who: &str) -> Block<'static> {
     let addr = p as usize;
-    if let Some(page) = HEAP.map.page_of(addr) {
-        let entry = HEAP.map.get_raw(page);
+    if let Some((page, entry)) = HEAP.map.lookup(addr) {
         let (class_idx, page_in_span) = PageMap::small_of(entry);
         if let Some(class) = SizeClass::from_index(class_idx) {
             // A page of small objects: the entry alone gives the class and
@@ -530,6 +526,10 @@ fn classify_span(p: *mut u8, id: u32, who: &str) -> Block<'static> {
             LARGE if addr == start => return Block::Large(s),
             _ => {}
         }
+    } else {
+        // No span here (a leaf covers the GiB but not this page): maybe a
+        // huge block mapped next to the heap.
+        return classify_outside(p, who);
     }
     util::invalid_pointer(who, p)
 }
@@ -789,7 +789,7 @@ pub(crate) fn fork_child() {
 /// Whether `p` points inside our heap, a huge block or the bootstrap arena.
 pub(crate) fn owns(p: *const u8) -> bool {
     let addr = p as usize;
-    if HEAP.map.page_of(addr).is_some() || is_boot(addr) {
+    if HEAP.map.lookup(addr).is_some_and(|(_, e)| e != 0) || is_boot(addr) {
         return true;
     }
     // Huge blocks: the pointer may be interior; only starts are indexed, so

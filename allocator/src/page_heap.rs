@@ -1,15 +1,32 @@
-//! The page heap: hands out spans (runs of pages) from one big reservation,
-//! coalesces freed spans, and gives free pages back to the OS.
+//! The page heap: hands out spans (runs of pages) from chunks of address
+//! space mapped as it grows, coalesces freed spans, and gives free pages
+//! back to the OS.
 //!
-//! Layout of the reservation (one `mmap`, PROT_NONE, MAP_NORESERVE):
-//! `[ heap pages | page-map entries | span records ]`. The heap grows by
-//! moving `top` up; pages below `committed` are readable and writable. The
-//! page-map entries and span records are committed alongside.
+//! Growth: when no free span fits, the heap maps a new chunk (read-write,
+//! `MAP_NORESERVE`, 2 MiB aligned) of [`CHUNK_BYTES`] or an eighth of the
+//! heap so far, whichever is larger (at most [`MAX_CHUNK_BYTES`]; more if
+//! the request needs it), first right below or above the previous chunk so
+//! that the heap stays contiguous, then anywhere; if the kernel refuses
+//! (an address-space limit), it halves the size down to what the request
+//! needs. The new chunk becomes one free span (reading as zero), coalesced
+//! with an adjacent free span. So the address space in use is the heap plus
+//! at most one chunk of slack, never a worst-case reservation, and the heap
+//! works under `RLIMIT_AS` as long as the kernel has room for the request.
+//! With transparent hugepages available (`thp=auto`, the default, and the
+//! system's THP mode `always` or `madvise`), chunks get `MADV_HUGEPAGE`.
+//!
+//! Span records live in blocks of [`REC_BLOCK`] records, mapped on demand
+//! and indexed by a small root inside the heap (ids are stable; blocks are
+//! never unmapped).
 //!
 //! Free spans sit in 128 lists: list `n` (1..=127) holds spans of exactly `n`
 //! pages, list 128 holds spans of 128 pages or more (searched best-fit).
-//! Allocation takes the first span of the smallest non-empty exact list that
-//! fits (then best fit among the big ones), else grows `top`.
+//! Allocation takes the lowest-addressed of the first few spans of the
+//! smallest non-empty exact list that fits (then best fit among the big
+//! ones, lowest address on ties), else adds a chunk; a span is carved from
+//! the low end of the free span. Preferring low addresses packs spans into
+//! as few 2 MiB hugepages as possible and leaves the free memory at the
+//! high ends of chunks in long runs.
 //!
 //! Release policy: a free span is "dirty" if it may hold resident pages. When
 //! the dirty free pages exceed [`RELEASE_THRESHOLD_BYTES`], free spans are
@@ -18,8 +35,9 @@
 //! `alloc_zeroed` skip its memset on a span made only of such pages.
 //!
 //! Invariants (checked by `check_invariants`, page-heap lock held):
-//! - the spans tile `[0, top)`: walking from page 0 by `npages` visits every
-//!   span once and ends exactly at `top`;
+//! - the spans tile each chunk: walking from a chunk's first page by
+//!   `npages` visits every span once and ends exactly at the chunk's end
+//!   (adjacent chunks are merged into one in the chunk table);
 //! - no two free spans are adjacent (coalescing is complete);
 //! - a free span is on the list for its length, and the page map holds its id
 //!   at its first and last page (its inner pages map to 0);
@@ -29,34 +47,64 @@
 use crate::lock::Mutex;
 use crate::os;
 use crate::pagemap::PageMap;
-use crate::size_class::PAGE_SHIFT;
+use crate::size_class::{PAGE_BYTES, PAGE_SHIFT};
 use crate::span::{Span, FREE, LARGE, SMALL, SPAN_RECORD_BYTES, UNUSED};
 use core::sync::atomic::{AtomicPtr, AtomicUsize, Ordering};
 
 /// Dirty free memory kept before the heap releases some to the OS.
 pub const RELEASE_THRESHOLD_BYTES: usize = 64 << 20;
 const RELEASE_THRESHOLD_PAGES: usize = RELEASE_THRESHOLD_BYTES >> PAGE_SHIFT;
-/// Heap pages are committed in chunks of this many bytes.
-const COMMIT_CHUNK_BYTES: usize = 2 << 20;
+/// Chunks are aligned to (and sized in multiples of) this many bytes: one
+/// x86-64 transparent hugepage.
+pub const CHUNK_ALIGN_BYTES: usize = 2 << 20;
+/// The usual size of a new chunk (the first one, and while the heap is
+/// small).
+pub const CHUNK_BYTES: usize = 64 << 20;
+/// Largest chunk added for growth alone (a bigger request gets a chunk of
+/// its own size).
+pub const MAX_CHUNK_BYTES: usize = 1 << 30;
+/// Most distinct (non-adjacent) chunks the heap tracks; growth fails past
+/// it. Chunks grow with the heap, so this is at least 256 GiB of heap.
+const MAX_CHUNKS: usize = 4096;
+/// Span records per record block (one mapping each).
+pub const REC_BLOCK: usize = 4096;
+/// Record blocks (root entries): 2^26 records in all.
+const REC_ROOT_LEN: usize = 1 << 14;
+/// Spare records kept ready before a heap operation, so that it never fails
+/// half-way for want of a record.
+const REC_SPARE: usize = 4;
+/// Spans of an exact-size list looked at when choosing the lowest address.
+const LIST_SCAN: usize = 8;
 const NLISTS: usize = 129;
 const BIG_LIST: usize = 128;
 
+/// One chunk of the heap: pages `[start, start + npages)` (absolute page
+/// numbers), all mapped read-write.
+#[derive(Clone, Copy)]
+struct Chunk {
+    start: usize,
+    npages: usize,
+}
+
 struct Inner {
-    /// Pages `[0, top)` belong to spans (free or used).
-    top: usize,
-    /// Pages `[0, committed)` are readable and writable.
-    committed: usize,
+    /// Pages in all chunks.
     total_pages: usize,
-    /// Bytes of page-map entries committed.
-    map_committed_bytes: usize,
-    map_entries: usize,
-    /// Span records: `[1, rec_next)` were handed out; `rec_committed` committed.
-    rec_base: usize,
+    /// The chunks, `[0, nchunks)` in use, adjacent ones merged.
+    chunks: [Chunk; MAX_CHUNKS],
+    nchunks: usize,
+    /// The chunk added last (first page, end page), where the next one is
+    /// tried first.
+    last_chunk: (usize, usize),
+    /// Whether chunks get `MADV_HUGEPAGE`.
+    thp: bool,
+    /// Span records: `[1, rec_next)` were handed out; `[0, rec_mapped)` are
+    /// in mapped blocks.
     rec_next: usize,
-    rec_committed: usize,
-    rec_capacity: usize,
-    /// Head of the list of unused records (linked through `Locked::next`).
+    rec_mapped: usize,
+    /// Head of the list of unused records (linked through `Locked::next`)
+    /// and its length.
     rec_free: u32,
+    rec_free_len: usize,
     lists: [u32; NLISTS],
     free_pages: usize,
     free_dirty_pages: usize,
@@ -66,7 +114,9 @@ struct Inner {
 pub struct PageHeap {
     /// Page -> span id (lock-free reads).
     pub map: PageMap,
-    records: AtomicPtr<Span>,
+    /// Record blocks: record `id` is entry `id % REC_BLOCK` of block
+    /// `id / REC_BLOCK`.
+    records: [AtomicPtr<Span>; REC_ROOT_LEN],
     inner: Mutex<Inner>,
     // Statistics, updated under the lock, read racily.
     committed_bytes: AtomicUsize,
@@ -80,7 +130,7 @@ pub struct PageHeap {
 /// A statistics snapshot of the page heap.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct HeapStats {
-    /// Heap bytes committed (mprotected read-write).
+    /// Heap bytes mapped (read-write chunks; untouched pages cost nothing).
     pub committed_bytes: usize,
     /// Bytes in free spans.
     pub free_bytes: usize,
@@ -99,18 +149,20 @@ impl PageHeap {
     pub const fn new() -> Self {
         PageHeap {
             map: PageMap::new(),
-            records: AtomicPtr::new(core::ptr::null_mut()),
+            records: [const { AtomicPtr::new(core::ptr::null_mut()) }; REC_ROOT_LEN],
             inner: Mutex::new(Inner {
-                top: 0,
-                committed: 0,
                 total_pages: 0,
-                map_committed_bytes: 0,
-                map_entries: 0,
-                rec_base: 0,
+                chunks: [Chunk {
+                    start: 0,
+                    npages: 0,
+                }; MAX_CHUNKS],
+                nchunks: 0,
+                last_chunk: (0, 0),
+                thp: false,
                 rec_next: 1,
-                rec_committed: 0,
-                rec_capacity: 0,
+                rec_mapped: 0,
                 rec_free: 0,
+                rec_free_len: 0,
                 lists: [0; NLISTS],
                 free_pages: 0,
                 free_dirty_pages: 0,
@@ -124,63 +176,38 @@ impl PageHeap {
         }
     }
 
-    /// Reserves address space for a heap of up to `heap_bytes` (tries smaller
-    /// sizes, halving down to 256 MiB, if the kernel refuses). Returns false
-    /// if no reservation could be made. Must be called once, before use.
-    pub fn init(&self, heap_bytes: usize) -> bool {
-        let mut want = heap_bytes;
-        while want >= 256 << 20 {
-            if self.try_init(want) {
-                return true;
-            }
-            want /= 2;
-        }
-        false
+    /// Prepares the heap: maps nothing (the first allocation adds the first
+    /// chunk); `thp` asks for transparent hugepages on chunks when the
+    /// system offers them. Must be called once, before use; returns true.
+    pub fn init(&self, thp: bool) -> bool {
+        let mut g = self.inner.lock();
+        g.thp = thp && os::thp_available();
+        true
     }
 
-    fn try_init(&self, heap_bytes: usize) -> bool {
-        let npages = heap_bytes >> PAGE_SHIFT;
-        let map_bytes =
-            (PageMap::bytes_for(npages) + COMMIT_CHUNK_BYTES - 1) & !(COMMIT_CHUNK_BYTES - 1);
-        let rec_capacity = npages + 2;
-        let rec_bytes =
-            (rec_capacity * SPAN_RECORD_BYTES + COMMIT_CHUNK_BYTES - 1) & !(COMMIT_CHUNK_BYTES - 1);
-        let total = heap_bytes + map_bytes + rec_bytes;
-        let Some(base) = os::reserve(total, COMMIT_CHUNK_BYTES) else {
-            return false;
-        };
-        let base = base.as_ptr() as usize;
-        let map_base = base + heap_bytes;
-        let rec_base = map_base + map_bytes;
-        let mut g = self.inner.lock();
-        g.total_pages = npages;
-        g.map_entries = map_base;
-        g.rec_base = rec_base;
-        g.rec_capacity = rec_capacity;
-        self.records.store(rec_base as *mut Span, Ordering::Release);
-        // SAFETY: the entry array lies in our fresh reservation (zero once
-        // committed); entries are committed before the pages they describe
-        // become part of a span (`grow`), and nobody else sees this heap
-        // before `init` returns.
-        unsafe { self.map.init(base, npages, map_base as *mut u64) };
-        true
+    /// Whether chunks get `MADV_HUGEPAGE`.
+    pub fn uses_thp(&self) -> bool {
+        self.inner.lock().thp
     }
 
     /// The span record with id `id`.
     #[inline(always)]
     pub fn record(&self, id: u32) -> &Span {
+        let id = id as usize;
+        let block = self.records[(id / REC_BLOCK) & (REC_ROOT_LEN - 1)].load(Ordering::Relaxed);
         // SAFETY: ids come from the page map or lists and are always below
-        // `rec_next`, so the record is committed and initialised; records are
-        // never unmapped.
-        unsafe { &*self.records.load(Ordering::Relaxed).add(id as usize) }
+        // `rec_next`, so their block is mapped (published before the id, which
+        // readers get through an Acquire load) and the record initialised;
+        // blocks are never unmapped.
+        unsafe { &*block.add(id % REC_BLOCK) }
     }
 
     /// The span containing `addr`, if `addr` is inside the heap and a span
     /// in use or a free span's end page covers it (lock-free).
     #[inline(always)]
     pub fn span_of(&self, addr: usize) -> Option<&Span> {
-        let page = self.map.page_of(addr)?;
-        let id = self.map.get(page);
+        let (_, entry) = self.map.lookup(addr)?;
+        let id = entry as u32;
         if id == 0 {
             None
         } else {
@@ -212,13 +239,15 @@ impl PageHeap {
         let align_pages = (align_bytes >> PAGE_SHIFT).max(1);
         let need = npages.checked_add(align_pages - 1)?;
         let mut g = self.inner.lock();
+        if !self.spare_records(&mut g) {
+            return None;
+        }
         let (start, len, dirty) = match self.take_free(&mut g, need) {
             Some(r) => r,
             None => self.grow(&mut g, need)?,
         };
         // Place the span at the first aligned page inside [start, start+len).
-        let base_addr = self.map.base();
-        let addr = base_addr + (start << PAGE_SHIFT);
+        let addr = self.map.page_addr(start);
         let align = align_pages << PAGE_SHIFT;
         let aligned_addr = (addr + align - 1) & !(align - 1);
         let front = (aligned_addr - addr) >> PAGE_SHIFT;
@@ -235,8 +264,7 @@ impl PageHeap {
             self.insert_free(&mut g, start + front + npages, back, dirty.min(back), 0);
         }
         let s = self.record(id);
-        s.start_page
-            .store((start + front) as u32, Ordering::Relaxed);
+        s.start_page.store(start + front, Ordering::Relaxed);
         s.npages.store(npages as u32, Ordering::Relaxed);
         s.class.store(class, Ordering::Relaxed);
         s.state.store(state, Ordering::Relaxed);
@@ -281,8 +309,8 @@ impl PageHeap {
         } else {
             self.large_bytes.fetch_sub(bytes, Ordering::Relaxed);
         }
-        self.map.set_range(start, n, 0);
         let id = self.id_of(s);
+        self.map.set_range(start, n, 0);
         self.insert_free(&mut g, start, n, n, id);
         if g.free_dirty_pages > RELEASE_THRESHOLD_PAGES {
             self.release_down_to(&mut g, RELEASE_THRESHOLD_PAGES / 2);
@@ -306,7 +334,9 @@ impl PageHeap {
         let n = s.pages();
         let id = self.id_of(s);
         if new_pages <= n {
-            if new_pages < n {
+            // Shrinking needs a record for the tail; without one, keep the
+            // block as it is (still big enough).
+            if new_pages < n && self.spare_records(&mut g) {
                 let tail = n - new_pages;
                 s.npages.store(new_pages as u32, Ordering::Relaxed);
                 self.map.set_range(start + new_pages, tail, 0);
@@ -322,20 +352,17 @@ impl PageHeap {
         }
         let end = start + n;
         let need = new_pages - n;
-        if end == g.top {
-            if self.grow(&mut g, need).is_none() {
+        if !self.spare_records(&mut g) {
+            return false;
+        }
+        {
+            let Some(r) = self.free_at(&g, end, true) else {
                 return false;
-            }
-        } else {
+            };
             let rid = self.map.get(end);
-            if rid == 0 {
+            if r.pages() < need {
                 return false;
             }
-            let r = self.record(rid);
-            if r.state() != FREE || r.pages() < need {
-                return false;
-            }
-            debug_assert_eq!(r.start(), end);
             let rn = r.pages();
             self.remove_list(&mut g, rid);
             // SAFETY: page-heap lock held; r is FREE.
@@ -385,16 +412,43 @@ impl PageHeap {
 
     fn publish(&self, g: &Inner) {
         self.committed_bytes
-            .store(g.committed << PAGE_SHIFT, Ordering::Relaxed);
+            .store(g.total_pages << PAGE_SHIFT, Ordering::Relaxed);
         self.free_bytes
             .store(g.free_pages << PAGE_SHIFT, Ordering::Relaxed);
         self.free_dirty_bytes
             .store(g.free_dirty_pages << PAGE_SHIFT, Ordering::Relaxed);
     }
 
+    /// The id of a span in use (its first page maps to it).
     fn id_of(&self, s: &Span) -> u32 {
-        let base = self.records.load(Ordering::Relaxed) as usize;
-        ((s as *const Span as usize - base) / SPAN_RECORD_BYTES) as u32
+        let id = self.map.get(s.start());
+        debug_assert!(core::ptr::eq(self.record(id), s));
+        id
+    }
+
+    /// The free span of this heap that starts at `page` (`at_start`) or ends
+    /// there, if any. A page map entry may name a span of another heap
+    /// (unit tests run several heaps over one page map), so the record is
+    /// checked to really border `page`.
+    fn free_at(&self, g: &Inner, page: usize, at_start: bool) -> Option<&Span> {
+        let id = self.map.get(page);
+        if id == 0 || id as usize >= g.rec_next {
+            return None;
+        }
+        let s = self.record(id);
+        if s.state() != FREE {
+            return None;
+        }
+        let edge = if at_start {
+            s.start()
+        } else {
+            s.start() + s.pages() - 1
+        };
+        if edge == page {
+            Some(s)
+        } else {
+            None
+        }
     }
 
     fn list_of(n: usize) -> usize {
@@ -442,7 +496,21 @@ impl PageHeap {
         let mut found = 0u32;
         for li in need.min(BIG_LIST)..BIG_LIST {
             if g.lists[li] != 0 {
-                found = g.lists[li];
+                // The lowest address among the first few (dense packing).
+                let mut id = g.lists[li];
+                let mut best = usize::MAX;
+                for _ in 0..LIST_SCAN {
+                    if id == 0 {
+                        break;
+                    }
+                    let s = self.record(id);
+                    if s.start() < best {
+                        best = s.start();
+                        found = id;
+                    }
+                    // SAFETY: page-heap lock held; s is FREE.
+                    id = unsafe { s.locked() }.next;
+                }
                 break;
             }
         }
@@ -453,7 +521,9 @@ impl PageHeap {
             while id != 0 {
                 let s = self.record(id);
                 let n = s.pages();
-                if n >= need && n < best_len {
+                if n >= need
+                    && (n < best_len || (n == best_len && s.start() < self.record(found).start()))
+                {
                     best_len = n;
                     found = id;
                 }
@@ -477,43 +547,99 @@ impl PageHeap {
         Some((start, n, dirty))
     }
 
-    /// Extends `top` by `need` pages (committing as needed); returns
-    /// (start, len, dirty = 0).
+    /// Adds a chunk of at least `need` pages (see the module doc) and takes
+    /// a free span of `need` pages from it; returns (start, len, dirty).
     fn grow(&self, g: &mut Inner, need: usize) -> Option<(usize, usize, usize)> {
-        let start = g.top;
-        let end = start.checked_add(need)?;
-        if end > g.total_pages {
+        if g.nchunks >= MAX_CHUNKS {
             return None;
         }
-        if end > g.committed {
-            let chunk = COMMIT_CHUNK_BYTES >> PAGE_SHIFT;
-            let new_committed = (end.div_ceil(chunk) * chunk).min(g.total_pages);
-            let from = self.map.page_addr(g.committed) as *mut u8;
-            let len = (new_committed - g.committed) << PAGE_SHIFT;
-            // SAFETY: the range is inside our reservation, above the commit
-            // mark, so uncommitted and unused.
-            if !unsafe { os::commit(from, len) } {
+        let min = crate::util::round_up(need.checked_mul(PAGE_BYTES)?, CHUNK_ALIGN_BYTES)?;
+        let usual = ((g.total_pages << PAGE_SHIFT) / 8 / CHUNK_ALIGN_BYTES * CHUNK_ALIGN_BYTES)
+            .clamp(CHUNK_BYTES, MAX_CHUNK_BYTES);
+        let mut len = usual.max(min);
+        let addr = loop {
+            if let Some(p) = self.map_chunk(g, len) {
+                break p;
+            }
+            if len == min {
                 return None;
             }
-            // Commit the page-map entries covering the new pages.
-            let map_need = (PageMap::bytes_for(new_committed) + os::OS_PAGE_BYTES - 1)
-                & !(os::OS_PAGE_BYTES - 1);
-            if map_need > g.map_committed_bytes {
-                let p = (g.map_entries + g.map_committed_bytes) as *mut u8;
-                // SAFETY: inside the page-map part of our reservation, above
-                // its commit mark.
-                if !unsafe { os::commit(p, map_need - g.map_committed_bytes) } {
-                    return None;
-                }
-                g.map_committed_bytes = map_need;
-            }
-            g.committed = new_committed;
-            // SAFETY: entries for pages below `new_committed` were committed
-            // just above (or earlier).
-            unsafe { self.map.set_limit(new_committed) };
+            len = (len / 2 / CHUNK_ALIGN_BYTES * CHUNK_ALIGN_BYTES).max(min);
+        };
+        if !self.map.ensure_leaves(addr, len) {
+            // SAFETY: the chunk was just mapped and nobody knows it.
+            unsafe { os::unmap(addr as *mut u8, len) };
+            return None;
         }
-        g.top = end;
-        Some((start, need, 0))
+        if g.thp {
+            // SAFETY: our fresh chunk. A refusal leaves ordinary pages.
+            unsafe { os::advise_hugepage(addr as *mut u8, len) };
+        }
+        let start = addr >> PAGE_SHIFT;
+        let npages = len >> PAGE_SHIFT;
+        self.add_chunk(g, start, npages);
+        g.last_chunk = (start, start + npages);
+        g.total_pages += npages;
+        self.insert_free(g, start, npages, 0, 0);
+        self.take_free(g, need)
+    }
+
+    /// Maps `len` bytes for a chunk, right below or right above the last
+    /// chunk if that space is free, else anywhere (2 MiB aligned).
+    fn map_chunk(&self, g: &Inner, len: usize) -> Option<usize> {
+        let (lo, hi) = g.last_chunk;
+        if hi != 0 {
+            let lo = self.map.page_addr(lo);
+            if let Some(below) = lo.checked_sub(len) {
+                if let Some(p) = os::map_at(below, len) {
+                    return Some(p.as_ptr() as usize);
+                }
+            }
+            if let Some(p) = os::map_at(self.map.page_addr(hi), len) {
+                return Some(p.as_ptr() as usize);
+            }
+        }
+        os::map_chunk(len, CHUNK_ALIGN_BYTES).map(|p| p.as_ptr() as usize)
+    }
+
+    /// Records the chunk `[start, start + npages)`, merged with the chunks it
+    /// touches.
+    fn add_chunk(&self, g: &mut Inner, mut start: usize, mut npages: usize) {
+        let mut i = 0;
+        while i < g.nchunks {
+            let c = g.chunks[i];
+            if c.start + c.npages == start || start + npages == c.start {
+                start = start.min(c.start);
+                npages += c.npages;
+                g.nchunks -= 1;
+                g.chunks[i] = g.chunks[g.nchunks];
+            } else {
+                i += 1;
+            }
+        }
+        g.chunks[g.nchunks] = Chunk { start, npages };
+        g.nchunks += 1;
+    }
+
+    /// Makes sure at least `REC_SPARE` records can be taken without mapping
+    /// (maps a record block if needed); false if that failed.
+    fn spare_records(&self, g: &mut Inner) -> bool {
+        while g.rec_free_len + (g.rec_mapped - g.rec_next.min(g.rec_mapped)) < REC_SPARE {
+            let block = g.rec_mapped / REC_BLOCK;
+            if block >= REC_ROOT_LEN {
+                return false;
+            }
+            let Some(p) = os::map(
+                REC_BLOCK * SPAN_RECORD_BYTES,
+                libc::PROT_READ | libc::PROT_WRITE,
+                true,
+            ) else {
+                return false;
+            };
+            self.records[block].store(p.as_ptr().cast(), Ordering::Release);
+            g.rec_mapped += REC_BLOCK;
+        }
+        true
     }
 
     fn new_record(&self, g: &mut Inner) -> Option<u32> {
@@ -521,23 +647,13 @@ impl PageHeap {
             let id = g.rec_free;
             // SAFETY: page-heap lock held; unused records belong to the heap.
             g.rec_free = unsafe { self.record(id).locked() }.next;
+            g.rec_free_len -= 1;
             return Some(id);
         }
-        if g.rec_next >= g.rec_capacity {
+        if g.rec_next >= g.rec_mapped && !self.spare_records(g) {
             return None;
         }
         let id = g.rec_next;
-        let need_bytes = (id + 1) * SPAN_RECORD_BYTES;
-        if need_bytes > g.rec_committed {
-            let new_c = (need_bytes + (64 << 10) - 1) & !((64 << 10) - 1);
-            let p = (g.rec_base + g.rec_committed) as *mut u8;
-            // SAFETY: inside the record part of our reservation, above its
-            // commit mark.
-            if !unsafe { os::commit(p, new_c - g.rec_committed) } {
-                return None;
-            }
-            g.rec_committed = new_c;
-        }
         g.rec_next += 1;
         Some(id as u32)
     }
@@ -549,6 +665,7 @@ impl PageHeap {
         // SAFETY: page-heap lock held; the record is being retired.
         unsafe { s.locked() }.next = g.rec_free;
         g.rec_free = id;
+        g.rec_free_len += 1;
     }
 
     /// Inserts the free range `[start, start+n)` with `dirty` possibly
@@ -565,9 +682,7 @@ impl PageHeap {
         // Left neighbour.
         if start > 0 {
             let lid = self.map.get(start - 1);
-            if lid != 0 && self.record(lid).state() == FREE {
-                let l = self.record(lid);
-                debug_assert_eq!(l.start() + l.pages(), start);
+            if let Some(l) = self.free_at(g, start - 1, false) {
                 self.remove_list(g, lid);
                 // SAFETY: page-heap lock held; l is FREE.
                 let ld = unsafe { l.locked() }.dirty_pages as usize;
@@ -582,11 +697,9 @@ impl PageHeap {
             }
         }
         // Right neighbour.
-        if start + n < g.top {
+        {
             let rid = self.map.get(start + n);
-            if rid != 0 && self.record(rid).state() == FREE {
-                let r = self.record(rid);
-                debug_assert_eq!(r.start(), start + n);
+            if let Some(r) = self.free_at(g, start + n, true) {
                 self.remove_list(g, rid);
                 // SAFETY: page-heap lock held; r is FREE.
                 let rd = unsafe { r.locked() }.dirty_pages as usize;
@@ -610,7 +723,7 @@ impl PageHeap {
             }
         };
         let s = self.record(id);
-        s.start_page.store(start as u32, Ordering::Relaxed);
+        s.start_page.store(start, Ordering::Relaxed);
         s.npages.store(n as u32, Ordering::Relaxed);
         s.class.store(0, Ordering::Relaxed);
         s.state.store(FREE, Ordering::Relaxed);
@@ -660,12 +773,16 @@ impl PageHeap {
             return;
         }
         let g = self.inner.lock();
-        // Tiling of [0, top).
-        let mut p = 0;
         let mut free_pages = 0;
         let mut free_dirty = 0;
+        let mut sum = 0;
+        for c in &g.chunks[..g.nchunks] {
+        // Tiling of each chunk.
+        let mut p = c.start;
+        let top = c.start + c.npages;
+        sum += c.npages;
         let mut prev_free = false;
-        while p < g.top {
+        while p < top {
             let id = self.map.get(p);
             assert!(id != 0, "page {p} below top has no span");
             let s = self.record(id);
@@ -703,7 +820,9 @@ impl PageHeap {
             }
             p += n;
         }
-        assert_eq!(p, g.top);
+        assert_eq!(p, top);
+        }
+        assert_eq!(sum, g.total_pages);
         assert_eq!(free_pages, g.free_pages);
         assert_eq!(free_dirty, g.free_dirty_pages);
         // Lists hold exactly the free spans, each on the right list.
@@ -740,7 +859,7 @@ mod tests {
 
     fn heap() -> &'static PageHeap {
         let h: &'static PageHeap = std::boxed::Box::leak(std::boxed::Box::new(PageHeap::new()));
-        assert!(h.init(256 << 20));
+        assert!(h.init(false));
         h
     }
 
@@ -751,15 +870,16 @@ mod tests {
         assert!(z);
         let (b, _) = h.alloc_span(5, 0, LARGE, 0).unwrap();
         let (c, _) = h.alloc_span(2, 0, SMALL, 7).unwrap();
-        assert_eq!(a.start(), 0);
-        assert_eq!(b.start(), 3);
-        assert_eq!(c.start(), 8);
+        let a0 = a.start();
+        assert_eq!(h.span_addr(a) % CHUNK_ALIGN_BYTES, 0, "a fresh chunk");
+        assert_eq!(b.start(), a0 + 3);
+        assert_eq!(c.start(), a0 + 8);
         let addr = h.span_addr(b);
         // SAFETY: the span is committed and ours.
         unsafe { (addr as *mut u8).write_bytes(1, 5 * PAGE_BYTES) };
         assert!(core::ptr::eq(h.span_of(addr + 12345).unwrap(), b));
         assert_eq!(
-            h.span_of(h.map.base() + 10 * PAGE_BYTES).map(|s| s.state()),
+            h.span_of(h.map.page_addr(a0 + 12)).map(|s| s.state()),
             None
         );
         h.check_invariants();
@@ -772,15 +892,17 @@ mod tests {
         // SAFETY: b is ours.
         unsafe { h.free_span(b) };
         h.check_invariants();
-        assert_eq!(h.stats().free_bytes, 10 * PAGE_BYTES);
+        assert_eq!(h.stats().free_bytes, CHUNK_BYTES, "one free span again");
+        assert_eq!(h.stats().committed_bytes, CHUNK_BYTES);
         // The coalesced 10 pages are reused.
         let (d, z) = h.alloc_span(10, 0, LARGE, 0).unwrap();
-        assert_eq!(d.start(), 0);
+        assert_eq!(d.start(), a0);
         assert!(!z, "dirty pages are not reported zeroed");
         h.check_invariants();
         // SAFETY: d is ours.
         unsafe { h.free_span(d) };
-        assert_eq!(h.release_all(), 10 * PAGE_BYTES);
+        // (Dirty pages are counted conservatively when a span is split.)
+        assert!(h.release_all() >= 10 * PAGE_BYTES);
         let (e, z) = h.alloc_span(4, 0, LARGE, 0).unwrap();
         assert!(z, "released pages read as zero");
         // SAFETY: committed memory of span e.
@@ -830,7 +952,7 @@ mod tests {
         h.check_invariants();
         let st = h.stats();
         assert_eq!(st.large_bytes, 0);
-        assert_eq!(st.free_bytes, h.inner.lock().top << PAGE_SHIFT);
+        assert_eq!(st.free_bytes, h.inner.lock().total_pages << PAGE_SHIFT);
     }
 
     #[test]
@@ -871,9 +993,16 @@ mod tests {
     fn exhaustion_returns_none() {
         let h = heap();
         assert!(h.alloc_span(usize::MAX / 4, 0, LARGE, 0).is_none());
-        let total = h.map.npages();
-        assert!(h.alloc_span(total + 1, 0, LARGE, 0).is_none());
-        assert!(h.alloc_span(total / 2, 0, LARGE, 0).is_some());
+        // 2^40 pages (8 PiB): no kernel maps that.
+        assert!(h.alloc_span(1 << 40, 0, LARGE, 0).is_none());
+        assert!(h.alloc_span(u32::MAX as usize / 2 + 1, 0, LARGE, 0).is_none());
+        h.check_invariants();
+        // A request bigger than the usual chunk gets a chunk of its own.
+        let (s, z) = h.alloc_span((CHUNK_BYTES >> PAGE_SHIFT) * 2, 0, LARGE, 0).unwrap();
+        assert!(z);
+        h.check_invariants();
+        // SAFETY: s is ours.
+        unsafe { h.free_span(s) };
         h.check_invariants();
     }
 }
