@@ -121,10 +121,10 @@ pub fn map_at(addr: usize, len: usize) -> Option<NonNull<u8>> {
     NonNull::new(p.cast())
 }
 
-/// Maps a heap chunk: `len` bytes of zeroed read-write memory
-/// (`MAP_NORESERVE`), aligned to `align`. Tries an exact-size mapping first
-/// (it is often aligned, and it needs no slack under an address-space
-/// limit), then over-maps and trims.
+/// Maps a heap chunk (or a page-map leaf): `len` bytes of zeroed read-write
+/// memory (`MAP_NORESERVE`), aligned to `align` (a power of two). Tries an
+/// exact-size mapping first (it is often aligned, and it needs no slack
+/// under an address-space limit), then over-maps and trims.
 pub fn map_chunk(len: usize, align: usize) -> Option<NonNull<u8>> {
     let prot = libc::PROT_READ | libc::PROT_WRITE;
     let p = map(len, prot, true)?;

@@ -3,9 +3,10 @@
 //! back to the OS.
 //!
 //! Growth: when no free span fits, the heap maps a new chunk (read-write,
-//! `MAP_NORESERVE`, 2 MiB aligned) of [`CHUNK_BYTES`] or an eighth of the
-//! heap so far, whichever is larger (at most [`MAX_CHUNK_BYTES`]; more if
-//! the request needs it), first right below or above the previous chunk so
+//! `MAP_NORESERVE`, 2 MiB aligned): as big as the heap so far while that is
+//! below [`CHUNK_BYTES`] (starting at [`FIRST_CHUNK_BYTES`]), then
+//! [`CHUNK_BYTES`] or an eighth of the heap, whichever is larger (at most
+//! [`MAX_CHUNK_BYTES`]; more if the request needs it), first right below or above the previous chunk so
 //! that the heap stays contiguous, then anywhere; if the kernel refuses
 //! (an address-space limit), it halves the size down to what the request
 //! needs. The new chunk becomes one free span (reading as zero), coalesced
@@ -15,9 +16,11 @@
 //! With transparent hugepages available (`thp=auto`, the default, and the
 //! system's THP mode `always` or `madvise`), chunks get `MADV_HUGEPAGE`.
 //!
-//! Span records live in blocks of [`REC_BLOCK`] records, mapped on demand
-//! and indexed by a small root inside the heap (ids are stable; blocks are
-//! never unmapped).
+//! Span records live in blocks mapped on demand, each as big as all the
+//! blocks before it (the first holds [`REC_FIRST`] records), found by the
+//! bit length of `id / REC_FIRST` in a root of [`REC_BLOCKS`] entries
+//! inside the heap (ids are stable; blocks are never unmapped). So record
+//! memory stays proportional to the number of spans.
 //!
 //! Free spans sit in 128 lists: list `n` (1..=127) holds spans of exactly `n`
 //! pages, list 128 holds spans of 128 pages or more (searched best-fit).
@@ -49,7 +52,7 @@ use crate::os;
 use crate::pagemap::PageMap;
 use crate::size_class::{PAGE_BYTES, PAGE_SHIFT};
 use crate::span::{Span, FREE, LARGE, SMALL, SPAN_RECORD_BYTES, UNUSED};
-use core::sync::atomic::{AtomicPtr, AtomicUsize, Ordering};
+use core::sync::atomic::{AtomicUsize, Ordering};
 
 /// Dirty free memory kept before the heap releases some to the OS.
 pub const RELEASE_THRESHOLD_BYTES: usize = 64 << 20;
@@ -57,19 +60,22 @@ const RELEASE_THRESHOLD_PAGES: usize = RELEASE_THRESHOLD_BYTES >> PAGE_SHIFT;
 /// Chunks are aligned to (and sized in multiples of) this many bytes: one
 /// x86-64 transparent hugepage.
 pub const CHUNK_ALIGN_BYTES: usize = 2 << 20;
-/// The usual size of a new chunk (the first one, and while the heap is
-/// small).
+/// The first chunk; while the heap is smaller than [`CHUNK_BYTES`] each new
+/// chunk is as big as the heap so far (the heap doubles).
+pub const FIRST_CHUNK_BYTES: usize = 4 << 20;
+/// The usual size of a new chunk once the heap has reached it.
 pub const CHUNK_BYTES: usize = 64 << 20;
 /// Largest chunk added for growth alone (a bigger request gets a chunk of
 /// its own size).
 pub const MAX_CHUNK_BYTES: usize = 1 << 30;
 /// Most distinct (non-adjacent) chunks the heap tracks; growth fails past
-/// it. Chunks grow with the heap, so this is at least 256 GiB of heap.
-const MAX_CHUNKS: usize = 4096;
-/// Span records per record block (one mapping each).
-pub const REC_BLOCK: usize = 4096;
-/// Record blocks (root entries): 2^26 records in all.
-const REC_ROOT_LEN: usize = 1 << 14;
+/// it. Chunks grow with the heap, so this is at least 64 GiB of heap.
+const MAX_CHUNKS: usize = 1024;
+/// Span records in the first record block.
+pub const REC_FIRST: usize = 1024;
+const REC_FIRST_SHIFT: u32 = REC_FIRST.trailing_zeros();
+/// Record blocks: `REC_FIRST << (REC_BLOCKS - 2)` = 2^26 records in all.
+const REC_BLOCKS: usize = 17;
 /// Spare records kept ready before a heap operation, so that it never fails
 /// half-way for want of a record.
 const REC_SPARE: usize = 4;
@@ -114,9 +120,11 @@ struct Inner {
 pub struct PageHeap {
     /// Page -> span id (lock-free reads).
     pub map: PageMap,
-    /// Record blocks: record `id` is entry `id % REC_BLOCK` of block
-    /// `id / REC_BLOCK`.
-    records: [AtomicPtr<Span>; REC_ROOT_LEN],
+    /// Record blocks: block `k` holds ids `[REC_FIRST << k >> 1, REC_FIRST
+    /// << k)` (block 0 from id 0); its entry is the block's address minus
+    /// its first id times the record size, so that record `id` lives at
+    /// `entry + id * SPAN_RECORD_BYTES`.
+    records: [AtomicUsize; REC_BLOCKS],
     inner: Mutex<Inner>,
     // Statistics, updated under the lock, read racily.
     committed_bytes: AtomicUsize,
@@ -149,7 +157,7 @@ impl PageHeap {
     pub const fn new() -> Self {
         PageHeap {
             map: PageMap::new(),
-            records: [const { AtomicPtr::new(core::ptr::null_mut()) }; REC_ROOT_LEN],
+            records: [const { AtomicUsize::new(0) }; REC_BLOCKS],
             inner: Mutex::new(Inner {
                 total_pages: 0,
                 chunks: [Chunk {
@@ -194,12 +202,14 @@ impl PageHeap {
     #[inline(always)]
     pub fn record(&self, id: u32) -> &Span {
         let id = id as usize;
-        let block = self.records[(id / REC_BLOCK) & (REC_ROOT_LEN - 1)].load(Ordering::Relaxed);
+        let k = (usize::BITS - (id >> REC_FIRST_SHIFT).leading_zeros()) as usize;
+        let biased = self.records[k.min(REC_BLOCKS - 1)].load(Ordering::Relaxed);
+        let addr = biased.wrapping_add(id * SPAN_RECORD_BYTES);
         // SAFETY: ids come from the page map or lists and are always below
         // `rec_next`, so their block is mapped (published before the id, which
         // readers get through an Acquire load) and the record initialised;
         // blocks are never unmapped.
-        unsafe { &*block.add(id % REC_BLOCK) }
+        unsafe { &*core::ptr::with_exposed_provenance::<Span>(addr) }
     }
 
     /// The span containing `addr`, if `addr` is inside the heap and a span
@@ -554,17 +564,24 @@ impl PageHeap {
             return None;
         }
         let min = crate::util::round_up(need.checked_mul(PAGE_BYTES)?, CHUNK_ALIGN_BYTES)?;
-        let usual = ((g.total_pages << PAGE_SHIFT) / 8 / CHUNK_ALIGN_BYTES * CHUNK_ALIGN_BYTES)
-            .clamp(CHUNK_BYTES, MAX_CHUNK_BYTES);
+        let usual = Self::chunk_bytes_for(g.total_pages << PAGE_SHIFT);
+        // Halve on failure down to the 2 MiB multiple the request needs,
+        // then (an address-space limit is near) in pages down to the
+        // request itself: such a last chunk is not hugepage aligned.
+        let exact = need << PAGE_SHIFT;
         let mut len = usual.max(min);
         let addr = loop {
             if let Some(p) = self.map_chunk(g, len) {
                 break p;
             }
-            if len == min {
+            if len == exact {
                 return None;
             }
-            len = (len / 2 / CHUNK_ALIGN_BYTES * CHUNK_ALIGN_BYTES).max(min);
+            len = if len > min {
+                (len / 2 / CHUNK_ALIGN_BYTES * CHUNK_ALIGN_BYTES).max(min)
+            } else {
+                (len / 2 >> PAGE_SHIFT << PAGE_SHIFT).max(exact)
+            };
         };
         if !self.map.ensure_leaves(addr, len) {
             // SAFETY: the chunk was just mapped and nobody knows it.
@@ -584,8 +601,21 @@ impl PageHeap {
         self.take_free(g, need)
     }
 
+    /// The usual size of the next chunk for a heap of `heap_bytes`: as big
+    /// as the heap (at least `FIRST_CHUNK_BYTES`) up to `CHUNK_BYTES`, then
+    /// an eighth of the heap up to `MAX_CHUNK_BYTES`, in 2 MiB units.
+    fn chunk_bytes_for(heap_bytes: usize) -> usize {
+        let b = if heap_bytes < CHUNK_BYTES {
+            heap_bytes.max(FIRST_CHUNK_BYTES)
+        } else {
+            (heap_bytes / 8).clamp(CHUNK_BYTES, MAX_CHUNK_BYTES)
+        };
+        b / CHUNK_ALIGN_BYTES * CHUNK_ALIGN_BYTES
+    }
+
     /// Maps `len` bytes for a chunk, right below or right above the last
-    /// chunk if that space is free, else anywhere (2 MiB aligned).
+    /// chunk if that space is free, else anywhere (2 MiB aligned if `len` is
+    /// a multiple of 2 MiB, else page aligned).
     fn map_chunk(&self, g: &Inner, len: usize) -> Option<usize> {
         let (lo, hi) = g.last_chunk;
         if hi != 0 {
@@ -599,7 +629,12 @@ impl PageHeap {
                 return Some(p.as_ptr() as usize);
             }
         }
-        os::map_chunk(len, CHUNK_ALIGN_BYTES).map(|p| p.as_ptr() as usize)
+        let align = if len.is_multiple_of(CHUNK_ALIGN_BYTES) {
+            CHUNK_ALIGN_BYTES
+        } else {
+            PAGE_BYTES
+        };
+        os::map_chunk(len, align).map(|p| p.as_ptr() as usize)
     }
 
     /// Records the chunk `[start, start + npages)`, merged with the chunks it
@@ -625,19 +660,30 @@ impl PageHeap {
     /// (maps a record block if needed); false if that failed.
     fn spare_records(&self, g: &mut Inner) -> bool {
         while g.rec_free_len + (g.rec_mapped - g.rec_next.min(g.rec_mapped)) < REC_SPARE {
-            let block = g.rec_mapped / REC_BLOCK;
-            if block >= REC_ROOT_LEN {
+            // Blocks `[0, k)` are mapped and hold ids `[0, rec_mapped)`.
+            let k = if g.rec_mapped == 0 {
+                0
+            } else {
+                (g.rec_mapped >> REC_FIRST_SHIFT).trailing_zeros() as usize + 1
+            };
+            if k >= REC_BLOCKS {
                 return false;
             }
+            let (first, n) = if k == 0 {
+                (0, REC_FIRST)
+            } else {
+                (g.rec_mapped, g.rec_mapped)
+            };
             let Some(p) = os::map(
-                REC_BLOCK * SPAN_RECORD_BYTES,
+                n * SPAN_RECORD_BYTES,
                 libc::PROT_READ | libc::PROT_WRITE,
                 true,
             ) else {
                 return false;
             };
-            self.records[block].store(p.as_ptr().cast(), Ordering::Release);
-            g.rec_mapped += REC_BLOCK;
+            let biased = (p.as_ptr().expose_provenance()).wrapping_sub(first * SPAN_RECORD_BYTES);
+            self.records[k].store(biased, Ordering::Release);
+            g.rec_mapped = first + n;
         }
         true
     }
@@ -892,8 +938,8 @@ mod tests {
         // SAFETY: b is ours.
         unsafe { h.free_span(b) };
         h.check_invariants();
-        assert_eq!(h.stats().free_bytes, CHUNK_BYTES, "one free span again");
-        assert_eq!(h.stats().committed_bytes, CHUNK_BYTES);
+        assert_eq!(h.stats().free_bytes, FIRST_CHUNK_BYTES, "one free span again");
+        assert_eq!(h.stats().committed_bytes, FIRST_CHUNK_BYTES);
         // The coalesced 10 pages are reused.
         let (d, z) = h.alloc_span(10, 0, LARGE, 0).unwrap();
         assert_eq!(d.start(), a0);
@@ -987,6 +1033,51 @@ mod tests {
         }
         h.check_invariants();
         assert_eq!(h.stats().large_bytes, 0);
+    }
+
+    #[test]
+    fn grows_in_chunks_and_reuses() {
+        let h = heap();
+        // 3000 one-page spans (3000 records: several record blocks) and 40
+        // spans of 2 MiB: the heap grows through several chunks.
+        let mut small: std::vec::Vec<&Span> = std::vec::Vec::new();
+        let mut big: std::vec::Vec<&Span> = std::vec::Vec::new();
+        for i in 0..3000 {
+            let (s, _) = h.alloc_span(1, 0, SMALL, 3).unwrap();
+            // SAFETY: the span's page is ours and mapped.
+            unsafe { *(h.span_addr(s) as *mut u64) = i };
+            small.push(s);
+            if i % 75 == 0 {
+                big.push(h.alloc_span(CHUNK_ALIGN_BYTES >> PAGE_SHIFT, 0, LARGE, 0).unwrap().0);
+            }
+        }
+        h.check_invariants();
+        let used = (3000 << PAGE_SHIFT) + big.len() * CHUNK_ALIGN_BYTES;
+        let mapped = h.stats().committed_bytes;
+        assert!(mapped >= used);
+        assert!(
+            mapped <= 2 * used + CHUNK_BYTES,
+            "mapped {mapped} for {used} in use: not proportional"
+        );
+        for (i, s) in small.iter().enumerate() {
+            // SAFETY: as above.
+            assert_eq!(unsafe { *(h.span_addr(s) as *const u64) }, i as u64);
+            let e = h.map.get_raw(s.start());
+            assert_eq!(PageMap::small_of(e), (3, 0));
+            assert!(core::ptr::eq(h.record(e as u32), *s));
+        }
+        for s in small.drain(..).chain(big.drain(..)) {
+            // SAFETY: ours, dropped from the lists.
+            unsafe { h.free_span(s) };
+        }
+        h.check_invariants();
+        assert_eq!(h.stats().free_bytes, mapped);
+        // Everything fits again without growing.
+        for _ in 0..3000 {
+            small.push(h.alloc_span(1, 0, SMALL, 3).unwrap().0);
+        }
+        assert_eq!(h.stats().committed_bytes, mapped, "no growth on reuse");
+        h.check_invariants();
     }
 
     #[test]

@@ -2,12 +2,15 @@
 //!
 //! A two-level radix map over the whole user address space (47 bits). The
 //! root is a static array in `.bss` (reached RIP-relative, no pointer load
-//! to find it) indexed by the address's bits 30..47; each entry is null or
-//! points to a leaf covering 1 GiB, one `AtomicU64` per 8 KiB page (1 MiB of
+//! to find it) indexed by the address's bits 30..47; each entry is 0 or
+//! names a leaf covering 1 GiB, one `AtomicU64` per 8 KiB page (1 MiB of
 //! address space per leaf, mapped when the page heap adds a chunk in that
-//! GiB and never unmapped). A lookup is two dependent loads (root entry,
-//! leaf entry); an address above 2^47 or whose root entry is null is not
-//! ours, answered without touching anything but the root.
+//! GiB and never unmapped). Root entries are 32 bits, the leaf's address
+//! shifted right by 16 (leaves are 64 KiB aligned and below 2^47), so the
+//! root costs 512 KiB of address space (it counts against `RLIMIT_AS`). A
+//! lookup is two dependent loads (root entry, leaf entry) and a shift; an
+//! address above 2^47 or whose root entry is 0 is not ours, answered
+//! without touching anything but the root.
 //!
 //! Pages are named by their absolute page number (`addr >> PAGE_SHIFT`), so
 //! `page_addr` is a shift.
@@ -31,7 +34,7 @@
 //! entries stored after it.
 
 use crate::size_class::{PAGE_BYTES, PAGE_SHIFT};
-use core::sync::atomic::{AtomicPtr, AtomicU64, Ordering};
+use core::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 
 /// Address bits of user space covered by the map.
 pub const ADDR_BITS: u32 = 47;
@@ -43,11 +46,13 @@ const ROOT_LEN: usize = 1 << (ADDR_BITS - LEAF_ADDR_SHIFT);
 const LEAF_PAGES: usize = 1 << (LEAF_ADDR_SHIFT - PAGE_SHIFT);
 /// Bytes of one leaf.
 pub const LEAF_BYTES: usize = LEAF_PAGES * 8;
+/// Root entries hold a leaf's address shifted right by this much.
+const LEAF_ALIGN_SHIFT: u32 = 16;
+const _: () = assert!(ADDR_BITS - LEAF_ALIGN_SHIFT <= 32);
 
 /// The root: shared by every `PageMap` (there is one heap per process; the
 /// unit tests' private heaps own disjoint chunks, so sharing is harmless).
-static ROOT: [AtomicPtr<AtomicU64>; ROOT_LEN] =
-    [const { AtomicPtr::new(core::ptr::null_mut()) }; ROOT_LEN];
+static ROOT: [AtomicU32; ROOT_LEN] = [const { AtomicU32::new(0) }; ROOT_LEN];
 
 /// Id of a span in the span arena (never 0 for a real span).
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -70,7 +75,7 @@ impl PageMap {
         if r >= ROOT_LEN {
             return core::ptr::null_mut();
         }
-        ROOT[r].load(Ordering::Acquire)
+        ((ROOT[r].load(Ordering::Acquire) as usize) << LEAF_ALIGN_SHIFT) as *mut AtomicU64
     }
 
     /// The page of `addr` if a leaf covers it (the address may still be in
@@ -178,27 +183,26 @@ impl PageMap {
             return false;
         }
         for r in first..=last {
-            if !ROOT[r].load(Ordering::Acquire).is_null() {
+            if ROOT[r].load(Ordering::Acquire) != 0 {
                 continue;
             }
-            let Some(leaf) =
-                crate::os::map(LEAF_BYTES, libc::PROT_READ | libc::PROT_WRITE, true)
-            else {
+            let Some(leaf) = crate::os::map_chunk(LEAF_BYTES, 1 << LEAF_ALIGN_SHIFT) else {
                 return false;
             };
-            let leaf = leaf.as_ptr().cast::<AtomicU64>();
-            if ROOT[r]
-                .compare_exchange(
-                    core::ptr::null_mut(),
-                    leaf,
-                    Ordering::Release,
-                    Ordering::Acquire,
-                )
-                .is_err()
+            let leaf = leaf.as_ptr();
+            let code = (leaf as usize >> LEAF_ALIGN_SHIFT) as u32;
+            if (leaf as usize) >> ADDR_BITS != 0
+                || ROOT[r]
+                    .compare_exchange(0, code, Ordering::Release, Ordering::Acquire)
+                    .is_err()
             {
-                // Another heap (unit tests) installed it first.
+                // Another heap (unit tests) installed it first (or the
+                // kernel answered above 2^47, which it does not unasked).
                 // SAFETY: our fresh leaf was never published.
-                unsafe { crate::os::unmap(leaf.cast(), LEAF_BYTES) };
+                unsafe { crate::os::unmap(leaf, LEAF_BYTES) };
+                if ROOT[r].load(Ordering::Acquire) == 0 {
+                    return false;
+                }
             }
         }
         true
