@@ -451,7 +451,16 @@ pub(crate) fn alloc_big(size: usize, align: usize, zero: bool) -> *mut u8 {
         return ptr::null_mut();
     };
     if need >= HUGE_THRESHOLD_BYTES {
-        return HUGE.alloc(size, align.max(crate::os::OS_PAGE_BYTES));
+        let p = HUGE.alloc(size, align.max(crate::os::OS_PAGE_BYTES));
+        if p.is_null() {
+            // Under an address-space limit, free heap memory may hold the
+            // space: return cached objects to the heap, unmap free spans.
+            reclaim();
+            if HEAP.give_back_address_space() > 0 {
+                return HUGE.alloc(size, align.max(crate::os::OS_PAGE_BYTES));
+            }
+        }
+        return p;
     }
     let npages = size.max(1).div_ceil(PAGE_BYTES);
     let mut got = HEAP.alloc_span(npages, align, LARGE, 0);

@@ -93,10 +93,8 @@ pub fn map_at(addr: usize, len: usize) -> Option<NonNull<u8>> {
     if len == 0 || addr == 0 {
         return None;
     }
-    let flags = libc::MAP_PRIVATE
-        | libc::MAP_ANONYMOUS
-        | libc::MAP_NORESERVE
-        | libc::MAP_FIXED_NOREPLACE;
+    let flags =
+        libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE | libc::MAP_FIXED_NOREPLACE;
     // SAFETY: MAP_FIXED_NOREPLACE never replaces an existing mapping, so
     // the new mapping cannot alias any existing Rust object.
     let p = unsafe {

@@ -13,6 +13,10 @@
 //! with an adjacent free span. So the address space in use is the heap plus
 //! at most one chunk of slack, never a worst-case reservation, and the heap
 //! works under `RLIMIT_AS` as long as the kernel has room for the request.
+//! When even that fails, or a huge block's own mapping fails
+//! (`give_back_address_space`), every free span is unmapped (its chunk split
+//! around the hole) and the mapping retried, so address space held by free
+//! memory of one size is available to another.
 //! With transparent hugepages available (`thp=auto`, the default, and the
 //! system's THP mode `always` or `madvise`), chunks get `MADV_HUGEPAGE`.
 //!
@@ -560,9 +564,6 @@ impl PageHeap {
     /// Adds a chunk of at least `need` pages (see the module doc) and takes
     /// a free span of `need` pages from it; returns (start, len, dirty).
     fn grow(&self, g: &mut Inner, need: usize) -> Option<(usize, usize, usize)> {
-        if g.nchunks >= MAX_CHUNKS {
-            return None;
-        }
         let min = crate::util::round_up(need.checked_mul(PAGE_BYTES)?, CHUNK_ALIGN_BYTES)?;
         let usual = Self::chunk_bytes_for(g.total_pages << PAGE_SHIFT);
         // Halve on failure down to the 2 MiB multiple the request needs,
@@ -570,12 +571,20 @@ impl PageHeap {
         // request itself: such a last chunk is not hugepage aligned.
         let exact = need << PAGE_SHIFT;
         let mut len = usual.max(min);
+        let mut unmapped = false;
         let addr = loop {
             if let Some(p) = self.map_chunk(g, len) {
                 break p;
             }
             if len == exact {
-                return None;
+                // Out of address space: free spans too small for the request
+                // may still hold enough of it together.
+                if unmapped || self.unmap_free_spans(g) < need {
+                    return None;
+                }
+                unmapped = true;
+                len = usual.max(min);
+                continue;
             }
             len = if len > min {
                 (len / 2 / CHUNK_ALIGN_BYTES * CHUNK_ALIGN_BYTES).max(min)
@@ -594,7 +603,11 @@ impl PageHeap {
         }
         let start = addr >> PAGE_SHIFT;
         let npages = len >> PAGE_SHIFT;
-        self.add_chunk(g, start, npages);
+        if !self.add_chunk(g, start, npages) {
+            // SAFETY: as above.
+            unsafe { os::unmap(addr as *mut u8, len) };
+            return None;
+        }
         g.last_chunk = (start, start + npages);
         g.total_pages += npages;
         self.insert_free(g, start, npages, 0, 0);
@@ -638,8 +651,16 @@ impl PageHeap {
     }
 
     /// Records the chunk `[start, start + npages)`, merged with the chunks it
-    /// touches.
-    fn add_chunk(&self, g: &mut Inner, mut start: usize, mut npages: usize) {
+    /// touches; false (nothing changed) if the table is full.
+    fn add_chunk(&self, g: &mut Inner, mut start: usize, mut npages: usize) -> bool {
+        if g.nchunks >= MAX_CHUNKS
+            && !g
+                .chunks
+                .iter()
+                .any(|c| c.start + c.npages == start || start + npages == c.start)
+        {
+            return false;
+        }
         let mut i = 0;
         while i < g.nchunks {
             let c = g.chunks[i];
@@ -654,6 +675,87 @@ impl PageHeap {
         }
         g.chunks[g.nchunks] = Chunk { start, npages };
         g.nchunks += 1;
+        true
+    }
+
+    /// Unmaps every free span (their chunks split around the holes), giving
+    /// the address space back to the kernel; returns the pages unmapped.
+    /// For when mapping fails under an address-space limit, not for memory
+    /// return (that is `release_down_to`'s: pages stay mapped there).
+    fn unmap_free_spans(&self, g: &mut Inner) -> usize {
+        let mut total = 0;
+        for li in 1..NLISTS {
+            let mut id = g.lists[li];
+            while id != 0 {
+                let s = self.record(id);
+                // SAFETY: page-heap lock held; s is FREE.
+                let next = unsafe { s.locked() }.next;
+                let (start, n) = (s.start(), s.pages());
+                // Split the chunk holding the span around it (needs a free
+                // table entry when the span is inside the chunk).
+                let Some(ci) = (0..g.nchunks).find(|&i| {
+                    g.chunks[i].start <= start && start < g.chunks[i].start + g.chunks[i].npages
+                }) else {
+                    id = next;
+                    continue;
+                };
+                let c = g.chunks[ci];
+                let (left, right) = (start - c.start, c.start + c.npages - start - n);
+                if left > 0 && right > 0 && g.nchunks >= MAX_CHUNKS {
+                    id = next;
+                    continue;
+                }
+                // SAFETY: a free span holds no live data and nothing points
+                // into it; its pages are ours (inside chunk `c`).
+                if !unsafe { os::unmap(self.map.page_addr(start) as *mut u8, n << PAGE_SHIFT) } {
+                    id = next;
+                    continue;
+                }
+                self.remove_list(g, id);
+                // SAFETY: as above.
+                let dirty = unsafe { s.locked() }.dirty_pages as usize;
+                self.map.set(start, 0);
+                self.map.set(start + n - 1, 0);
+                g.free_pages -= n;
+                g.free_dirty_pages -= dirty;
+                self.drop_record(g, id);
+                match (left > 0, right > 0) {
+                    (false, false) => {
+                        g.nchunks -= 1;
+                        g.chunks[ci] = g.chunks[g.nchunks];
+                    }
+                    (true, false) => g.chunks[ci].npages = left,
+                    (false, true) => {
+                        g.chunks[ci] = Chunk {
+                            start: start + n,
+                            npages: right,
+                        }
+                    }
+                    (true, true) => {
+                        g.chunks[ci].npages = left;
+                        g.chunks[g.nchunks] = Chunk {
+                            start: start + n,
+                            npages: right,
+                        };
+                        g.nchunks += 1;
+                    }
+                }
+                g.total_pages -= n;
+                total += n;
+                id = next;
+            }
+        }
+        total
+    }
+
+    /// Unmaps every free span (see `unmap_free_spans`): for a caller whose
+    /// own mapping failed (a huge block under an address-space limit).
+    /// Returns the bytes unmapped.
+    pub fn give_back_address_space(&self) -> usize {
+        let mut g = self.inner.lock();
+        let n = self.unmap_free_spans(&mut g);
+        self.publish(&g);
+        n << PAGE_SHIFT
     }
 
     /// Makes sure at least `REC_SPARE` records can be taken without mapping
@@ -823,50 +925,50 @@ impl PageHeap {
         let mut free_dirty = 0;
         let mut sum = 0;
         for c in &g.chunks[..g.nchunks] {
-        // Tiling of each chunk.
-        let mut p = c.start;
-        let top = c.start + c.npages;
-        sum += c.npages;
-        let mut prev_free = false;
-        while p < top {
-            let id = self.map.get(p);
-            assert!(id != 0, "page {p} below top has no span");
-            let s = self.record(id);
-            assert_eq!(s.start(), p, "span start mismatch at page {p}");
-            let n = s.pages();
-            assert!(n >= 1);
-            match s.state() {
-                FREE => {
-                    assert!(!prev_free, "adjacent free spans at page {p}");
-                    assert_eq!(self.map.get(p + n - 1), id);
-                    for q in p + 1..p + n - 1 {
-                        assert_eq!(self.map.get_raw(q), 0, "inner page of free span mapped");
+            // Tiling of each chunk.
+            let mut p = c.start;
+            let top = c.start + c.npages;
+            sum += c.npages;
+            let mut prev_free = false;
+            while p < top {
+                let id = self.map.get(p);
+                assert!(id != 0, "page {p} below top has no span");
+                let s = self.record(id);
+                assert_eq!(s.start(), p, "span start mismatch at page {p}");
+                let n = s.pages();
+                assert!(n >= 1);
+                match s.state() {
+                    FREE => {
+                        assert!(!prev_free, "adjacent free spans at page {p}");
+                        assert_eq!(self.map.get(p + n - 1), id);
+                        for q in p + 1..p + n - 1 {
+                            assert_eq!(self.map.get_raw(q), 0, "inner page of free span mapped");
+                        }
+                        assert_eq!(PageMap::small_of(self.map.get_raw(p)), (0, 0));
+                        // SAFETY: page-heap lock held; s is FREE.
+                        let d = unsafe { s.locked() }.dirty_pages as usize;
+                        assert!(d <= n);
+                        free_pages += n;
+                        free_dirty += d;
+                        prev_free = true;
                     }
-                    assert_eq!(PageMap::small_of(self.map.get_raw(p)), (0, 0));
-                    // SAFETY: page-heap lock held; s is FREE.
-                    let d = unsafe { s.locked() }.dirty_pages as usize;
-                    assert!(d <= n);
-                    free_pages += n;
-                    free_dirty += d;
-                    prev_free = true;
-                }
-                SMALL | LARGE => {
-                    for q in p..p + n {
-                        assert_eq!(self.map.get(q), id, "page {q} of a used span");
-                        let want = if s.state() == SMALL && n <= 255 {
-                            (s.class() as usize, q - p)
-                        } else {
-                            (0, 0)
-                        };
-                        assert_eq!(PageMap::small_of(self.map.get_raw(q)), want, "page {q}");
+                    SMALL | LARGE => {
+                        for q in p..p + n {
+                            assert_eq!(self.map.get(q), id, "page {q} of a used span");
+                            let want = if s.state() == SMALL && n <= 255 {
+                                (s.class() as usize, q - p)
+                            } else {
+                                (0, 0)
+                            };
+                            assert_eq!(PageMap::small_of(self.map.get_raw(q)), want, "page {q}");
+                        }
+                        prev_free = false;
                     }
-                    prev_free = false;
+                    st => panic!("span at page {p} in state {st}"),
                 }
-                st => panic!("span at page {p} in state {st}"),
+                p += n;
             }
-            p += n;
-        }
-        assert_eq!(p, top);
+            assert_eq!(p, top);
         }
         assert_eq!(sum, g.total_pages);
         assert_eq!(free_pages, g.free_pages);
@@ -924,10 +1026,7 @@ mod tests {
         // SAFETY: the span is committed and ours.
         unsafe { (addr as *mut u8).write_bytes(1, 5 * PAGE_BYTES) };
         assert!(core::ptr::eq(h.span_of(addr + 12345).unwrap(), b));
-        assert_eq!(
-            h.span_of(h.map.page_addr(a0 + 12)).map(|s| s.state()),
-            None
-        );
+        assert_eq!(h.span_of(h.map.page_addr(a0 + 12)).map(|s| s.state()), None);
         h.check_invariants();
         // SAFETY: a and c are ours, unused afterwards.
         unsafe {
@@ -938,7 +1037,11 @@ mod tests {
         // SAFETY: b is ours.
         unsafe { h.free_span(b) };
         h.check_invariants();
-        assert_eq!(h.stats().free_bytes, FIRST_CHUNK_BYTES, "one free span again");
+        assert_eq!(
+            h.stats().free_bytes,
+            FIRST_CHUNK_BYTES,
+            "one free span again"
+        );
         assert_eq!(h.stats().committed_bytes, FIRST_CHUNK_BYTES);
         // The coalesced 10 pages are reused.
         let (d, z) = h.alloc_span(10, 0, LARGE, 0).unwrap();
@@ -1048,7 +1151,11 @@ mod tests {
             unsafe { *(h.span_addr(s) as *mut u64) = i };
             small.push(s);
             if i % 75 == 0 {
-                big.push(h.alloc_span(CHUNK_ALIGN_BYTES >> PAGE_SHIFT, 0, LARGE, 0).unwrap().0);
+                big.push(
+                    h.alloc_span(CHUNK_ALIGN_BYTES >> PAGE_SHIFT, 0, LARGE, 0)
+                        .unwrap()
+                        .0,
+                );
             }
         }
         h.check_invariants();
@@ -1081,15 +1188,56 @@ mod tests {
     }
 
     #[test]
+    fn free_spans_give_back_address_space() {
+        let h = heap();
+        let (a, _) = h.alloc_span(4, 0, LARGE, 0).unwrap();
+        let (b, _) = h.alloc_span(8, 0, LARGE, 0).unwrap();
+        let (c, _) = h.alloc_span(4, 0, LARGE, 0).unwrap();
+        let b0 = b.start();
+        let mapped = h.stats().committed_bytes;
+        // SAFETY: b is ours.
+        unsafe { h.free_span(b) };
+        // b's 8 pages and the free tail of the chunk go back; a and c stay.
+        let tail = mapped - (16 << PAGE_SHIFT);
+        assert_eq!(h.give_back_address_space(), (8 << PAGE_SHIFT) + tail);
+        assert_eq!(h.stats().committed_bytes, 8 << PAGE_SHIFT);
+        assert_eq!(h.stats().free_bytes, 0);
+        assert!(h.span_of(h.map.page_addr(b0)).is_none());
+        h.check_invariants();
+        assert_eq!(h.inner.lock().nchunks, 2, "the chunk split around the hole");
+        // SAFETY: a and c are mapped and ours.
+        unsafe {
+            (h.span_addr(a) as *mut u8).write_bytes(7, 4 << PAGE_SHIFT);
+            (h.span_addr(c) as *mut u8).write_bytes(7, 4 << PAGE_SHIFT);
+            h.free_span(a);
+            h.free_span(c);
+        }
+        h.check_invariants();
+        assert_eq!(h.stats().free_bytes, 8 << PAGE_SHIFT);
+        // The heap grows again, and the hole is not ours any more.
+        let (d, z) = h.alloc_span(16, 0, LARGE, 0).unwrap();
+        assert!(z);
+        assert!(
+            d.start() + 16 <= b0 || d.start() >= b0 + 8,
+            "not in the hole"
+        );
+        h.check_invariants();
+    }
+
+    #[test]
     fn exhaustion_returns_none() {
         let h = heap();
         assert!(h.alloc_span(usize::MAX / 4, 0, LARGE, 0).is_none());
         // 2^40 pages (8 PiB): no kernel maps that.
         assert!(h.alloc_span(1 << 40, 0, LARGE, 0).is_none());
-        assert!(h.alloc_span(u32::MAX as usize / 2 + 1, 0, LARGE, 0).is_none());
+        assert!(h
+            .alloc_span(u32::MAX as usize / 2 + 1, 0, LARGE, 0)
+            .is_none());
         h.check_invariants();
         // A request bigger than the usual chunk gets a chunk of its own.
-        let (s, z) = h.alloc_span((CHUNK_BYTES >> PAGE_SHIFT) * 2, 0, LARGE, 0).unwrap();
+        let (s, z) = h
+            .alloc_span((CHUNK_BYTES >> PAGE_SHIFT) * 2, 0, LARGE, 0)
+            .unwrap();
         assert!(z);
         h.check_invariants();
         // SAFETY: s is ours.

@@ -101,7 +101,10 @@ impl PageMap {
         }
         // SAFETY: a non-null root entry points to a leaf of LEAF_PAGES
         // entries that is never unmapped; the index is masked into it.
-        Some((page, unsafe { &*leaf.add(page & (LEAF_PAGES - 1)) }.load(Ordering::Acquire)))
+        Some((
+            page,
+            unsafe { &*leaf.add(page & (LEAF_PAGES - 1)) }.load(Ordering::Acquire),
+        ))
     }
 
     /// Address of page `page`.
@@ -255,7 +258,10 @@ mod tests {
         pm.set_small_range(p0 + 1, 2, 5, 17);
         assert_eq!(pm.get(p0 + 2), 5);
         assert_eq!(PageMap::small_of(pm.get_raw(p0 + 2)), (17, 1));
-        assert_eq!(pm.lookup(base + PAGE + 8), Some((p0 + 1, pm.get_raw(p0 + 1))));
+        assert_eq!(
+            pm.lookup(base + PAGE + 8),
+            Some((p0 + 1, pm.get_raw(p0 + 1)))
+        );
         assert_eq!(PageMap::small_of(pm.get_raw(p0)), (0, 0));
         pm.set_range(p0, 3, 0);
         // A page with no leaf reads as 0 and stores of 0 are ignored.

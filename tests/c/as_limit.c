@@ -7,6 +7,9 @@
  *       (linked through their first word) until malloc returns NULL (which
  *       must come with errno ENOMEM), frees them all, and fills again
  *       (recovery). Prints "fill N1 refill N2 bytes B1".
+ *   as_limit cross LIMIT_MIB BLOCK_BYTES OTHER_BYTES
+ *       Like fill, but the second fill uses blocks of OTHER_BYTES (address
+ *       space held by free blocks of one size serves another).
  *   as_limit thread LIMIT_MIB
  *       Allocates a little (the allocator is initialised), then lowers
  *       RLIMIT_AS to LIMIT_MIB MiB and creates a thread that allocates.
@@ -91,14 +94,15 @@ static void *thread_main(void *arg) {
 }
 
 int main(int argc, char **argv) {
-    if (argc == 4 && strcmp(argv[1], "fill") == 0) {
+    if ((argc == 4 && strcmp(argv[1], "fill") == 0) || (argc == 5 && strcmp(argv[1], "cross") == 0)) {
         long limit = atol(argv[2]);
         size_t bs = (size_t)atol(argv[3]);
+        size_t bs2 = argc == 5 ? (size_t)atol(argv[4]) : bs;
         void *head;
         set_limit(limit);
         size_t n1 = fill(bs, &head);
         free_all(head);
-        size_t n2 = fill(bs, &head);
+        size_t n2 = fill(bs2, &head);
         free_all(head);
         printf("fill %zu refill %zu bytes %zu\n", n1, n2, n1 * bs);
         return 0;

@@ -144,11 +144,7 @@ fn ffi_env_and_ls_under_ulimit_v_30000() {
         "env printed:\n{}",
         r.stdout
     );
-    assert!(
-        !r.stderr.contains("memory exhausted"),
-        "env: {}",
-        r.stderr
-    );
+    assert!(!r.stderr.contains("memory exhausted"), "env: {}", r.stderr);
     let dir = scratch("as-limit-ls");
     for i in 0..50 {
         std::fs::write(dir.join(format!("file{i:02}")), b"x").unwrap();
