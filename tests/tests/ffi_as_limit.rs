@@ -4,7 +4,8 @@
 //! it before exec like `ulimit -v`):
 //! - fill with 64 B, 64 KiB and 4 MiB blocks at 30 MiB, 200 MiB and 1 GiB:
 //!   at least 90% of glibc's total, malloc's NULL comes with ENOMEM, and
-//!   after freeing everything the same total fits again (recovery);
+//!   after freeing everything the same total fits again (recovery), also
+//!   in blocks of another size;
 //! - the limit lowered after start: `pthread_create` and allocation work;
 //! - `env` and `ls` under `ulimit -v 30000`;
 //! - VmSize after the first allocations stays small.
@@ -103,6 +104,38 @@ fn ffi_as_limit_1_gib() {
     for block in [64 << 10, 4 << 20] {
         check_fill(1024, block, &Mode::PRELOADED);
     }
+}
+
+/// Fill with `first`-byte blocks, free them, fill with `second`-byte
+/// blocks: the second count within 10% of glibc's (address space held by
+/// freed blocks of one size serves another).
+fn check_cross(limit_mib: u64, first: u64, second: u64) {
+    let args = [
+        "cross",
+        &limit_mib.to_string(),
+        &first.to_string(),
+        &second.to_string(),
+    ];
+    let (_, glibc) = parse_fill(&run_as_limit(Mode::Plain, &args));
+    for mode in Mode::PRELOADED {
+        let (_, ours) = parse_fill(&run_as_limit(mode, &args));
+        eprintln!(
+            "RLIMIT_AS {limit_mib} MiB, {first} B blocks freed, then {second} B blocks: glibc \
+             {glibc}, ours {ours} ({mode:?})"
+        );
+        assert!(
+            ours * 10 >= glibc * 9,
+            "{limit_mib} MiB limit, {first} B blocks freed, then {second} B blocks ({mode:?}): \
+             {ours}, glibc {glibc}"
+        );
+    }
+}
+
+#[test]
+fn ffi_as_limit_recovery_across_sizes() {
+    check_cross(200, 64 << 10, 4 << 20);
+    check_cross(200, 64, 4 << 20);
+    check_cross(200, 4 << 20, 64 << 10);
 }
 
 #[test]
