@@ -18,7 +18,11 @@
 //! around the hole) and the mapping retried, so address space held by free
 //! memory of one size is available to another.
 //! With transparent hugepages available (`thp=auto`, the default, and the
-//! system's THP mode `always` or `madvise`), chunks get `MADV_HUGEPAGE`.
+//! system's THP mode `always` or `madvise`), chunks get `MADV_HUGEPAGE`
+//! once the heap reaches [`THP_MIN_HEAP_BYTES`] (then the earlier chunks
+//! too): on a 2-core EPYC VM that cuts the CPU time of a random pointer
+//! chase through 1 GiB of 64 B nodes by 38% (building it by 50%) at the
+//! same RSS, while a small process keeps its small RSS.
 //!
 //! Span records live in blocks mapped on demand, each as big as all the
 //! blocks before it (the first holds [`REC_FIRST`] records), found by the
@@ -83,6 +87,9 @@ const REC_BLOCKS: usize = 17;
 /// Spare records kept ready before a heap operation, so that it never fails
 /// half-way for want of a record.
 const REC_SPARE: usize = 4;
+/// Heap size from which chunks get `MADV_HUGEPAGE` (below it, a small
+/// process would pay a whole 2 MiB hugepage of RSS for a few KiB of heap).
+pub const THP_MIN_HEAP_BYTES: usize = 16 << 20;
 /// Spans of an exact-size list looked at when choosing the lowest address.
 const LIST_SCAN: usize = 8;
 const NLISTS: usize = 129;
@@ -105,8 +112,10 @@ struct Inner {
     /// The chunk added last (first page, end page), where the next one is
     /// tried first.
     last_chunk: (usize, usize),
-    /// Whether chunks get `MADV_HUGEPAGE`.
+    /// Whether chunks get `MADV_HUGEPAGE` once the heap reaches
+    /// `THP_MIN_HEAP_BYTES`, and whether it has.
     thp: bool,
+    thp_on: bool,
     /// Span records: `[1, rec_next)` were handed out; `[0, rec_mapped)` are
     /// in mapped blocks.
     rec_next: usize,
@@ -171,6 +180,7 @@ impl PageHeap {
                 nchunks: 0,
                 last_chunk: (0, 0),
                 thp: false,
+                thp_on: false,
                 rec_next: 1,
                 rec_mapped: 0,
                 rec_free: 0,
@@ -197,9 +207,10 @@ impl PageHeap {
         true
     }
 
-    /// Whether chunks get `MADV_HUGEPAGE`.
+    /// Whether chunks get `MADV_HUGEPAGE` (the heap has reached
+    /// `THP_MIN_HEAP_BYTES` with THP available and wanted).
     pub fn uses_thp(&self) -> bool {
-        self.inner.lock().thp
+        self.inner.lock().thp_on
     }
 
     /// The span record with id `id`.
@@ -597,16 +608,31 @@ impl PageHeap {
             unsafe { os::unmap(addr as *mut u8, len) };
             return None;
         }
-        if g.thp {
-            // SAFETY: our fresh chunk. A refusal leaves ordinary pages.
-            unsafe { os::advise_hugepage(addr as *mut u8, len) };
-        }
         let start = addr >> PAGE_SHIFT;
         let npages = len >> PAGE_SHIFT;
         if !self.add_chunk(g, start, npages) {
-            // SAFETY: as above.
+            // SAFETY: the chunk was just mapped and nobody knows it.
             unsafe { os::unmap(addr as *mut u8, len) };
             return None;
+        }
+        if g.thp {
+            if g.thp_on {
+                // SAFETY: our fresh chunk. A refusal leaves ordinary pages.
+                unsafe { os::advise_hugepage(addr as *mut u8, len) };
+            } else if (g.total_pages + npages) << PAGE_SHIFT >= THP_MIN_HEAP_BYTES {
+                // The heap is big enough now: every chunk so far, the new
+                // one included (khugepaged collapses what is resident).
+                g.thp_on = true;
+                for c in &g.chunks[..g.nchunks] {
+                    // SAFETY: our chunks; advice does not change contents.
+                    unsafe {
+                        os::advise_hugepage(
+                            self.map.page_addr(c.start) as *mut u8,
+                            c.npages << PAGE_SHIFT,
+                        )
+                    };
+                }
+            }
         }
         g.last_chunk = (start, start + npages);
         g.total_pages += npages;
@@ -1221,6 +1247,24 @@ mod tests {
             "not in the hole"
         );
         h.check_invariants();
+    }
+
+    #[test]
+    fn hugepages_from_a_heap_size_on() {
+        let h: &'static PageHeap = std::boxed::Box::leak(std::boxed::Box::new(PageHeap::new()));
+        assert!(h.init(true));
+        let (a, _) = h.alloc_span(1, 0, SMALL, 2).unwrap();
+        assert!(!h.uses_thp(), "a small heap gets no hugepages");
+        let (b, _) = h
+            .alloc_span(THP_MIN_HEAP_BYTES >> PAGE_SHIFT, 0, LARGE, 0)
+            .unwrap();
+        assert_eq!(h.uses_thp(), os::thp_available());
+        h.check_invariants();
+        // SAFETY: ours.
+        unsafe {
+            h.free_span(a);
+            h.free_span(b);
+        }
     }
 
     #[test]
