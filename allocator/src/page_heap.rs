@@ -600,7 +600,7 @@ impl PageHeap {
             len = if len > min {
                 (len / 2 / CHUNK_ALIGN_BYTES * CHUNK_ALIGN_BYTES).max(min)
             } else {
-                (len / 2 >> PAGE_SHIFT << PAGE_SHIFT).max(exact)
+                (((len / 2) >> PAGE_SHIFT) << PAGE_SHIFT).max(exact)
             };
         };
         if !self.map.ensure_leaves(addr, len) {

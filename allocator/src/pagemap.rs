@@ -185,8 +185,8 @@ impl PageMap {
         if last >= ROOT_LEN {
             return false;
         }
-        for r in first..=last {
-            if ROOT[r].load(Ordering::Acquire) != 0 {
+        for slot in &ROOT[first..=last] {
+            if slot.load(Ordering::Acquire) != 0 {
                 continue;
             }
             let Some(leaf) = crate::os::map_chunk(LEAF_BYTES, 1 << LEAF_ALIGN_SHIFT) else {
@@ -195,7 +195,7 @@ impl PageMap {
             let leaf = leaf.as_ptr();
             let code = (leaf as usize >> LEAF_ALIGN_SHIFT) as u32;
             if (leaf as usize) >> ADDR_BITS != 0
-                || ROOT[r]
+                || slot
                     .compare_exchange(0, code, Ordering::Release, Ordering::Acquire)
                     .is_err()
             {
@@ -203,7 +203,7 @@ impl PageMap {
                 // kernel answered above 2^47, which it does not unasked).
                 // SAFETY: our fresh leaf was never published.
                 unsafe { crate::os::unmap(leaf, LEAF_BYTES) };
-                if ROOT[r].load(Ordering::Acquire) == 0 {
+                if slot.load(Ordering::Acquire) == 0 {
                     return false;
                 }
             }

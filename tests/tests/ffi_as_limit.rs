@@ -67,8 +67,8 @@ fn check_fill(limit_mib: u64, block: u64, modes: &[Mode]) {
         eprintln!(
             "RLIMIT_AS {limit_mib} MiB, {block} B blocks: glibc {glibc} ({} MiB), ours {ours} ({} MiB), \
              refill {again} ({mode:?})",
-            glibc * block >> 20,
-            ours * block >> 20
+            (glibc * block) >> 20,
+            (ours * block) >> 20
         );
         assert!(
             ours * 10 >= glibc * 9,
