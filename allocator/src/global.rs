@@ -44,7 +44,7 @@ const INITIALIZING: u8 = 1;
 const READY_CACHE: u8 = 2;
 /// Ready, no per-CPU caches (their setup failed): central lists only.
 const READY_CENTRAL: u8 = 3;
-/// The heap reservation failed: every allocation returns null.
+/// Init failed (an OS page larger than ours): every allocation returns null.
 const FAILED: u8 = 4;
 /// Ready, per-CPU caches in use, fast-path hits counted (`stats=1`): the
 /// fast path sees a state other than `READY_CACHE` and takes the cold path

@@ -31,7 +31,7 @@
 //!        │ whole spans
 //!  page heap (one lock)                        page_heap.rs spans, coalescing, release
 //!        │ page map: pointer -> span          pagemap.rs  lock-free reads
-//!  OS: reserve / commit / madvise / mmap       os.rs       (huge blocks: huge.rs)
+//!  OS: chunks / madvise / mmap                os.rs       (huge blocks: huge.rs)
 //! ```
 //!
 //! ## Rules
