@@ -371,7 +371,7 @@ mod tests {
 
     fn heap() -> &'static PageHeap {
         let h: &'static PageHeap = std::boxed::Box::leak(std::boxed::Box::new(PageHeap::new()));
-        assert!(h.init(256 << 20));
+        assert!(h.init(false));
         h
     }
 

@@ -93,34 +93,6 @@ pub(crate) static FAST: Fast = Fast {
     t8: size_class::fast_table::<T8_LEN>(3),
 };
 
-/// The address of a static, RIP-relative. Rust code in a cdylib reaches
-/// statics through the GOT (a load before every access) because rustc
-/// cannot prove them local; `lea` of the symbol is resolved by the linker,
-/// which knows they are.
-macro_rules! rip_ref {
-    ($ty:ty, $path:path) => {{
-        #[cfg(target_arch = "x86_64")]
-        {
-            let p: *const $ty;
-            // SAFETY: computes the address of a static; touches no memory.
-            unsafe {
-                core::arch::asm!(
-                    "lea {p}, [rip + {s}]",
-                    p = out(reg) p,
-                    s = sym $path,
-                    options(pure, nomem, nostack, preserves_flags),
-                )
-            };
-            // SAFETY: `p` is the address of a `'static` of type `$ty`.
-            unsafe { &*p }
-        }
-        #[cfg(not(target_arch = "x86_64"))]
-        {
-            &$path
-        }
-    }};
-}
-
 #[inline(always)]
 pub(crate) fn fast() -> &'static Fast {
     rip_ref!(Fast, FAST)
@@ -307,7 +279,7 @@ pub(crate) unsafe fn free_known(p: *mut u8, class: SizeClass, who: &'static str)
 /// `p` is null or a block of this allocator not used afterwards.
 #[inline(always)]
 pub(crate) unsafe fn free(p: *mut u8) {
-    let e = map().lookup(p as usize);
+    let e = map().entry_of(p as usize);
     let class = PageMap::entry_class(e);
     if class != 0 {
         if let Some(off) = PageMap::small_offset(e, p as usize) {

@@ -26,9 +26,6 @@ use rseq_sys::percpu::{Discipline, Index};
 /// Requests of at least this many bytes (size + alignment slack) are mapped
 /// directly.
 pub const HUGE_THRESHOLD_BYTES: usize = 1 << 20;
-/// Address space reserved for the page heap (halved until the kernel
-/// accepts, down to 256 MiB).
-pub const HEAP_RESERVE_BYTES: usize = 256 << 30;
 /// What `malloc` guarantees.
 pub const MIN_ALIGN: usize = 16;
 
@@ -38,7 +35,7 @@ const INITIALIZING: u8 = 1;
 const READY_CACHE: u8 = 2;
 /// Ready, no per-CPU caches (their setup failed): central lists only.
 const READY_CENTRAL: u8 = 3;
-/// The heap reservation failed: every allocation returns null.
+/// Init failed (an OS page larger than ours): every allocation returns null.
 const FAILED: u8 = 4;
 /// Ready, per-CPU caches in use, fast-path hits counted (`stats=1`): the
 /// fast path sees a state other than `READY_CACHE` and takes the cold path
@@ -150,7 +147,7 @@ fn do_init() -> u8 {
     if crate::os::os_page_size() > PAGE_BYTES {
         return FAILED;
     }
-    if !HEAP.init(HEAP_RESERVE_BYTES) {
+    if !HEAP.init(cfg.thp == crate::config::ThpChoice::Auto) {
         return FAILED;
     }
     if crate::cpu_cache::init(&cfg) {
@@ -266,7 +263,16 @@ pub(crate) fn alloc_big(size: usize, align: usize, zero: bool) -> *mut u8 {
         return ptr::null_mut();
     };
     if need >= HUGE_THRESHOLD_BYTES {
-        return HUGE.alloc(size, align.max(crate::os::OS_PAGE_BYTES));
+        let p = HUGE.alloc(size, align.max(crate::os::OS_PAGE_BYTES));
+        if p.is_null() {
+            // Under an address-space limit, free heap memory may hold the
+            // space: return cached objects to the heap, unmap free spans.
+            crate::refill::reclaim();
+            if HEAP.give_back_address_space() > 0 {
+                return HUGE.alloc(size, align.max(crate::os::OS_PAGE_BYTES));
+            }
+        }
+        return p;
     }
     let npages = size.max(1).div_ceil(PAGE_BYTES);
     let mut got = HEAP.alloc_span(npages, align, LARGE, 0);
@@ -303,8 +309,7 @@ pub(crate) enum Block<'a> {
 #[inline]
 pub(crate) fn classify(p: *mut u8, who: &str) -> Block<'static> {
     let addr = p as usize;
-    if let Some(page) = HEAP.map.page_of(addr) {
-        let entry = HEAP.map.get_raw(page);
+    if let Some((_, entry)) = HEAP.map.lookup(addr) {
         let (class_idx, page_in_span) = PageMap::small_of(entry);
         if let Some(class) = SizeClass::from_index(class_idx) {
             // A page of small objects: the entry alone gives the class, the
@@ -343,6 +348,10 @@ fn classify_span(p: *mut u8, id: u32, who: &str) -> Block<'static> {
             LARGE if addr == start => return Block::Large(s),
             _ => {}
         }
+    } else {
+        // No span here (a leaf covers the GiB but not this page): maybe a
+        // huge block mapped next to the heap.
+        return classify_outside(p, who);
     }
     util::invalid_pointer(who, p)
 }
@@ -600,7 +609,7 @@ pub(crate) fn fork_child() {
 /// Whether `p` points inside our heap, a huge block or the bootstrap arena.
 pub(crate) fn owns(p: *const u8) -> bool {
     let addr = p as usize;
-    if HEAP.map.page_of(addr).is_some() || is_boot(addr) {
+    if HEAP.map.lookup(addr).is_some_and(|(_, e)| e != 0) || is_boot(addr) {
         return true;
     }
     // Huge blocks: the pointer may be interior; only starts are indexed, so

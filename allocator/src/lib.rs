@@ -31,7 +31,7 @@
 //!        │ whole spans
 //!  page heap (one lock)                        page_heap.rs spans, coalescing, release
 //!        │ page map: pointer -> span          pagemap.rs  lock-free reads
-//!  OS: reserve / commit / madvise / mmap       os.rs       (huge blocks: huge.rs)
+//!  OS: chunks / madvise / mmap                os.rs       (huge blocks: huge.rs)
 //! ```
 //!
 //! ## Rules
@@ -51,6 +51,34 @@
     clippy::undocumented_unsafe_blocks,
     clippy::missing_safety_doc
 )]
+
+/// The address of a static, RIP-relative. Rust code in a cdylib reaches
+/// statics through the GOT (a load before every access) because rustc
+/// cannot prove them local; `lea` of the symbol is resolved by the linker,
+/// which knows they are.
+macro_rules! rip_ref {
+    ($ty:ty, $path:path) => {{
+        #[cfg(target_arch = "x86_64")]
+        {
+            let p: *const $ty;
+            // SAFETY: computes the address of a static; touches no memory.
+            unsafe {
+                core::arch::asm!(
+                    "lea {p}, [rip + {s}]",
+                    p = out(reg) p,
+                    s = sym $path,
+                    options(pure, nomem, nostack, preserves_flags),
+                )
+            };
+            // SAFETY: `p` is the address of a `'static` of type `$ty`.
+            unsafe { &*p }
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        {
+            &$path
+        }
+    }};
+}
 
 pub mod central;
 pub mod config;

@@ -7,6 +7,9 @@
 //! - `release`: `madvise(MADV_DONTNEED)`: the pages stay mapped and writable,
 //!   their memory goes back to the kernel, and they read as zero next time.
 //! - `map` / `unmap` / `remap`: direct mappings for huge blocks and metadata.
+//! - `map_chunk` / `map_at`: read-write `MAP_NORESERVE` heap chunks, 2 MiB
+//!   aligned, anywhere or exactly next to the previous chunk;
+//!   `advise_hugepage` / `thp_available`: transparent hugepages.
 //!
 //! All functions return `None`/`false` on failure and never panic.
 
@@ -80,6 +83,90 @@ pub unsafe fn remap(p: *mut u8, old_len: usize, new_len: usize) -> Option<NonNul
         return None;
     }
     NonNull::new(q.cast())
+}
+
+/// Maps `len` bytes of fresh zeroed read-write memory (`MAP_NORESERVE`)
+/// exactly at `addr`, failing (rather than replacing anything) if any part
+/// of the range is in use (`MAP_FIXED_NOREPLACE`; a kernel that ignores the
+/// flag and answers elsewhere is treated as a failure).
+pub fn map_at(addr: usize, len: usize) -> Option<NonNull<u8>> {
+    if len == 0 || addr == 0 {
+        return None;
+    }
+    let flags =
+        libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE | libc::MAP_FIXED_NOREPLACE;
+    // SAFETY: MAP_FIXED_NOREPLACE never replaces an existing mapping, so
+    // the new mapping cannot alias any existing Rust object.
+    let p = unsafe {
+        libc::mmap(
+            addr as *mut _,
+            len,
+            libc::PROT_READ | libc::PROT_WRITE,
+            flags,
+            -1,
+            0,
+        )
+    };
+    if p == libc::MAP_FAILED {
+        return None;
+    }
+    if p as usize != addr {
+        // SAFETY: an old kernel placed a fresh mapping elsewhere; it is ours
+        // and unknown to anyone.
+        unsafe { libc::munmap(p, len) };
+        return None;
+    }
+    NonNull::new(p.cast())
+}
+
+/// Maps a heap chunk (or a page-map leaf): `len` bytes of zeroed read-write
+/// memory (`MAP_NORESERVE`), aligned to `align` (a power of two). Tries an
+/// exact-size mapping first (it is often aligned, and it needs no slack
+/// under an address-space limit), then over-maps and trims.
+pub fn map_chunk(len: usize, align: usize) -> Option<NonNull<u8>> {
+    let prot = libc::PROT_READ | libc::PROT_WRITE;
+    let p = map(len, prot, true)?;
+    if (p.as_ptr() as usize).is_multiple_of(align) {
+        return Some(p);
+    }
+    // SAFETY: the mapping was just made and nobody knows it.
+    unsafe { unmap(p.as_ptr(), len) };
+    map_aligned(len, align, prot, true)
+}
+
+/// Asks for transparent hugepages on `[p, p+len)` (`MADV_HUGEPAGE`);
+/// false if the kernel refused (the range works as before).
+///
+/// # Safety
+/// The range is a mapping of ours.
+pub unsafe fn advise_hugepage(p: *mut u8, len: usize) -> bool {
+    // SAFETY: madvise(MADV_HUGEPAGE) only changes how the kernel backs the
+    // range; contents are unaffected.
+    unsafe { libc::madvise(p.cast(), len, libc::MADV_HUGEPAGE) == 0 }
+}
+
+/// Whether the kernel would give transparent hugepages to a range advised
+/// with `MADV_HUGEPAGE`: `/sys/kernel/mm/transparent_hugepage/enabled`
+/// selects `[always]` or `[madvise]` (read with plain system calls, no
+/// allocation).
+pub fn thp_available() -> bool {
+    let path = b"/sys/kernel/mm/transparent_hugepage/enabled\0";
+    // SAFETY: a NUL-terminated path; the fd is closed below.
+    let fd = unsafe { libc::open(path.as_ptr().cast(), libc::O_RDONLY | libc::O_CLOEXEC) };
+    if fd < 0 {
+        return false;
+    }
+    let mut buf = [0u8; 128];
+    // SAFETY: reading into a stack buffer of the given length.
+    let n = unsafe { libc::read(fd, buf.as_mut_ptr().cast(), buf.len()) };
+    // SAFETY: fd is ours.
+    unsafe { libc::close(fd) };
+    if n <= 0 {
+        return false;
+    }
+    let text = &buf[..n as usize];
+    let has = |pat: &[u8]| text.windows(pat.len()).any(|w| w == pat);
+    has(b"[always]") || has(b"[madvise]")
 }
 
 /// Reserves `len` bytes of address space aligned to `align` (PROT_NONE,

@@ -1,9 +1,19 @@
 //! Page map: heap page -> span id, in O(1) with lock-free reads.
 //!
-//! A flat array of `AtomicU64`, one entry per page of the heap reservation,
-//! itself living in the reservation (committed together with the pages it
-//! describes). A pointer outside `[base, base + limit * PAGE_BYTES)` is not
-//! ours; inside, an entry whose span id is 0 means "no live span here".
+//! A two-level radix map over the whole user address space (47 bits). The
+//! root is a static array in `.bss` (reached RIP-relative, no pointer load
+//! to find it) indexed by the address's bits 30..47; each entry is 0 or
+//! names a leaf covering 1 GiB, one `AtomicU64` per 8 KiB page (1 MiB of
+//! address space per leaf, mapped when the page heap adds a chunk in that
+//! GiB and never unmapped). Root entries are 32 bits, the leaf's address
+//! shifted right by 16 (leaves are 64 KiB aligned and below 2^47), so the
+//! root costs 512 KiB of address space (it counts against `RLIMIT_AS`). A
+//! lookup is two dependent loads (root entry, leaf entry) and a shift; an
+//! address above 2^47 or whose root entry is 0 is not ours, answered
+//! without touching anything but the root.
+//!
+//! Pages are named by their absolute page number (`addr >> PAGE_SHIFT`), so
+//! `page_addr` is a shift.
 //!
 //! Entry layout: bits 0..32 span id; for pages of a span of small objects,
 //! bits 32..40 the page's index inside its span and bits 40..48 the size
@@ -15,14 +25,35 @@
 //! - every page of a span in use (small or large) maps to that span's id;
 //! - a free span maps only its first and last page to its id (for
 //!   coalescing); its other pages map to 0;
-//! - pages never handed out map to 0.
+//! - pages not in any heap chunk map to 0 (or have no leaf).
 //!
 //! Readers (`free`, `usable_size`) load with `Acquire`; writers store with
 //! `Release` after filling the span's fields, so a reader that sees an id
-//! sees the span it describes.
+//! sees the span it describes. A leaf is published in the root (Release,
+//! compare-exchange) before any page in it becomes part of a span; leaves
+//! are fresh zeroed mappings, so a reader that sees the leaf sees zeros or
+//! entries stored after it.
 
 use crate::size_class::{PAGE_BYTES, PAGE_SHIFT};
-use core::sync::atomic::{AtomicPtr, AtomicU64, AtomicUsize, Ordering};
+use core::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+
+/// Address bits of user space covered by the map.
+pub const ADDR_BITS: u32 = 47;
+/// Address bits covered by one leaf (1 GiB).
+pub const LEAF_ADDR_SHIFT: u32 = 30;
+/// Root entries.
+const ROOT_LEN: usize = 1 << (ADDR_BITS - LEAF_ADDR_SHIFT);
+/// Pages per leaf.
+const LEAF_PAGES: usize = 1 << (LEAF_ADDR_SHIFT - PAGE_SHIFT);
+/// Bytes of one leaf.
+pub const LEAF_BYTES: usize = LEAF_PAGES * 8;
+/// Root entries hold a leaf's address shifted right by this much.
+const LEAF_ALIGN_SHIFT: u32 = 16;
+const _: () = assert!(ADDR_BITS - LEAF_ALIGN_SHIFT <= 32);
+
+/// The root: shared by every `PageMap` (there is one heap per process; the
+/// unit tests' private heaps own disjoint chunks, so sharing is harmless).
+static ROOT: [AtomicU32; ROOT_LEN] = [const { AtomicU32::new(0) }; ROOT_LEN];
 
 /// Id of a span in the span arena (never 0 for a real span).
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -34,105 +65,103 @@ pub struct SpanId(pub u32);
 const LIMIT_SHIFT: u32 = 48;
 const LIMIT_MASK: u64 = 0x7fff;
 
-/// The page map. Inert (everything foreign) until `init`.
+/// The page map (a handle on the static root).
 pub struct PageMap {
-    base: AtomicUsize,
-    npages: AtomicUsize,
-    /// Pages whose entries are committed (`<= npages`); lookups beyond are
-    /// answered "not ours" without reading the (uncommitted) entry.
-    limit: AtomicUsize,
-    entries: AtomicPtr<AtomicU64>,
+    _private: (),
 }
 
 impl PageMap {
-    /// An inert page map.
+    /// The page map.
     pub const fn new() -> Self {
-        PageMap {
-            base: AtomicUsize::new(0),
-            npages: AtomicUsize::new(0),
-            limit: AtomicUsize::new(0),
-            entries: AtomicPtr::new(core::ptr::null_mut()),
+        PageMap { _private: () }
+    }
+
+    #[inline(always)]
+    fn leaf(page: usize) -> *mut AtomicU64 {
+        let r = page >> (LEAF_ADDR_SHIFT - PAGE_SHIFT);
+        if r >= ROOT_LEN {
+            return core::ptr::null_mut();
         }
+        // The root through `rip_ref!`: a plain access from the cdylib would
+        // first load the root's address from the GOT.
+        let root = rip_ref!([AtomicU32; ROOT_LEN], ROOT);
+        ((root[r].load(Ordering::Acquire) as usize) << LEAF_ALIGN_SHIFT) as *mut AtomicU64
     }
 
-    /// Sets the heap range and the entry array.
-    ///
-    /// # Safety
-    /// `entries` points to `npages` zeroed `u64`s that outlive `self`, of
-    /// which the first `limit` are committed (see `set_limit`); called once,
-    /// before any other thread can reach this map.
-    pub unsafe fn init(&self, base: usize, npages: usize, entries: *mut u64) {
-        self.entries.store(entries.cast(), Ordering::Relaxed);
-        self.npages.store(npages, Ordering::Relaxed);
-        self.base.store(base, Ordering::Release);
-    }
-
-    /// The heap base address (0 before init).
-    #[inline(always)]
-    pub fn base(&self) -> usize {
-        self.base.load(Ordering::Relaxed)
-    }
-
-    /// Pages covered.
-    #[inline(always)]
-    pub fn npages(&self) -> usize {
-        self.npages.load(Ordering::Relaxed)
-    }
-
-    /// Raises the number of pages whose entries are committed.
-    ///
-    /// # Safety
-    /// Entries `[0, limit)` are committed (readable and writable) memory.
-    pub unsafe fn set_limit(&self, limit: usize) {
-        debug_assert!(limit <= self.npages());
-        self.limit.store(limit, Ordering::Release);
-    }
-
-    /// The page index of `addr` if it lies inside the part of the heap
-    /// reservation in use so far (the pages whose entries are committed).
+    /// The page of `addr` if a leaf covers it (the address may still be in
+    /// no span: its entry is then 0).
     #[inline(always)]
     pub fn page_of(&self, addr: usize) -> Option<usize> {
-        let off = addr.wrapping_sub(self.base.load(Ordering::Acquire));
-        let page = off >> PAGE_SHIFT;
-        if page < self.limit.load(Ordering::Acquire) {
-            Some(page)
-        } else {
+        let page = addr >> PAGE_SHIFT;
+        if Self::leaf(page).is_null() {
             None
+        } else {
+            Some(page)
         }
+    }
+
+    /// `page_of` and `get_raw` in one: the page of `addr` and its entry,
+    /// or None if no leaf covers it (two dependent loads).
+    #[inline(always)]
+    pub fn lookup(&self, addr: usize) -> Option<(usize, u64)> {
+        let page = addr >> PAGE_SHIFT;
+        let leaf = Self::leaf(page);
+        if leaf.is_null() {
+            return None;
+        }
+        // SAFETY: a non-null root entry points to a leaf of LEAF_PAGES
+        // entries that is never unmapped; the index is masked into it.
+        Some((
+            page,
+            unsafe { &*leaf.add(page & (LEAF_PAGES - 1)) }.load(Ordering::Acquire),
+        ))
     }
 
     /// Address of page `page`.
     #[inline(always)]
     pub fn page_addr(&self, page: usize) -> usize {
-        self.base() + (page << PAGE_SHIFT)
+        page << PAGE_SHIFT
     }
 
     #[inline(always)]
-    fn entry(&self, page: usize) -> &AtomicU64 {
-        debug_assert!(page < self.limit.load(Ordering::Relaxed));
-        // SAFETY: `page < limit` (callers get pages from `page_of` or from
-        // spans, which lie below the heap's commit mark = limit), and
-        // entries below `limit` are committed.
-        unsafe { &*self.entries.load(Ordering::Relaxed).add(page) }
+    fn entry(&self, page: usize) -> Option<&AtomicU64> {
+        let leaf = Self::leaf(page);
+        if leaf.is_null() {
+            return None;
+        }
+        // SAFETY: as in `lookup`.
+        Some(unsafe { &*leaf.add(page & (LEAF_PAGES - 1)) })
     }
 
-    /// The span id at `page` (0 = none).
+    /// The span id at `page` (0 = none, also for a page without a leaf).
     #[inline(always)]
     pub fn get(&self, page: usize) -> u32 {
-        self.entry(page).load(Ordering::Acquire) as u32
+        self.get_raw(page) as u32
     }
 
-    /// The whole entry at `page` (see the module doc for the layout).
+    /// The whole entry at `page` (see the module doc for the layout; 0 for a
+    /// page without a leaf).
     #[inline(always)]
     pub fn get_raw(&self, page: usize) -> u64 {
-        self.entry(page).load(Ordering::Acquire)
+        match self.entry(page) {
+            Some(e) => e.load(Ordering::Acquire),
+            None => 0,
+        }
     }
 
     /// Sets one entry to a span id, without small-object data (page-heap
-    /// lock held).
+    /// lock held; the page's leaf exists: it is in a heap chunk).
     #[inline]
     pub fn set(&self, page: usize, id: u32) {
-        self.entry(page).store(id as u64, Ordering::Release)
+        self.store(page, id as u64)
+    }
+
+    #[inline]
+    fn store(&self, page: usize, v: u64) {
+        match self.entry(page) {
+            Some(e) => e.store(v, Ordering::Release),
+            None => debug_assert!(v == 0, "page {page:#x} has no leaf"),
+        }
     }
 
     /// Sets `n` entries starting at `page` (page-heap lock held).
@@ -161,17 +190,17 @@ impl PageMap {
                 | ((i as u64) << 32)
                 | ((class as u64) << 40)
                 | ((lim as u64) << LIMIT_SHIFT);
-            self.entry(page + i).store(e, Ordering::Release);
+            self.store(page + i, e);
         }
     }
 
-    /// The entry of the page holding `addr`, or 0 when `addr` is not in the
-    /// heap (null and foreign pointers included): at most the loads of
-    /// `page_of` plus one.
+    /// The entry of the page holding `addr`, or 0 when no span covers it
+    /// (null and foreign pointers included): the root's bounds check, the
+    /// root entry and the leaf entry, nothing else.
     #[inline(always)]
-    pub fn lookup(&self, addr: usize) -> u64 {
-        match self.page_of(addr) {
-            Some(page) => self.get_raw(page),
+    pub fn entry_of(&self, addr: usize) -> u64 {
+        match self.lookup(addr) {
+            Some((_, e)) => e,
             None => 0,
         }
     }
@@ -197,6 +226,46 @@ impl PageMap {
         }
     }
 
+    /// Makes sure leaves cover `[addr, addr + len)` (mapping the missing
+    /// ones); false if a leaf could not be mapped. Called by the page heap
+    /// before the range's pages become spans.
+    pub fn ensure_leaves(&self, addr: usize, len: usize) -> bool {
+        if len == 0 {
+            return true;
+        }
+        let Some(last) = addr.checked_add(len - 1) else {
+            return false;
+        };
+        let (first, last) = (addr >> LEAF_ADDR_SHIFT, last >> LEAF_ADDR_SHIFT);
+        if last >= ROOT_LEN {
+            return false;
+        }
+        for slot in &ROOT[first..=last] {
+            if slot.load(Ordering::Acquire) != 0 {
+                continue;
+            }
+            let Some(leaf) = crate::os::map_chunk(LEAF_BYTES, 1 << LEAF_ALIGN_SHIFT) else {
+                return false;
+            };
+            let leaf = leaf.as_ptr();
+            let code = (leaf as usize >> LEAF_ALIGN_SHIFT) as u32;
+            if (leaf as usize) >> ADDR_BITS != 0
+                || slot
+                    .compare_exchange(0, code, Ordering::Release, Ordering::Acquire)
+                    .is_err()
+            {
+                // Another heap (unit tests) installed it first (or the
+                // kernel answered above 2^47, which it does not unasked).
+                // SAFETY: our fresh leaf was never published.
+                unsafe { crate::os::unmap(leaf, LEAF_BYTES) };
+                if slot.load(Ordering::Acquire) == 0 {
+                    return false;
+                }
+            }
+        }
+        true
+    }
+
     /// Splits a raw entry into (class, page index inside the span); class 0
     /// means "not a page of small objects".
     #[inline(always)]
@@ -205,11 +274,6 @@ impl PageMap {
             ((entry >> 40) & 0xff) as usize,
             ((entry >> 32) & 0xff) as usize,
         )
-    }
-
-    /// Bytes of entry array needed for `npages` pages.
-    pub const fn bytes_for(npages: usize) -> usize {
-        npages * 8
     }
 }
 
@@ -228,29 +292,34 @@ mod tests {
 
     #[test]
     fn foreign_and_ours() {
-        let mut entries = vec![0u64; 16];
         let pm = PageMap::new();
-        assert_eq!(pm.page_of(0x1234), None);
-        let base = 1usize << 30;
-        // SAFETY: the vec outlives pm within this test.
-        unsafe { pm.init(base, 16, entries.as_mut_ptr()) };
-        assert_eq!(pm.page_of(base), None, "nothing committed yet");
-        // SAFETY: all 16 entries exist in the vec.
-        unsafe { pm.set_limit(16) };
-        assert_eq!(pm.page_of(base - 1), None);
-        assert_eq!(pm.page_of(base), Some(0));
-        assert_eq!(pm.page_of(base + PAGE * 16 - 1), Some(15));
-        assert_eq!(pm.page_of(base + PAGE * 16), None);
-        assert_eq!(pm.page_of(0), None);
-        pm.set_range(3, 4, 9);
-        assert_eq!(pm.get(2), 0);
-        assert_eq!(pm.get(3), 9);
-        assert_eq!(pm.get(6), 9);
-        assert_eq!(pm.get(7), 0);
-        assert_eq!(pm.page_addr(2), base + 2 * PAGE);
-        pm.set_small_range(8, 3, 5, 17);
-        assert_eq!(pm.get(9), 5);
-        assert_eq!(PageMap::small_of(pm.get_raw(9)), (17, 1));
-        assert_eq!(PageMap::small_of(pm.get_raw(3)), (0, 0));
+        let len = 4 * PAGE;
+        let mem = crate::os::map(len, libc::PROT_READ | libc::PROT_WRITE, true)
+            .unwrap()
+            .as_ptr() as usize;
+        assert_eq!(pm.page_of(usize::MAX - 5), None, "beyond user space");
+        assert_eq!(pm.lookup(1usize << 47), None);
+        assert!(pm.ensure_leaves(mem, len));
+        let base = (mem >> PAGE_SHIFT) << PAGE_SHIFT;
+        let p0 = base >> PAGE_SHIFT;
+        assert_eq!(pm.page_of(base), Some(p0));
+        assert_eq!(pm.page_of(base + PAGE - 1), Some(p0));
+        assert_eq!(pm.lookup(base + 17), Some((p0, 0)));
+        pm.set_range(p0, 2, 9);
+        assert_eq!(pm.get(p0), 9);
+        assert_eq!(pm.get(p0 + 1), 9);
+        assert_eq!(pm.get(p0 + 2), 0);
+        assert_eq!(pm.page_addr(p0 + 2), base + 2 * PAGE);
+        pm.set_small_range(p0 + 1, 2, 5, 17);
+        assert_eq!(pm.get(p0 + 2), 5);
+        assert_eq!(PageMap::small_of(pm.get_raw(p0 + 2)), (17, 1));
+        assert_eq!(
+            pm.lookup(base + PAGE + 8),
+            Some((p0 + 1, pm.get_raw(p0 + 1)))
+        );
+        assert_eq!(PageMap::small_of(pm.get_raw(p0)), (0, 0));
+        pm.set_range(p0, 3, 0);
+        // A page with no leaf reads as 0 and stores of 0 are ignored.
+        assert_eq!(pm.get_raw(usize::MAX >> PAGE_SHIFT), 0);
     }
 }

@@ -12,7 +12,7 @@
 //! use (small or large).
 
 use core::cell::UnsafeCell;
-use core::sync::atomic::{AtomicU32, AtomicU8, Ordering};
+use core::sync::atomic::{AtomicU32, AtomicU8, AtomicUsize, Ordering};
 
 /// Span state: free, owned by the page heap.
 pub const FREE: u8 = 0;
@@ -46,8 +46,8 @@ pub struct Locked {
 
 /// The metadata record of one span (lives in the span arena).
 pub struct Span {
-    /// First page (index relative to the heap base).
-    pub start_page: AtomicU32,
+    /// First page (absolute page number: address >> PAGE_SHIFT).
+    pub start_page: AtomicUsize,
     /// Length in pages.
     pub npages: AtomicU32,
     /// Size class index when SMALL, 0 otherwise.
@@ -65,7 +65,7 @@ impl Span {
     /// First page.
     #[inline(always)]
     pub fn start(&self) -> usize {
-        self.start_page.load(Ordering::Relaxed) as usize
+        self.start_page.load(Ordering::Relaxed)
     }
     /// Length in pages.
     #[inline(always)]

@@ -52,8 +52,9 @@ fn case_body(case: &str) {
                 raw::free(p);
             }
             "beyond_commit" => {
-                // Inside the address-space reservation, far above anything
-                // committed: must be reported, not fault.
+                // 8 GiB above a heap block, where no heap chunk is mapped
+                // (or is a page-map leaf's GiB, but no span): must be
+                // reported, not fault.
                 let p = raw::malloc(16).wrapping_add(8 << 30);
                 announce(p);
                 raw::free(p);
