@@ -224,11 +224,55 @@ pub fn env_value() -> Option<&'static [u8]> {
     }
 }
 
-/// Reads and parses the environment (warnings on stderr).
+/// Reads and parses the environment (warnings on stderr), and records the
+/// result as the options in effect ([`in_effect`]).
 pub fn from_env() -> Config {
-    match env_value() {
+    let cfg = match env_value() {
         Some(v) => parse(v, &mut Stderr),
         None => Config::DEFAULT,
+    };
+    IN_EFFECT.set(cfg);
+    cfg
+}
+
+/// The configuration recorded by the last [`from_env`], published with a
+/// sequence flag (written once at init, read any time).
+struct InEffect {
+    ready: core::sync::atomic::AtomicBool,
+    cfg: core::cell::UnsafeCell<Config>,
+}
+
+// SAFETY: `cfg` is written only by `set`, once, by the initialising thread,
+// before `ready` is released; readers look at it only after acquiring
+// `ready`.
+unsafe impl Sync for InEffect {}
+
+impl InEffect {
+    fn set(&self, cfg: Config) {
+        use core::sync::atomic::Ordering;
+        if self.ready.load(Ordering::Acquire) {
+            return;
+        }
+        // SAFETY: not yet published; only the initialising thread gets here
+        // (init runs once; a second call returned above).
+        unsafe { *self.cfg.get() = cfg };
+        self.ready.store(true, Ordering::Release);
+    }
+}
+
+static IN_EFFECT: InEffect = InEffect {
+    ready: core::sync::atomic::AtomicBool::new(false),
+    cfg: core::cell::UnsafeCell::new(Config::DEFAULT),
+};
+
+/// The options in effect: what [`from_env`] parsed, or the defaults before.
+pub fn in_effect() -> Config {
+    use core::sync::atomic::Ordering;
+    if IN_EFFECT.ready.load(Ordering::Acquire) {
+        // SAFETY: published (see `InEffect`), never written again.
+        unsafe { *IN_EFFECT.cfg.get() }
+    } else {
+        Config::DEFAULT
     }
 }
 

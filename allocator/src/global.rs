@@ -319,6 +319,7 @@ fn reclaim() -> bool {
 #[inline(never)]
 fn malloc_miss(class: SizeClass, e: OpError) -> *mut u8 {
     let misses = FAST_MISSES.fetch_add(1, Ordering::Relaxed);
+    crate::stats::note_peaks();
     let period = crate::cpu_cache::idle_scan_period();
     if misses % period == period - 1 {
         crate::cpu_cache::drain_idle_regions();
@@ -453,6 +454,7 @@ pub(crate) fn alloc_big(size: usize, align: usize, zero: bool) -> *mut u8 {
     let Some(need) = size.checked_add(align) else {
         return ptr::null_mut();
     };
+    crate::stats::note_peaks();
     if need >= HUGE_THRESHOLD_BYTES {
         return HUGE.alloc(size, align.max(crate::os::OS_PAGE_BYTES));
     }

@@ -733,6 +733,15 @@ impl Default for PageHeap {
     }
 }
 
+impl PageHeap {
+    /// Bytes of page-map entries and span records committed (the heap's
+    /// metadata, for statistics).
+    pub fn metadata_bytes(&self) -> usize {
+        let g = self.inner.lock();
+        g.map_committed_bytes + g.rec_committed
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

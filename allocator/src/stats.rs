@@ -19,10 +19,41 @@
 
 use crate::cpu_cache::SLABS;
 use crate::global::{self, CENTRAL, HEAP, HUGE};
+use crate::raw::Counters;
 use crate::size_class::SizeClass;
 use crate::util::MsgBuf;
-use crate::Stats;
-use core::sync::atomic::Ordering;
+use core::sync::atomic::{AtomicUsize, Ordering};
+
+/// Highest `active` / `mapped` seen (see [`note_peaks`]).
+pub(crate) static PEAK_ACTIVE: AtomicUsize = AtomicUsize::new(0);
+pub(crate) static PEAK_MAPPED: AtomicUsize = AtomicUsize::new(0);
+
+/// `(active, mapped)` right now, from a handful of relaxed loads:
+/// `active` = bytes of spans in use (small and large) plus huge mappings;
+/// `mapped` = committed heap bytes not released plus huge mappings.
+pub(crate) fn active_mapped() -> (usize, usize) {
+    let h = HEAP.stats();
+    let huge = HUGE.bytes();
+    let released = h.free_bytes.saturating_sub(h.free_dirty_bytes);
+    (
+        h.small_bytes + h.large_bytes + huge,
+        h.committed_bytes.saturating_sub(released) + huge,
+    )
+}
+
+/// Folds the current `active` / `mapped` into the peaks. Called on slow
+/// paths only (per-CPU cache refills, large and huge allocations,
+/// snapshots): a few loads and two `fetch_max`, next to work that costs
+/// far more. A peak is therefore the highest value seen at such a point.
+pub(crate) fn note_peaks() {
+    let (active, mapped) = active_mapped();
+    if active > PEAK_ACTIVE.load(Ordering::Relaxed) {
+        PEAK_ACTIVE.fetch_max(active, Ordering::Relaxed);
+    }
+    if mapped > PEAK_MAPPED.load(Ordering::Relaxed) {
+        PEAK_MAPPED.fetch_max(mapped, Ordering::Relaxed);
+    }
+}
 
 /// Bytes of free objects in one region's cache (racy).
 pub fn cached_bytes_in_region(region: usize) -> usize {
@@ -33,7 +64,7 @@ pub fn cached_bytes_in_region(region: usize) -> usize {
 }
 
 /// A snapshot of the counters.
-pub fn snapshot() -> Stats {
+pub fn snapshot() -> Counters {
     let h = HEAP.stats();
     let cached: usize = if global::cache_ready() {
         (0..SLABS.nregions()).map(cached_bytes_in_region).sum()
@@ -46,7 +77,8 @@ pub fn snapshot() -> Stats {
         small_used += total.saturating_sub(free) * c.size_bytes();
     }
     let huge = HUGE.bytes();
-    Stats {
+    note_peaks();
+    Counters {
         mapped_bytes: h.committed_bytes + huge,
         in_use_bytes: small_used.saturating_sub(cached) + h.large_bytes + huge,
         cached_bytes: cached,
