@@ -40,6 +40,8 @@ pub struct Stats {
     pub cached: usize,
     /// Bytes of huge blocks (1 MiB and more, mapped directly).
     pub huge: usize,
+    /// Number of live huge blocks.
+    pub huge_blocks: usize,
     /// Highest `active` seen at a slow-path event (a cache refill, a large
     /// or huge allocation, a snapshot): the peak of `allocated` plus the
     /// free space inside the spans used then, never below the true peak of
@@ -102,6 +104,7 @@ pub fn stats() -> Stats {
         metadata,
         cached: c.cached_bytes,
         huge,
+        huge_blocks: HUGE.count(),
         peak_active: crate::stats::PEAK_ACTIVE.load(Ordering::Relaxed),
         peak_mapped: crate::stats::PEAK_MAPPED.load(Ordering::Relaxed),
         fast_hits: c.fast_hits,

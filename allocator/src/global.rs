@@ -179,6 +179,7 @@ fn after_init() {
             .dec(rseq_sys::registration::possible_cpus() as u64)
             .str("\n");
         m.flush_stderr();
+        crate::config::print_options(&crate::config::in_effect());
     }
     if CONFIG_STATS.load(Ordering::Relaxed) {
         extern "C" fn at_exit() {
