@@ -78,6 +78,13 @@ pub fn built() -> &'static Built {
             "cargo build --release -p rseq-malloc failed:\n{}",
             String::from_utf8_lossy(&out.stderr)
         );
+        // The SONAME is librseq_malloc.so.0: a program linked against the
+        // build directory needs that name next to the library, as an
+        // install (ffi/install.sh) provides.
+        let soname = target.join("release").join("librseq_malloc.so.0");
+        if std::fs::symlink_metadata(&soname).is_err() {
+            let _ = std::os::unix::fs::symlink("librseq_malloc.so", &soname);
+        }
         let dir = target.join("release");
         let built = Built {
             cdylib: dir.join("librseq_malloc.so"),
