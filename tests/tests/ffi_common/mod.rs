@@ -347,7 +347,7 @@ pub fn assert_init_line(stderr: &str, mode: Mode, what: &str) {
 pub fn without_init_lines(stderr: &str) -> String {
     stderr
         .lines()
-        .filter(|l| !l.starts_with("rseq-malloc: mode="))
+        .filter(|l| !l.starts_with("rseq-malloc: mode=") && !l.starts_with("rseq-malloc: options "))
         .map(|l| format!("{l}\n"))
         .collect()
 }
