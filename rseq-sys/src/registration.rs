@@ -130,7 +130,9 @@ pub struct Fields {
 /// glibc 2.35-2.39 publish `__rseq_size` 32 (with 20 bytes "active" in
 /// their terms), 2.40 publishes 20 and still registers 32 bytes, 2.41+
 /// publish the feature size and register at least that much. `0` means
-/// glibc did not register.
+/// glibc did not register. For `Own` this is the pool layout's length;
+/// glibc's reserved area is registered with 32 bytes, which covers the
+/// same fields (everything up to `mm_cid` lies in the first 32 bytes).
 pub fn registered_len(rseq_size: u32, feature_size: u32, mode: Mode) -> u32 {
     match mode {
         Mode::Glibc if rseq_size == 0 => 0,
