@@ -174,6 +174,7 @@ fn after_init() {
             .dec(rseq_sys::registration::possible_cpus() as u64)
             .str("\n");
         m.flush_stderr();
+        crate::config::print_options(&crate::config::in_effect());
     }
     if CONFIG_STATS.load(Ordering::Relaxed) {
         extern "C" fn at_exit() {
@@ -262,6 +263,7 @@ pub(crate) fn alloc_big(size: usize, align: usize, zero: bool) -> *mut u8 {
     let Some(need) = size.checked_add(align) else {
         return ptr::null_mut();
     };
+    crate::stats::note_peaks();
     if need >= HUGE_THRESHOLD_BYTES {
         let p = HUGE.alloc(size, align.max(crate::os::OS_PAGE_BYTES));
         if p.is_null() {

@@ -1,20 +1,40 @@
 //! # rseq-alloc: a per-CPU slab allocator whose fast path runs in rseq
 //!
-//! ```ignore
+//! ```
 //! #[global_allocator]
 //! static GLOBAL: rseq_alloc::RseqAlloc = rseq_alloc::RseqAlloc;
+//!
+//! fn main() {
+//!     let v: Vec<u64> = (0..1000).collect();
+//!     let s = rseq_alloc::stats();
+//!     assert!(s.allocated >= 8000);
+//!     println!("rseq-alloc {} in mode {}", rseq_alloc::version(), rseq_alloc::mode_name());
+//!     drop(v);
+//! }
 //! ```
 //!
+//! ## API
+//! - [`RseqAlloc`]: the `GlobalAlloc`.
+//! - [`stats()`]: a [`Stats`] snapshot (`allocated`, `active`, `mapped`,
+//!   `resident`, `retained`, `metadata`, `cached` and per region with
+//!   [`cached_bytes_in_region`], peaks), in jemalloc-ctl's vocabulary.
+//! - [`trim()`]: give free memory back to the OS now.
+//! - [`options()`]: the [`Options`] in effect (`RSEQ_MALLOC_CONF`).
+//! - [`version()`], [`mode_name()`] (`rseq-glibc`, `rseq-own`, `cmpxchg`),
+//!   [`index_name()`] (`cpu`, `cid`).
+//! - [`raw`]: the C-flavoured entry points the `rseq-malloc` crate exports
+//!   as `malloc`, `free`, ...
+//!
 //! ## Glossary
-//! - **page**: the allocator's unit of memory, 8 KiB ([`size_class::PAGE_BYTES`]),
+//! - **page**: the allocator's unit of memory, 8 KiB (`PAGE_BYTES`),
 //!   two OS pages. The page map has one entry per page.
 //! - **span**: a run of contiguous pages with one metadata record
-//!   ([`span::Span`]): free (page heap), carved into small objects of one
+//!   (`Span`): free (page heap), carved into small objects of one
 //!   class (central list), or one large block.
 //! - **object**: one block of a size class inside a span; while free, its
 //!   first word links it into a free list.
 //! - **size class**: one of 53 object sizes from 8 B to 256 KiB
-//!   ([`size_class`]); a request is rounded up to the smallest class that
+//!   (`size_class`); a request is rounded up to the smallest class that
 //!   fits it and its alignment. Bigger requests are *large* (page-heap spans,
 //!   below 1 MiB) or *huge* (direct mappings).
 //! - **cache**: the per-CPU (or per-`mm_cid`) bounded stack of free objects
@@ -41,10 +61,10 @@
 //! initialising thread itself (e.g. libc inside our init under LD_PRELOAD)
 //! is served from a static bootstrap arena.
 //!
-//! Bounds: per-CPU cache at most [`size_class::CPU_CACHE_MAX_BYTES`]
+//! Bounds: per-CPU cache at most `CPU_CACHE_MAX_BYTES`
 //! (≈3.8 MiB) per CPU or cid; internal waste `< max(16 B, size/4)`; the page
 //! heap keeps at most 64 MiB of dirty free pages before releasing
-//! ([`page_heap::RELEASE_THRESHOLD_BYTES`]).
+//! (`RELEASE_THRESHOLD_BYTES`).
 #![deny(unsafe_op_in_unsafe_fn)]
 #![warn(
     missing_docs,
@@ -80,22 +100,38 @@ macro_rules! rip_ref {
     }};
 }
 
-pub mod central;
-pub mod config;
+// Internal layers: private, so that the public API is only what is below
+// (`RseqAlloc`, `stats`, `trim`, `options`, `version`, the mode names and
+// `raw` for the C shim).
+mod central;
+mod config;
 mod cpu_cache;
 mod double_free;
 mod fast;
 mod global;
-pub mod huge;
-pub mod lock;
-pub mod os;
-pub mod page_heap;
-pub mod pagemap;
+// These have a few items used only by unit tests or kept for the C shim's
+// future use (HugeTable::count, RawLock::is_locked, HeapStats::
+// released_total_bytes, SpanId, SizeClass::capacity, util::fatal).
+mod api;
+#[allow(dead_code)]
+mod huge;
+#[allow(dead_code)]
+mod lock;
+mod os;
+#[allow(dead_code)]
+mod page_heap;
+#[allow(dead_code)]
+mod pagemap;
 mod refill;
-pub mod size_class;
-pub mod span;
-pub mod stats;
-pub mod util;
+#[allow(dead_code)]
+mod size_class;
+mod span;
+mod stats;
+#[allow(dead_code)]
+mod util;
+
+pub use api::{cache_regions, cached_bytes_in_region, options, stats, trim, version, Stats};
+pub use config::{Config as Options, IndexChoice, ThpChoice};
 
 use core::alloc::{GlobalAlloc, Layout};
 
@@ -147,29 +183,6 @@ unsafe impl GlobalAlloc for RseqAlloc {
     }
 }
 
-/// A statistics snapshot (see [`stats`] for the counting rules).
-#[derive(Clone, Copy, Debug, Default)]
-pub struct Stats {
-    /// Heap pages committed plus huge mappings.
-    pub mapped_bytes: usize,
-    /// Bytes in live blocks (class / page granularity).
-    pub in_use_bytes: usize,
-    /// Free objects held in per-CPU caches.
-    pub cached_bytes: usize,
-    /// Bytes of huge mappings.
-    pub huge_bytes: usize,
-    /// Free heap bytes currently given back to the OS.
-    pub released_bytes: usize,
-    /// Per-CPU cache hits (counted only with `RSEQ_MALLOC_CONF=stats=1`).
-    pub fast_hits: u64,
-    /// Per-CPU cache misses.
-    pub fast_misses: u64,
-    /// rseq restarts, process-wide.
-    pub rseq_aborts: u64,
-    /// Operations by the CAS fallback or bypassing the cache.
-    pub fallback_ops: u64,
-}
-
 /// The C-flavoured entry points the ffi crate and benches use. None of them
 /// sets errno, panics, or allocates on its own behalf.
 ///
@@ -180,6 +193,30 @@ pub struct Stats {
 /// registering them twice is harmless.
 pub mod raw {
     use crate::global;
+
+    /// The shim's counters (see `stats.rs` for the counting rules); the
+    /// documented view is [`crate::Stats`].
+    #[derive(Clone, Copy, Debug, Default)]
+    pub struct Counters {
+        /// Heap pages committed plus huge mappings.
+        pub mapped_bytes: usize,
+        /// Bytes in live blocks (class / page granularity).
+        pub in_use_bytes: usize,
+        /// Free objects held in per-CPU caches.
+        pub cached_bytes: usize,
+        /// Bytes of huge mappings.
+        pub huge_bytes: usize,
+        /// Free heap bytes currently given back to the OS.
+        pub released_bytes: usize,
+        /// Per-CPU cache hits (counted only with `RSEQ_MALLOC_CONF=stats=1`).
+        pub fast_hits: u64,
+        /// Per-CPU cache misses.
+        pub fast_misses: u64,
+        /// rseq restarts, process-wide.
+        pub rseq_aborts: u64,
+        /// Operations by the CAS fallback or bypassing the cache.
+        pub fallback_ops: u64,
+    }
 
     /// What `malloc` guarantees (C `max_align_t`).
     pub const MIN_ALIGN: usize = 16;
@@ -281,7 +318,7 @@ pub mod raw {
     }
 
     /// Releases free memory to the OS (drains the per-CPU caches too);
-    /// true if anything was released.
+    /// true if anything was released. Same as [`crate::trim`].
     pub fn trim() -> bool {
         global::trim()
     }
@@ -291,8 +328,8 @@ pub mod raw {
         crate::stats::print_stats()
     }
 
-    /// A statistics snapshot.
-    pub fn stats() -> crate::Stats {
+    /// The shim's counters.
+    pub fn stats() -> Counters {
         crate::stats::snapshot()
     }
 

@@ -175,18 +175,8 @@ pub fn reserve(len: usize, align: usize) -> Option<NonNull<u8>> {
     map_aligned(len, align, libc::PROT_NONE, true)
 }
 
-/// Commits `[p, p+len)` (inside a reservation) for reading and writing.
-///
-/// # Safety
-/// The range lies inside a reservation made by `reserve` and is not yet
-/// committed (or is committed and unused).
-pub unsafe fn commit(p: *mut u8, len: usize) -> bool {
-    // SAFETY: per the contract the range is ours; mprotect does not move it.
-    unsafe { libc::mprotect(p.cast(), len, libc::PROT_READ | libc::PROT_WRITE) == 0 }
-}
-
 /// Replaces `[p, p+len)` (inside a reservation) with an ordinary, accounted
-/// read-write mapping. Unlike [`commit`], the kernel's overcommit policy
+/// read-write mapping. Unlike `mprotect`, the kernel's overcommit policy
 /// applies: a block larger than the machine can back fails here (ENOMEM)
 /// instead of succeeding and killing the process on first touch.
 ///

@@ -1026,6 +1026,15 @@ impl Default for PageHeap {
     }
 }
 
+impl PageHeap {
+    /// Bytes of page-map leaves and root and of span records mapped (the
+    /// heap's metadata, for statistics; an upper bound of what is resident).
+    pub fn metadata_bytes(&self) -> usize {
+        let g = self.inner.lock();
+        self.map.mapped_bytes() + g.rec_mapped * SPAN_RECORD_BYTES
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -54,6 +54,8 @@ const _: () = assert!(ADDR_BITS - LEAF_ALIGN_SHIFT <= 32);
 /// The root: shared by every `PageMap` (there is one heap per process; the
 /// unit tests' private heaps own disjoint chunks, so sharing is harmless).
 static ROOT: [AtomicU32; ROOT_LEN] = [const { AtomicU32::new(0) }; ROOT_LEN];
+/// Leaves installed so far (statistics).
+static LEAVES: core::sync::atomic::AtomicUsize = core::sync::atomic::AtomicUsize::new(0);
 
 /// Id of a span in the span arena (never 0 for a real span).
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -261,9 +263,16 @@ impl PageMap {
                 if slot.load(Ordering::Acquire) == 0 {
                     return false;
                 }
+            } else {
+                LEAVES.fetch_add(1, Ordering::Relaxed);
             }
         }
         true
+    }
+
+    /// Bytes of address space the map itself has mapped (root and leaves).
+    pub fn mapped_bytes(&self) -> usize {
+        ROOT_LEN * 4 + LEAVES.load(Ordering::Relaxed) * LEAF_BYTES
     }
 
     /// Splits a raw entry into (class, page index inside the span); class 0

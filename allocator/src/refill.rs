@@ -94,6 +94,7 @@ fn central_pop_one(class: SizeClass) -> *mut u8 {
 /// a batch from the central list and return one object of it.
 fn malloc_miss(class: SizeClass, e: OpError) -> *mut u8 {
     let misses = global::FAST_MISSES.fetch_add(1, Ordering::Relaxed);
+    crate::stats::note_peaks();
     let period = crate::cpu_cache::idle_scan_period();
     if misses % period == period - 1 {
         crate::cpu_cache::drain_idle_regions(&CENTRAL, &HEAP);

@@ -19,10 +19,41 @@
 
 use crate::cpu_cache::SLABS;
 use crate::global::{self, CENTRAL, HEAP, HUGE};
+use crate::raw::Counters;
 use crate::size_class::SizeClass;
 use crate::util::MsgBuf;
-use crate::Stats;
-use core::sync::atomic::Ordering;
+use core::sync::atomic::{AtomicBool, AtomicI32, AtomicUsize, Ordering};
+
+/// Highest `active` / `mapped` seen (see [`note_peaks`]).
+pub(crate) static PEAK_ACTIVE: AtomicUsize = AtomicUsize::new(0);
+pub(crate) static PEAK_MAPPED: AtomicUsize = AtomicUsize::new(0);
+
+/// `(active, mapped)` right now, from a handful of relaxed loads:
+/// `active` = bytes of spans in use (small and large) plus huge mappings;
+/// `mapped` = committed heap bytes not released plus huge mappings.
+pub(crate) fn active_mapped() -> (usize, usize) {
+    let h = HEAP.stats();
+    let huge = HUGE.bytes();
+    let released = h.free_bytes.saturating_sub(h.free_dirty_bytes);
+    (
+        h.small_bytes + h.large_bytes + huge,
+        h.committed_bytes.saturating_sub(released) + huge,
+    )
+}
+
+/// Folds the current `active` / `mapped` into the peaks. Called on slow
+/// paths only (per-CPU cache refills, large and huge allocations,
+/// snapshots): a few loads and two `fetch_max`, next to work that costs
+/// far more. A peak is therefore the highest value seen at such a point.
+pub(crate) fn note_peaks() {
+    let (active, mapped) = active_mapped();
+    if active > PEAK_ACTIVE.load(Ordering::Relaxed) {
+        PEAK_ACTIVE.fetch_max(active, Ordering::Relaxed);
+    }
+    if mapped > PEAK_MAPPED.load(Ordering::Relaxed) {
+        PEAK_MAPPED.fetch_max(mapped, Ordering::Relaxed);
+    }
+}
 
 /// Bytes of free objects in one region's cache (racy).
 pub fn cached_bytes_in_region(region: usize) -> usize {
@@ -33,7 +64,7 @@ pub fn cached_bytes_in_region(region: usize) -> usize {
 }
 
 /// A snapshot of the counters.
-pub fn snapshot() -> Stats {
+pub fn snapshot() -> Counters {
     let h = HEAP.stats();
     let cached: usize = if global::cache_ready() {
         (0..SLABS.nregions()).map(cached_bytes_in_region).sum()
@@ -46,7 +77,8 @@ pub fn snapshot() -> Stats {
         small_used += total.saturating_sub(free) * c.size_bytes();
     }
     let huge = HUGE.bytes();
-    Stats {
+    note_peaks();
+    Counters {
         mapped_bytes: h.committed_bytes + huge,
         in_use_bytes: small_used.saturating_sub(cached) + h.large_bytes + huge,
         cached_bytes: cached,
@@ -60,13 +92,132 @@ pub fn snapshot() -> Stats {
     }
 }
 
-/// Writes the human-readable report to stderr; first line
-/// `rseq-malloc: stats`.
+/// Where the report goes: 2, or the `stats_file` descriptor.
+static OUT_FD: AtomicI32 = AtomicI32::new(2);
+/// `stats=json`.
+static JSON: AtomicBool = AtomicBool::new(false);
+
+/// Applies `stats=json` and opens `stats_file` (`O_WRONLY | O_CREAT |
+/// O_APPEND | O_CLOEXEC`, mode 0644) at initialisation, so the report
+/// survives a program that closes stderr. A file that cannot be opened is
+/// reported on stderr and the report stays on stderr.
+pub(crate) fn configure_output(cfg: &crate::config::Config) {
+    JSON.store(cfg.stats_json, Ordering::Relaxed);
+    let Some(path) = cfg.stats_file else {
+        return;
+    };
+    let mut buf = [0u8; 4096];
+    if path.len() >= buf.len() || path.contains(&0) {
+        crate::util::write_stderr(b"rseq-malloc: stats_file: path too long, using stderr\n");
+        return;
+    }
+    buf[..path.len()].copy_from_slice(path);
+    // SAFETY: `buf` is NUL-terminated (zeroed past the path); open(2) does
+    // not allocate.
+    let fd = unsafe {
+        libc::open(
+            buf.as_ptr().cast(),
+            libc::O_WRONLY | libc::O_CREAT | libc::O_APPEND | libc::O_CLOEXEC,
+            0o644,
+        )
+    };
+    if fd < 0 {
+        let mut m = MsgBuf::new();
+        m.str("rseq-malloc: stats_file: cannot open '")
+            .bytes(path)
+            .str("', using stderr\n");
+        m.flush_stderr();
+        return;
+    }
+    OUT_FD.store(fd, Ordering::Relaxed);
+}
+
+/// Writes `m` to the report descriptor (retrying short writes) and clears it.
+fn flush(m: &mut MsgBuf) {
+    let fd = OUT_FD.load(Ordering::Relaxed);
+    let mut bytes = m.as_bytes();
+    while !bytes.is_empty() {
+        // SAFETY: `bytes` is a valid readable slice for its whole length.
+        let n = unsafe { libc::write(fd, bytes.as_ptr().cast(), bytes.len()) };
+        if n <= 0 {
+            // SAFETY: reading errno through libc's thread-local location.
+            if n < 0 && unsafe { *libc::__errno_location() } == libc::EINTR {
+                continue;
+            }
+            break;
+        }
+        bytes = &bytes[n as usize..];
+    }
+    *m = MsgBuf::new();
+}
+
+/// The report as one JSON object on one line (`stats=json`), with the
+/// numbers of [`crate::stats()`].
+fn print_json() {
+    let s = crate::api::stats();
+    let mut m = MsgBuf::new();
+    m.str("{\"rseq_malloc\":\"")
+        .str(crate::api::version())
+        .str("\",\"mode\":\"")
+        .str(global::mode_name())
+        .str("\",\"index\":\"")
+        .str(global::index_name())
+        .str("\",\"cpus\":")
+        .dec(rseq_sys::registration::possible_cpus() as u64);
+    flush(&mut m);
+    let fields: [(&str, u64); 18] = [
+        ("allocated", s.allocated as u64),
+        ("active", s.active as u64),
+        ("mapped", s.mapped as u64),
+        ("resident", s.resident as u64),
+        ("retained", s.retained as u64),
+        ("metadata", s.metadata as u64),
+        ("cached", s.cached as u64),
+        ("huge", s.huge as u64),
+        ("huge_blocks", s.huge_blocks as u64),
+        ("peak_active", s.peak_active as u64),
+        ("peak_mapped", s.peak_mapped as u64),
+        ("fast_hits", s.fast_hits),
+        ("fast_misses", s.fast_misses),
+        ("rseq_aborts", s.rseq_aborts),
+        ("fallback_ops", s.fallback_ops),
+        (
+            "idle_drains",
+            crate::cpu_cache::IDLE_DRAINS.load(Ordering::Relaxed),
+        ),
+        ("regions", crate::api::cache_regions() as u64),
+        // SAFETY: getpid has no preconditions.
+        ("pid", unsafe { libc::getpid() } as u64),
+    ];
+    for (k, v) in fields {
+        m.str(",\"").str(k).str("\":").dec(v);
+        flush(&mut m);
+    }
+    m.str(",\"cached_per_region\":[");
+    for r in 0..crate::api::cache_regions() {
+        if r > 0 {
+            m.str(",");
+        }
+        m.dec(crate::api::cached_bytes_in_region(r) as u64);
+        if m.as_bytes().len() > 400 {
+            flush(&mut m);
+        }
+    }
+    m.str("]}\n");
+    flush(&mut m);
+}
+
+/// Writes the report to stderr (or `stats_file`); first line
+/// `rseq-malloc: stats`, or one JSON line with `stats=json`.
 pub fn print_stats() {
+    if JSON.load(Ordering::Relaxed) {
+        print_json();
+        return;
+    }
     let s = snapshot();
     let mut m = MsgBuf::new();
     m.str("rseq-malloc: stats\n");
-    m.flush_stderr();
+    flush(&mut m);
     m.str("  mode=")
         .str(global::mode_name())
         .str(" index=")
@@ -80,7 +231,7 @@ pub fn print_stats() {
             0
         })
         .str("\n");
-    m.flush_stderr();
+    flush(&mut m);
     m.str("  mapped_bytes=")
         .dec(s.mapped_bytes as u64)
         .str(" in_use_bytes=")
@@ -92,7 +243,7 @@ pub fn print_stats() {
         .str(" released_bytes=")
         .dec(s.released_bytes as u64)
         .str("\n");
-    m.flush_stderr();
+    flush(&mut m);
     m.str("  fast_hits=")
         .dec(s.fast_hits)
         .str(" fast_misses=")
@@ -104,7 +255,7 @@ pub fn print_stats() {
         .str(" idle_drains=")
         .dec(crate::cpu_cache::IDLE_DRAINS.load(Ordering::Relaxed))
         .str("\n");
-    m.flush_stderr();
+    flush(&mut m);
     if global::cache_ready() {
         m.str("  cached per cpu:");
         for r in 0..SLABS.nregions() {
@@ -114,11 +265,11 @@ pub fn print_stats() {
             }
             if m.as_bytes().len() > 400 {
                 m.str("\n");
-                m.flush_stderr();
+                flush(&mut m);
                 m.str("   ");
             }
         }
         m.str("\n");
-        m.flush_stderr();
+        flush(&mut m);
     }
 }

@@ -38,7 +38,7 @@ fn body() {
         eprintln!("SKIP cannot pin to CPU 1");
         return;
     }
-    let before = rseq_alloc::stats::cached_bytes_in_region(1);
+    let before = rseq_alloc::cached_bytes_in_region(1);
     assert!(before > 0, "the helper left objects in CPU 1's cache");
     let mut v = Vec::with_capacity(40_000);
     for _ in 0..20 {
@@ -49,11 +49,11 @@ fn body() {
             // SAFETY: live blocks, freed once.
             unsafe { raw::free(p as *mut u8) };
         }
-        if rseq_alloc::stats::cached_bytes_in_region(1) == 0 {
+        if rseq_alloc::cached_bytes_in_region(1) == 0 {
             break;
         }
     }
-    let after = rseq_alloc::stats::cached_bytes_in_region(1);
+    let after = rseq_alloc::cached_bytes_in_region(1);
     assert_eq!(after, 0, "idle region 1 was drained (had {before} bytes)");
     raw::check_invariants();
 }

@@ -49,6 +49,9 @@ use core::sync::atomic::{AtomicUsize, Ordering};
 
 use rseq_alloc::raw;
 
+mod ext;
+pub use ext::{RseqMallocOptions, RseqMallocStats};
+
 /// `PTRDIFF_MAX`: no object may be larger (glibc's `checked_request2size`).
 const PTRDIFF_MAX: usize = isize::MAX as usize;
 

@@ -20,6 +20,9 @@ pub const RSEQ_FLAG_UNREGISTER: i32 = 1;
 
 /// Feature size of the original ABI (`cpu_id_start` .. `flags`).
 pub const ORIG_FEATURE_SIZE: u32 = 20;
+/// Size of the original `struct rseq` (the length every kernel accepts,
+/// with 32-byte alignment).
+pub const ORIG_AREA_SIZE: u32 = 32;
 /// Feature size from which `node_id` and `mm_cid` are maintained (Linux 6.3).
 pub const MM_CID_FEATURE_SIZE: u32 = 28;
 

@@ -26,6 +26,14 @@
     clippy::missing_safety_doc
 )]
 
+#[cfg(not(target_os = "linux"))]
+compile_error!(
+    "rseq-sys (and rseq-alloc, rseq-malloc) support Linux only: rseq is a Linux \
+     system call. Depend on rseq-alloc only under \
+     [target.'cfg(target_os = \"linux\")'.dependencies] and put the \
+     #[global_allocator] behind #[cfg(target_os = \"linux\")]."
+);
+
 pub mod abi;
 pub mod arch;
 pub mod fence;

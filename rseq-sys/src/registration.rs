@@ -7,16 +7,32 @@
 //!   thread pointer + `__rseq_offset`. We reach both symbols through weak
 //!   references resolved by the dynamic linker (never `dlsym`) and share it.
 //!   A thread where glibc's registration failed has `cpu_id == -2`.
-//! - **Own**: libc did not register (`GLIBC_TUNABLES=glibc.pthread.rseq=0`,
-//!   musl, old glibc). We register our static-TLS area, at a fixed
-//!   thread-pointer offset in every thread. Static TLS is released only once
-//!   the thread is gone, so the kernel can never write into freed memory.
+//! - **Own**: libc did not register. Two cases:
+//!   - glibc >= 2.35 told not to (`GLIBC_TUNABLES=glibc.pthread.rseq=0`):
+//!     glibc still reserves its area in every thread (at `__rseq_offset`,
+//!     `cpu_id == -2`) and never registers it; we register that area
+//!     ourselves, 32 bytes long. Its thread-pointer offset is the same in
+//!     every thread, so the critical sections keep using it ([`tp_offset`]
+//!     is `Some`), and it lives exactly as long as the thread.
+//!   - no glibc symbols (musl, glibc < 2.35): each thread's area comes from
+//!     an `mmap`ed pool ([`own_area_layout`] bytes, aligned as the kernel
+//!     asks). Its address has no fixed offset from the thread pointer, so
+//!     [`tp_offset`] is `None` and per-CPU structures run the
+//!     compare-and-swap discipline; the registration still gives
+//!     [`cpu_id`], [`mm_cid`] and [`node_id`]. A pthread key destructor
+//!     unregisters the area at thread exit, and only then returns it to the
+//!     pool (an area the kernel may still write is never reused).
 //! - **Unavailable**: the syscall failed (ENOSYS under gVisor, valgrind or
 //!   qemu-user; EPERM/ENOSYS from seccomp, or its SIGSYS), or `cpu_id < 0`.
 //!
-//! We never write a field the kernel owns. Everything here is a slow path:
-//! the critical sections find the area through [`tp_offset`] and treat a
-//! negative `cpu_id` as "unregistered" without entering a retry loop.
+//! There is no TLS variable with a static-TLS requirement here, so a shared
+//! library that embeds rseq-alloc can be `dlopen`ed (glibc's area is used
+//! in that case, as in every process where glibc registered).
+//!
+//! We never write a field the kernel owns (a pool area is initialised only
+//! while unregistered). Everything here is a slow path: the critical
+//! sections find the area through [`tp_offset`] and treat a negative
+//! `cpu_id` as "unregistered" without entering a retry loop.
 
 use crate::abi::{self, offset};
 use crate::arch;
@@ -48,11 +64,16 @@ impl Mode {
 // Process-wide state: which kind of area this process uses.
 const P_UNKNOWN: u8 = 0;
 const P_GLIBC: u8 = 1;
+/// Our registration of glibc's reserved (unregistered) area.
 const P_OWN: u8 = 2;
 const P_NONE: u8 = 3;
+/// Our registration of a per-thread area from the pool.
+const P_OWN_POOL: u8 = 4;
 static PROCESS: AtomicU8 = AtomicU8::new(P_UNKNOWN);
 /// Thread-pointer offset of the area; meaningful once PROCESS is GLIBC/OWN.
 static TP_OFFSET: AtomicIsize = AtomicIsize::new(0);
+/// `__rseq_size` as glibc published it (0 without glibc's symbols).
+static LIBC_RSEQ_SIZE: AtomicU32 = AtomicU32::new(0);
 /// Why the process is `P_NONE` (an errno), or 0.
 static NONE_ERRNO: AtomicU32 = AtomicU32::new(0);
 static FEATURE_SIZE: AtomicU32 = AtomicU32::new(0);
@@ -60,12 +81,21 @@ static POSSIBLE_CPUS: AtomicUsize = AtomicUsize::new(0);
 /// Set by tests and by `RSEQ_MALLOC_CONF=rseq=off` callers that want the
 /// process to behave as if the kernel had no rseq.
 static FORCED_OFF: AtomicBool = AtomicBool::new(false);
+/// Set by tests: behave as if libc had no rseq symbols (the pool case).
+static FORCED_POOL: AtomicBool = AtomicBool::new(false);
 
 // Per-thread state, only for `Own` (glibc registers every thread itself).
+// A const-initialised `thread_local!` without destructor: plain
+// general-dynamic TLS in a shared library, which `dlopen` accepts.
 const T_UNKNOWN: u8 = 0;
 const T_UNAVAILABLE: u8 = 1;
+/// Registration in progress (a re-entrant call sees "unavailable").
+const T_BUSY: u8 = 2;
+const T_REGISTERED: u8 = 3;
 thread_local! {
     static THREAD: Cell<u8> = const { Cell::new(T_UNKNOWN) };
+    /// This thread's pool area (`P_OWN_POOL`), or 0.
+    static POOL_AREA: Cell<usize> = const { Cell::new(0) };
 }
 
 /// The kernel's rseq feature size (`getauxval(AT_RSEQ_FEATURE_SIZE)`), or
@@ -82,9 +112,86 @@ pub fn feature_size() -> u32 {
     v
 }
 
-/// Whether the kernel maintains `node_id` and `mm_cid` (Linux >= 6.3).
+/// The fields of the area beyond `cpu_id` that the kernel keeps current
+/// for the calling process's registration (see [`usable_fields`]).
+#[derive(Clone, Copy, PartialEq, Eq, Debug, Default)]
+pub struct Fields {
+    /// `node_id` (bytes 20..24).
+    pub node_id: bool,
+    /// `mm_cid` (bytes 24..28).
+    pub mm_cid: bool,
+}
+
+/// The length a registration in `mode` covers, from `__rseq_size` (glibc's
+/// registration) or the kernel's `feature_size` (ours). Pure.
+///
+/// The kernel accepts only 32 bytes (the original size) or at least its
+/// feature size, so any registration covers at least 32 bytes:
+/// glibc 2.35-2.39 publish `__rseq_size` 32 (with 20 bytes "active" in
+/// their terms), 2.40 publishes 20 and still registers 32 bytes, 2.41+
+/// publish the feature size and register at least that much. `0` means
+/// glibc did not register. For `Own` this is the pool layout's length;
+/// glibc's reserved area is registered with 32 bytes, which covers the
+/// same fields (everything up to `mm_cid` lies in the first 32 bytes).
+pub fn registered_len(rseq_size: u32, feature_size: u32, mode: Mode) -> u32 {
+    match mode {
+        Mode::Glibc if rseq_size == 0 => 0,
+        Mode::Glibc => rseq_size.max(abi::ORIG_AREA_SIZE),
+        Mode::Own => own_area_layout(feature_size, 0).0,
+        Mode::Unavailable => 0,
+    }
+}
+
+/// Which extended fields are usable, as a pure function of glibc's
+/// `__rseq_size`, the kernel's feature size (`AT_RSEQ_FEATURE_SIZE`, 20
+/// when absent) and the registration mode: a field is usable when the
+/// kernel supports it (it lies inside the feature size) and the
+/// registration covers it (inside [`registered_len`]). A kernel writes
+/// every field it supports inside the registered length, whoever
+/// registered. We only ever read these fields.
+pub fn usable_fields(rseq_size: u32, feature_size: u32, mode: Mode) -> Fields {
+    let covered = registered_len(rseq_size, feature_size, mode).min(feature_size);
+    let has = |field: usize| covered as usize >= field + 4;
+    Fields {
+        node_id: has(offset::NODE_ID),
+        mm_cid: has(offset::MM_CID),
+    }
+}
+
+/// `(length, alignment)` of an area we register ourselves, from the
+/// kernel's feature size and `AT_RSEQ_ALIGN` (0 when absent). Pure.
+///
+/// Up to a feature size of 32 the original ABI applies: 32 bytes aligned to
+/// 32. Beyond, the length is the feature size rounded up to the alignment
+/// (the kernel needs at least the feature size, so that it can pick its
+/// fast "V2" mode and enforce the read-only fields), and the alignment is
+/// `AT_RSEQ_ALIGN`, at least 32 and at least the next power of two of the
+/// feature size (what the kernel computes when the auxv entry is missing).
+/// If the kernel still refuses that (EINVAL), registration retries with
+/// 32 bytes.
+pub fn own_area_layout(feature_size: u32, at_align: u32) -> (u32, u32) {
+    let orig = abi::ORIG_AREA_SIZE;
+    if feature_size <= orig {
+        return (orig, orig);
+    }
+    let align = feature_size
+        .next_power_of_two()
+        .max(at_align.next_power_of_two())
+        .max(orig);
+    (feature_size.next_multiple_of(align), align)
+}
+
+/// The extended fields usable in this process (mode decided here).
+pub fn fields() -> Fields {
+    let mode = process_mode();
+    let rseq_size = LIBC_RSEQ_SIZE.load(Ordering::Relaxed);
+    usable_fields(rseq_size, feature_size(), mode)
+}
+
+/// Whether the kernel maintains `node_id` and `mm_cid` for this process's
+/// registration (Linux >= 6.3; see [`usable_fields`]).
 pub fn mm_cid_supported() -> bool {
-    feature_size() >= abi::MM_CID_FEATURE_SIZE
+    fields().mm_cid
 }
 
 /// Number of distinct CPU ids (and so of concurrency ids) this process can
@@ -167,15 +274,24 @@ pub fn force_unavailable() {
     FORCED_OFF.store(true, Ordering::Relaxed);
 }
 
+/// Makes the process use a pool area per thread, as with a libc without
+/// rseq symbols (musl, glibc < 2.35), if libc did not register itself.
+/// For tests; call before first use.
+#[doc(hidden)]
+pub fn force_own_pool() {
+    FORCED_POOL.store(true, Ordering::Relaxed);
+}
+
 /// Decides, once per process, which area the process uses; returns the
-/// process state. Racing first callers compute the same answer.
+/// process state. Racing first callers compute the same answer (the first
+/// one's registration of its own thread is kept either way).
 fn process_state() -> u8 {
     let p = PROCESS.load(Ordering::Acquire);
     if p != P_UNKNOWN {
         return p;
     }
     let (p, off) = decide_process();
-    if p != P_NONE {
+    if p == P_GLIBC || p == P_OWN {
         TP_OFFSET.store(off, Ordering::Relaxed);
     }
     match PROCESS.compare_exchange(P_UNKNOWN, p, Ordering::AcqRel, Ordering::Acquire) {
@@ -185,11 +301,7 @@ fn process_state() -> u8 {
 }
 
 fn decide_process() -> (u8, isize) {
-    if !arch::HAS_RSEQ {
-        NONE_ERRNO.store(libc::ENOSYS as u32, Ordering::Relaxed);
-        return (P_NONE, 0);
-    }
-    if FORCED_OFF.load(Ordering::Relaxed) {
+    if !arch::HAS_RSEQ || FORCED_OFF.load(Ordering::Relaxed) {
         NONE_ERRNO.store(libc::ENOSYS as u32, Ordering::Relaxed);
         return (P_NONE, 0);
     }
@@ -198,15 +310,30 @@ fn decide_process() -> (u8, isize) {
         // SAFETY: both symbols are defined by libc (non-null GOT entries) and
         // are plain constants set before any user code runs.
         let (off, size) = unsafe { (*offp, *sizep) };
+        LIBC_RSEQ_SIZE.store(size, Ordering::Relaxed);
         if size > 0 {
             // glibc owns the area in every thread (registration may still
             // have failed in some: their cpu_id is -2, checked per call).
             return (P_GLIBC, off);
         }
+        if !FORCED_POOL.load(Ordering::Relaxed) {
+            // glibc reserved its area in every thread but did not register
+            // it: we do, at the same fixed offset.
+            return match register_reserved(off) {
+                Ok(()) => (P_OWN, off),
+                Err(e) => {
+                    NONE_ERRNO.store(e as u32, Ordering::Relaxed);
+                    (P_NONE, 0)
+                }
+            };
+        }
     }
-    let off = arch::own_area_offset();
-    match register_own(off) {
-        Ok(()) => (P_OWN, off),
+    if !pool::init_key() {
+        NONE_ERRNO.store(libc::EAGAIN as u32, Ordering::Relaxed);
+        return (P_NONE, 0);
+    }
+    match pool::register_thread() {
+        Ok(()) => (P_OWN_POOL, 0),
         Err(e) => {
             NONE_ERRNO.store(e as u32, Ordering::Relaxed);
             (P_NONE, 0)
@@ -214,30 +341,241 @@ fn decide_process() -> (u8, isize) {
     }
 }
 
-/// Registers our static-TLS area for the calling thread.
-fn register_own(off: isize) -> Result<(), i32> {
-    let feature = feature_size();
-    // SAFETY: getauxval only reads the auxiliary vector.
-    let align = unsafe { libc::getauxval(abi::AT_RSEQ_ALIGN) } as usize;
-    // The kernel accepts 32 bytes (the original size) or, when larger, at
-    // least its feature size with the area aligned to AT_RSEQ_ALIGN.
-    let len = if (feature as usize) <= 32
-        || feature as usize > arch::OWN_AREA_BYTES
-        || align > arch::OWN_AREA_BYTES
-    {
-        32
-    } else {
-        feature as usize
-    };
+/// Registers glibc's reserved area (`thread pointer + off`, 32 bytes,
+/// aligned to 32, as long-lived as the thread) for the calling thread.
+fn register_reserved(off: isize) -> Result<(), i32> {
     let area = arch::thread_pointer().wrapping_add_signed(off);
-    rseq_syscall(area, len as u32, 0)
+    rseq_syscall(area, abi::ORIG_AREA_SIZE, 0)
+}
+
+/// Per-thread areas for a libc without rseq symbols.
+mod pool {
+    use super::*;
+    use core::sync::atomic::AtomicPtr;
+
+    /// Length actually registered (the layout's, or 32 after an EINVAL);
+    /// the same for every thread (it depends on the kernel only).
+    static LEN: AtomicU32 = AtomicU32::new(0);
+    /// Bytes per area (a power of two, at least the registered length).
+    static STRIDE: AtomicUsize = AtomicUsize::new(0);
+    static KEY_READY: AtomicU8 = AtomicU8::new(0);
+    static KEY: AtomicU32 = AtomicU32::new(0);
+    /// Unregistered areas ready for reuse, linked through their first word.
+    static FREE: AtomicPtr<u8> = AtomicPtr::new(core::ptr::null_mut());
+    /// Protects FREE and the current chunk (a spin lock: held for a few
+    /// instructions, only when a thread starts or exits).
+    static LOCK: AtomicBool = AtomicBool::new(false);
+    static CHUNK_NEXT: AtomicUsize = AtomicUsize::new(0);
+    static CHUNK_END: AtomicUsize = AtomicUsize::new(0);
+    const CHUNK_BYTES: usize = 64 * 1024;
+    /// Areas carved from chunks so far (for tests).
+    static CREATED: AtomicUsize = AtomicUsize::new(0);
+
+    /// Creates the pthread key whose destructor unregisters an exiting
+    /// thread's area. Idempotent; false when no key is available.
+    pub(super) fn init_key() -> bool {
+        match KEY_READY.load(Ordering::Acquire) {
+            1 => return true,
+            2 => return false,
+            _ => {}
+        }
+        let mut key: libc::pthread_key_t = 0;
+        // SAFETY: creates a key with a valid extern "C" destructor;
+        // pthread_key_create does not allocate.
+        let ok = unsafe { libc::pthread_key_create(&mut key, Some(on_thread_exit)) } == 0;
+        if ok {
+            KEY.store(key, Ordering::Relaxed);
+        }
+        KEY_READY.store(if ok { 1 } else { 2 }, Ordering::Release);
+        ok
+    }
+
+    fn key() -> libc::pthread_key_t {
+        KEY.load(Ordering::Relaxed)
+    }
+
+    fn lock() {
+        while LOCK
+            .compare_exchange_weak(false, true, Ordering::Acquire, Ordering::Relaxed)
+            .is_err()
+        {
+            core::hint::spin_loop();
+        }
+    }
+
+    fn unlock() {
+        LOCK.store(false, Ordering::Release);
+    }
+
+    fn layout() -> (u32, usize) {
+        let stride = STRIDE.load(Ordering::Relaxed);
+        if stride != 0 {
+            return (LEN.load(Ordering::Relaxed), stride);
+        }
+        // SAFETY: getauxval only reads the auxiliary vector.
+        let at_align = unsafe { libc::getauxval(abi::AT_RSEQ_ALIGN) } as u32;
+        let (len, align) = own_area_layout(feature_size(), at_align);
+        let stride = (len.max(align) as usize).next_power_of_two();
+        LEN.store(len, Ordering::Relaxed);
+        STRIDE.store(stride, Ordering::Relaxed);
+        (len, stride)
+    }
+
+    /// An unregistered area, zeroed but for `cpu_id = -1`; null when the
+    /// system is out of memory.
+    fn take(stride: usize) -> *mut u8 {
+        lock();
+        let mut area = FREE.load(Ordering::Relaxed);
+        if !area.is_null() {
+            // SAFETY: a free area's first word links to the next one.
+            let next = unsafe { area.cast::<*mut u8>().read() };
+            FREE.store(next, Ordering::Relaxed);
+        } else {
+            let mut next = CHUNK_NEXT.load(Ordering::Relaxed);
+            if next == 0 || next + stride > CHUNK_END.load(Ordering::Relaxed) {
+                // SAFETY: an anonymous private mapping; no preconditions.
+                let p = unsafe {
+                    libc::mmap(
+                        core::ptr::null_mut(),
+                        CHUNK_BYTES,
+                        libc::PROT_READ | libc::PROT_WRITE,
+                        libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+                        -1,
+                        0,
+                    )
+                };
+                if p == libc::MAP_FAILED {
+                    unlock();
+                    return core::ptr::null_mut();
+                }
+                next = p as usize;
+                CHUNK_END.store(next + CHUNK_BYTES, Ordering::Relaxed);
+            }
+            // Page-aligned chunk, power-of-two stride <= chunk: aligned.
+            area = next as *mut u8;
+            CHUNK_NEXT.store(next + stride, Ordering::Relaxed);
+            CREATED.fetch_add(1, Ordering::Relaxed);
+        }
+        unlock();
+        // SAFETY: the area is ours (taken from the pool or a fresh chunk),
+        // `stride` bytes, and not registered with the kernel.
+        unsafe {
+            core::ptr::write_bytes(area, 0, stride);
+            area.add(offset::CPU_ID)
+                .cast::<i32>()
+                .write(abi::CPU_ID_UNINITIALIZED);
+        }
+        area
+    }
+
+    /// Returns an area the kernel no longer knows about.
+    ///
+    /// # Safety
+    /// `area` came from [`take`] and is unregistered.
+    unsafe fn put(area: *mut u8) {
+        lock();
+        // SAFETY: the area is ours and at least a word long and aligned.
+        unsafe { area.cast::<*mut u8>().write(FREE.load(Ordering::Relaxed)) };
+        FREE.store(area, Ordering::Relaxed);
+        unlock();
+    }
+
+    /// Registers a pool area for the calling thread.
+    pub(super) fn register_thread() -> Result<(), i32> {
+        THREAD.with(|t| t.set(T_BUSY));
+        let (len, stride) = layout();
+        let area = take(stride);
+        if area.is_null() {
+            THREAD.with(|t| t.set(T_UNAVAILABLE));
+            return Err(libc::ENOMEM);
+        }
+        // The key's value is what the destructor unregisters. glibc stores
+        // keys below 32 inline; a higher key may make this allocate once
+        // per thread, which re-enters us as T_BUSY (answered "unavailable").
+        // SAFETY: the key was created by init_key.
+        if unsafe { libc::pthread_setspecific(key(), area.cast()) } != 0 {
+            // SAFETY: never registered.
+            unsafe { put(area) };
+            THREAD.with(|t| t.set(T_UNAVAILABLE));
+            return Err(libc::ENOMEM);
+        }
+        let mut r = rseq_syscall(area as usize, len, 0);
+        if r == Err(libc::EINVAL) && len != abi::ORIG_AREA_SIZE {
+            r = rseq_syscall(area as usize, abi::ORIG_AREA_SIZE, 0);
+            if r.is_ok() {
+                LEN.store(abi::ORIG_AREA_SIZE, Ordering::Relaxed);
+            }
+        }
+        match r {
+            Ok(()) => {
+                POOL_AREA.with(|a| a.set(area as usize));
+                THREAD.with(|t| t.set(T_REGISTERED));
+                Ok(())
+            }
+            Err(e) => {
+                // SAFETY: the key is valid; clearing it cancels the
+                // destructor. The area was never registered.
+                unsafe {
+                    libc::pthread_setspecific(key(), core::ptr::null());
+                    put(area);
+                }
+                THREAD.with(|t| t.set(T_UNAVAILABLE));
+                Err(e)
+            }
+        }
+    }
+
+    /// The calling thread's registered area, or null.
+    pub(super) fn current() -> *const u8 {
+        POOL_AREA.with(|a| a.get()) as *const u8
+    }
+
+    /// pthread key destructor: unregister, then recycle. If unregistering
+    /// fails the area is leaked, never reused.
+    extern "C" fn on_thread_exit(area: *mut libc::c_void) {
+        if area.is_null() {
+            return;
+        }
+        let len = LEN.load(Ordering::Relaxed);
+        let ok = rseq_syscall(area as usize, len, abi::RSEQ_FLAG_UNREGISTER).is_ok();
+        POOL_AREA.with(|a| a.set(0));
+        // A later destructor that allocates registers again (and sets the
+        // key again, so this runs again).
+        THREAD.with(|t| t.set(T_UNKNOWN));
+        if ok {
+            // SAFETY: from `take`, and the kernel just forgot it.
+            unsafe { put(area.cast()) };
+        }
+    }
+
+    /// `(areas created, areas ready for reuse)` (for tests).
+    pub(crate) fn counts() -> (usize, usize) {
+        lock();
+        let mut n = 0;
+        let mut p = FREE.load(Ordering::Relaxed);
+        while !p.is_null() {
+            n += 1;
+            // SAFETY: free areas link through their first word.
+            p = unsafe { p.cast::<*mut u8>().read() };
+        }
+        unlock();
+        (CREATED.load(Ordering::Relaxed), n)
+    }
+}
+
+/// `(areas created, areas unregistered and ready for reuse)` of the pool
+/// case, for tests: every exited thread's area comes back.
+#[doc(hidden)]
+pub fn pool_counts() -> (usize, usize) {
+    pool::counts()
 }
 
 /// `rseq(area, len, flags, RSEQ_SIG)`, turning a seccomp SIGSYS into ENOSYS.
 fn rseq_syscall(area: usize, len: u32, flags: i32) -> Result<(), i32> {
     let guard = SigsysGuard::install();
-    // SAFETY: area is this thread's static-TLS rseq area (256 bytes, aligned
-    // to 256), which lives as long as the thread.
+    // SAFETY: area is this thread's rseq area (glibc's reserved one or a
+    // pool area), aligned and at least `len` bytes, and stays allocated
+    // until it is unregistered or the thread is gone.
     let r = unsafe { libc::syscall(libc::SYS_rseq, area, len, flags, abi::RSEQ_SIG) };
     // SAFETY: reading errno right after the syscall.
     let errno = unsafe { *libc::__errno_location() };
@@ -306,8 +644,8 @@ impl SigsysGuard {
     }
 }
 
-/// Registers the calling thread if needed (idempotent, never allocates) and
-/// returns how it can use rseq.
+/// Registers the calling thread if needed (idempotent, never allocates)
+/// and returns how it can use rseq.
 pub fn current_mode() -> Mode {
     match process_state() {
         P_GLIBC => {
@@ -324,7 +662,7 @@ pub fn current_mode() -> Mode {
             if THREAD.with(|t| t.get()) == T_UNAVAILABLE || FORCED_OFF.load(Ordering::Relaxed) {
                 return Mode::Unavailable;
             }
-            match register_own(TP_OFFSET.load(Ordering::Relaxed)) {
+            match register_reserved(TP_OFFSET.load(Ordering::Relaxed)) {
                 Ok(()) if cpu_id_raw() >= 0 => Mode::Own,
                 _ => {
                     THREAD.with(|t| t.set(T_UNAVAILABLE));
@@ -332,6 +670,14 @@ pub fn current_mode() -> Mode {
                 }
             }
         }
+        P_OWN_POOL => match THREAD.with(|t| t.get()) {
+            T_REGISTERED => Mode::Own,
+            T_UNKNOWN if !FORCED_OFF.load(Ordering::Relaxed) => match pool::register_thread() {
+                Ok(()) => Mode::Own,
+                Err(_) => Mode::Unavailable,
+            },
+            _ => Mode::Unavailable,
+        },
         _ => Mode::Unavailable,
     }
 }
@@ -346,13 +692,15 @@ pub fn unavailable_errno() -> i32 {
 pub fn process_mode() -> Mode {
     match process_state() {
         P_GLIBC => Mode::Glibc,
-        P_OWN => Mode::Own,
+        P_OWN | P_OWN_POOL => Mode::Own,
         _ => Mode::Unavailable,
     }
 }
 
-/// Thread-pointer offset of the process's rseq area, once
-/// [`process_mode`] is not `Unavailable`.
+/// Thread-pointer offset of the process's rseq area, when it is the same
+/// in every thread (glibc's area, registered by glibc or by us). `None`
+/// when no thread can use rseq, and in the pool case (each thread's area
+/// is somewhere else): critical sections must then not be used.
 pub fn tp_offset() -> Option<isize> {
     match process_state() {
         P_GLIBC | P_OWN => Some(TP_OFFSET.load(Ordering::Relaxed)),
@@ -360,12 +708,32 @@ pub fn tp_offset() -> Option<isize> {
     }
 }
 
+/// A 32-bit field of the calling thread's area, without registering.
+fn read_field(field: usize) -> u32 {
+    match process_state() {
+        // SAFETY: in the GLIBC/OWN states TP_OFFSET is the offset of a live
+        // 32-byte rseq area in every thread.
+        P_GLIBC | P_OWN => unsafe {
+            arch::read_tp_u32(TP_OFFSET.load(Ordering::Relaxed) + field as isize)
+        },
+        P_OWN_POOL => {
+            let area = pool::current();
+            if area.is_null() {
+                abi::CPU_ID_UNINITIALIZED as u32
+            } else {
+                // SAFETY: the thread's registered pool area, at least 32
+                // bytes; a kernel-written field is read in one 32-bit load.
+                unsafe { core::ptr::read_volatile(area.add(field).cast::<u32>()) }
+            }
+        }
+        _ => abi::CPU_ID_UNINITIALIZED as u32,
+    }
+}
+
 /// `cpu_id` as the kernel wrote it (negative when unregistered), read
 /// without registering.
 fn cpu_id_raw() -> i32 {
-    // SAFETY: called only in the GLIBC/OWN states, where TP_OFFSET is the
-    // offset of a live 32-byte rseq area in every thread.
-    unsafe { arch::read_tp_u32(TP_OFFSET.load(Ordering::Relaxed) + offset::CPU_ID as isize) as i32 }
+    read_field(offset::CPU_ID) as i32
 }
 
 /// The current CPU as the kernel reports it in the rseq area; `None` when
@@ -377,23 +745,21 @@ pub fn cpu_id() -> Option<u32> {
     }
 }
 
-fn extended_field(field: usize) -> Option<u32> {
-    if current_mode() == Mode::Unavailable || !mm_cid_supported() {
+fn extended_field(field: usize, usable: bool) -> Option<u32> {
+    if current_mode() == Mode::Unavailable || !usable {
         return None;
     }
-    // SAFETY: the thread is registered and the kernel's feature size covers
-    // this field, which lies inside the 32-byte area.
-    Some(unsafe { arch::read_tp_u32(TP_OFFSET.load(Ordering::Relaxed) + field as isize) })
+    Some(read_field(field))
 }
 
 /// The concurrency id (`mm_cid`), when the kernel maintains it.
 pub fn mm_cid() -> Option<u32> {
-    extended_field(offset::MM_CID)
+    extended_field(offset::MM_CID, fields().mm_cid)
 }
 
 /// The NUMA node of the current CPU, when the kernel maintains it.
 pub fn node_id() -> Option<u32> {
-    extended_field(offset::NODE_ID)
+    extended_field(offset::NODE_ID, fields().node_id)
 }
 
 #[cfg(test)]
@@ -407,6 +773,57 @@ mod tests {
         assert_eq!(parse_cpu_list_max(b"0-3,8-11\n"), Some(11));
         assert_eq!(parse_cpu_list_max(b"x"), None);
         assert_eq!(parse_cpu_list_max(b""), None);
+    }
+
+    /// node_id, mm_cid for every (`__rseq_size`, feature size, mode).
+    #[test]
+    fn usable_fields_table() {
+        let f = |node_id, mm_cid| Fields { node_id, mm_cid };
+        let none = f(false, false);
+        let both = f(true, true);
+        for feature in [20, 28, 32, 33] {
+            let kernel = if feature >= 28 { both } else { none };
+            // glibc did not register: nothing through glibc.
+            assert_eq!(usable_fields(0, feature, Mode::Glibc), none);
+            // 2.40 (20) and 2.35-2.39 (32) registered 32 bytes; 2.41+ the
+            // feature size: the kernel fills what it supports.
+            for size in [20, 32, feature, feature + 8] {
+                assert_eq!(
+                    usable_fields(size, feature, Mode::Glibc),
+                    kernel,
+                    "{size} {feature}"
+                );
+            }
+            // Our own registration covers at least 32 bytes.
+            for size in [0, 20, 32, feature] {
+                assert_eq!(
+                    usable_fields(size, feature, Mode::Own),
+                    kernel,
+                    "{size} {feature}"
+                );
+                assert_eq!(usable_fields(size, feature, Mode::Unavailable), none);
+            }
+        }
+        assert_eq!(registered_len(32, 20, Mode::Glibc), 32);
+        assert_eq!(registered_len(20, 28, Mode::Glibc), 32);
+        assert_eq!(registered_len(33, 33, Mode::Glibc), 33);
+        assert_eq!(registered_len(0, 33, Mode::Glibc), 0);
+        assert_eq!(registered_len(0, 33, Mode::Own), 64);
+    }
+
+    #[test]
+    fn own_area_layout_follows_the_abi() {
+        // Original ABI: 32 bytes aligned to 32, whatever AT_RSEQ_ALIGN says.
+        assert_eq!(own_area_layout(20, 0), (32, 32));
+        assert_eq!(own_area_layout(28, 32), (32, 32));
+        assert_eq!(own_area_layout(32, 32), (32, 32));
+        // Linux 7.0: feature size 33, AT_RSEQ_ALIGN 64.
+        assert_eq!(own_area_layout(33, 64), (64, 64));
+        // Missing AT_RSEQ_ALIGN: next power of two of the feature size.
+        assert_eq!(own_area_layout(33, 0), (64, 64));
+        // A larger alignment wins; a non-power-of-two one is rounded up.
+        assert_eq!(own_area_layout(40, 128), (128, 128));
+        assert_eq!(own_area_layout(65, 48), (128, 128));
     }
 
     #[test]

@@ -30,7 +30,21 @@
 #include <stdlib.h>
 #include <string.h>
 
-extern void *__libc_malloc(size_t); /* glibc's own heap: a foreign pointer */
+#include <dlfcn.h>
+
+/* glibc's own heap, for a foreign pointer: looked up in libc.so.6 itself
+ * (the preloaded library exports __libc_malloc too, and would win a plain
+ * reference). */
+static void *glibc_malloc(size_t n)
+{
+    void *libc = dlopen("libc.so.6", RTLD_LAZY | RTLD_NOLOAD);
+    void *(*f)(size_t) = libc ? (void *(*)(size_t))dlsym(libc, "malloc") : NULL;
+    if (!f) {
+        fprintf(stderr, "cannot find glibc's malloc: %s\n", dlerror());
+        exit(2);
+    }
+    return f(n);
+}
 
 static void *launder(void *p)
 {
@@ -195,7 +209,7 @@ int main(int argc, char **argv)
         char *p = malloc(640);
         bad = p - ((uintptr_t)p & 8191) + 12 * 640;
     } else if (!strcmp(c, "foreign")) {
-        bad = __libc_malloc(100);
+        bad = glibc_malloc(100);
     } else if (!strcmp(c, "usable_stack")) {
         bad = stack_buf + 64;
         use_usable = 1;

@@ -39,6 +39,28 @@ fn registers_own_area_when_glibc_does_not() {
     );
 }
 
+/// A libc without rseq symbols (musl, glibc < 2.35; simulated): each thread
+/// registers an area from rseq-sys's pool. Its address is not at a fixed
+/// thread-pointer offset, so per-CPU structures use compare-and-swap.
+#[test]
+fn pool_areas_when_libc_has_no_rseq_symbols() {
+    const POOL: (&str, &str) = ("RSEQ_PROBE_POOL", "1");
+    assert_eq!(
+        probe(&["mode"], &[NO_GLIBC_RSEQ, POOL]),
+        "mode=Own errno=0 discipline=Cas roundtrip=ok"
+    );
+    // 64 threads register, exit, and unregister in their pthread key
+    // destructor: every area but the main thread's is back in the pool.
+    let out = probe(&["threads", "64"], &[NO_GLIBC_RSEQ, POOL]);
+    let pool = out
+        .strip_prefix("threads=64 mode=Own roundtrip=ok pool=")
+        .unwrap_or_else(|| panic!("{out}"));
+    let (created, free) = pool.split_once('/').unwrap();
+    let (created, free): (usize, usize) = (created.parse().unwrap(), free.parse().unwrap());
+    assert!((2..=65).contains(&created), "{out}");
+    assert_eq!(free, created - 1, "{out}");
+}
+
 #[test]
 fn seccomp_enosys_makes_rseq_unavailable() {
     assert_eq!(

@@ -18,8 +18,6 @@ pub const STATUS_MISS: u32 = 1;
 pub const STATUS_UNREGISTERED: u32 = 2;
 /// Too many restarts.
 pub const STATUS_EXHAUSTED: u32 = 3;
-/// Size of our own rseq area.
-pub const OWN_AREA_BYTES: usize = 256;
 
 /// Operands of the batch sections.
 #[repr(C)]
@@ -84,8 +82,4 @@ pub unsafe fn read_tp_u32(_: isize) -> u32 {
 /// libc's rseq symbols are not used on this architecture.
 pub fn glibc_rseq_symbols() -> (*const isize, *const u32) {
     (core::ptr::null(), core::ptr::null())
-}
-/// No own area on this architecture.
-pub fn own_area_offset() -> isize {
-    0
 }

@@ -583,28 +583,11 @@ pub unsafe fn read_tp_u32(off: isize) -> u32 {
 
 // glibc's rseq symbols, referenced weakly so that we still link and run
 // against a libc without them (musl, glibc < 2.35): their GOT entries are
-// then 0. Our own area lives in static TLS (.tdata) and is reached through
-// an initial-exec GOT entry: its thread-pointer offset is then the same in
-// every thread, and the TLS is freed only after the thread is gone (it is
-// part of the thread's static TLS block), so the kernel never writes into
-// freed memory. Its initial image has cpu_id = -1 (unregistered).
-core::arch::global_asm!(
-    ".weak __rseq_offset",
-    ".weak __rseq_size",
-    ".pushsection .tdata.rseq_sys_own_area, \"awT\", @progbits",
-    ".balign 256",
-    ".globl rseq_sys_own_area",
-    ".hidden rseq_sys_own_area",
-    "rseq_sys_own_area:",
-    ".long 0, 0xffffffff", // cpu_id_start = 0, cpu_id = -1
-    ".zero 248",
-    ".size rseq_sys_own_area, 256",
-    ".type rseq_sys_own_area, @object",
-    ".popsection",
-);
-
-/// Size and alignment of our own rseq area (see the `global_asm!` above).
-pub const OWN_AREA_BYTES: usize = 256;
+// then 0. There is no TLS of our own here: an initial-exec TLS variable
+// would make a library embedding us fail to `dlopen` ("cannot allocate
+// memory in static TLS block"); see registration.rs for where our own area
+// lives.
+core::arch::global_asm!(".weak __rseq_offset", ".weak __rseq_size");
 
 /// `(&__rseq_offset, &__rseq_size)` as resolved by the dynamic linker; null
 /// when libc does not define them.
@@ -622,19 +605,4 @@ pub fn glibc_rseq_symbols() -> (*const isize, *const u32) {
         );
     }
     (off, size)
-}
-
-/// Thread-pointer offset of our own static-TLS rseq area.
-pub fn own_area_offset() -> isize {
-    let off: isize;
-    // SAFETY: loads the initial-exec GOT entry of our TLS symbol (the linker
-    // may relax it to an immediate); the value is a constant offset.
-    unsafe {
-        asm!(
-            "mov {}, qword ptr [rip + rseq_sys_own_area@GOTTPOFF]",
-            out(reg) off,
-            options(nostack, readonly, preserves_flags),
-        );
-    }
-    off
 }

@@ -10,6 +10,10 @@
 //! `rseq-probe threads N`: N short-lived threads push items through one
 //! structure; prints `threads=N mode=<..> roundtrip=ok`.
 //!
+//! With `RSEQ_PROBE_POOL=1` the process behaves as with a libc without rseq
+//! symbols (per-thread areas from rseq-sys's pool), and `threads` adds
+//! `pool=<created>/<free>` (areas created / unregistered and reusable).
+//!
 //! `rseq-probe singlestep N`: prepares a structure, stops itself with SIGSTOP
 //! (the tracer then single-steps it), runs N push+pop pairs and prints
 //! `ops=N ok=A exhausted=E aborts=B`, then `_exit(0)`s.
@@ -180,7 +184,12 @@ fn threads(n: usize) {
         modes.iter().all(|&m| m == first),
         "threads disagree: {modes:?}"
     );
-    println!("threads={n} mode={first:?} roundtrip=ok");
+    if std::env::var_os("RSEQ_PROBE_POOL").is_some() {
+        let (created, free) = registration::pool_counts();
+        println!("threads={n} mode={first:?} roundtrip=ok pool={created}/{free}");
+    } else {
+        println!("threads={n} mode={first:?} roundtrip=ok");
+    }
 }
 
 fn singlestep(n: usize) {
@@ -218,6 +227,9 @@ fn singlestep(n: usize) {
 
 fn main() {
     let args: Vec<String> = std::env::args().collect();
+    if std::env::var_os("RSEQ_PROBE_POOL").is_some() {
+        registration::force_own_pool();
+    }
     match args.get(1).map(String::as_str) {
         Some("mode") => mode(args.get(2).map(String::as_str)),
         Some("threads") => threads(args.get(2).and_then(|s| s.parse().ok()).unwrap_or(64)),

@@ -1,0 +1,449 @@
+//! The rest of glibc's surface (`cfree`, the `__libc_*` aliases,
+//! `malloc_info`) and our extension API, declared in
+//! `include/rseq_malloc.h`.
+
+use core::ffi::{c_char, c_int, c_longlong, c_void};
+
+use crate::{calloc, free, malloc, memalign, pvalloc, realloc, set_errno, valloc};
+
+// ---------------------------------------------------------------------------
+// glibc aliases
+// ---------------------------------------------------------------------------
+
+/// `cfree` (an old alias of `free` that glibc still exports).
+///
+/// # Safety
+/// As `free`.
+#[no_mangle]
+pub unsafe extern "C" fn cfree(ptr: *mut c_void) {
+    // SAFETY: forwarded contract.
+    unsafe { free(ptr) }
+}
+
+/// glibc's `__libc_malloc`, which some programs and tools call directly.
+///
+/// # Safety
+/// As `malloc`.
+#[no_mangle]
+pub unsafe extern "C" fn __libc_malloc(size: usize) -> *mut c_void {
+    // SAFETY: forwarded contract.
+    unsafe { malloc(size) }
+}
+
+/// glibc's `__libc_free`.
+///
+/// # Safety
+/// As `free`.
+#[no_mangle]
+pub unsafe extern "C" fn __libc_free(ptr: *mut c_void) {
+    // SAFETY: forwarded contract.
+    unsafe { free(ptr) }
+}
+
+/// glibc's `__libc_calloc`.
+///
+/// # Safety
+/// As `calloc`.
+#[no_mangle]
+pub unsafe extern "C" fn __libc_calloc(nmemb: usize, size: usize) -> *mut c_void {
+    // SAFETY: forwarded contract.
+    unsafe { calloc(nmemb, size) }
+}
+
+/// glibc's `__libc_realloc`.
+///
+/// # Safety
+/// As `realloc`.
+#[no_mangle]
+pub unsafe extern "C" fn __libc_realloc(ptr: *mut c_void, size: usize) -> *mut c_void {
+    // SAFETY: forwarded contract.
+    unsafe { realloc(ptr, size) }
+}
+
+/// glibc's `__libc_memalign`.
+///
+/// # Safety
+/// As `memalign`.
+#[no_mangle]
+pub unsafe extern "C" fn __libc_memalign(alignment: usize, size: usize) -> *mut c_void {
+    // SAFETY: forwarded contract.
+    unsafe { memalign(alignment, size) }
+}
+
+/// glibc's `__libc_valloc`.
+///
+/// # Safety
+/// As `valloc`.
+#[no_mangle]
+pub unsafe extern "C" fn __libc_valloc(size: usize) -> *mut c_void {
+    // SAFETY: forwarded contract.
+    unsafe { valloc(size) }
+}
+
+/// glibc's `__libc_pvalloc`.
+///
+/// # Safety
+/// As `pvalloc`.
+#[no_mangle]
+pub unsafe extern "C" fn __libc_pvalloc(size: usize) -> *mut c_void {
+    // SAFETY: forwarded contract.
+    unsafe { pvalloc(size) }
+}
+
+// ---------------------------------------------------------------------------
+// malloc_info
+// ---------------------------------------------------------------------------
+
+/// A line buffer on the stack (the output goes through stdio, which may
+/// allocate: that is ours and re-entrant-safe, as for any `fprintf`).
+struct Line {
+    buf: [u8; 160],
+    len: usize,
+}
+
+impl Line {
+    fn new() -> Line {
+        Line {
+            buf: [0; 160],
+            len: 0,
+        }
+    }
+
+    fn str(&mut self, s: &str) -> &mut Line {
+        for &b in s.as_bytes() {
+            if self.len < self.buf.len() {
+                self.buf[self.len] = b;
+                self.len += 1;
+            }
+        }
+        self
+    }
+
+    fn dec(&mut self, mut v: u64) -> &mut Line {
+        let mut tmp = [0u8; 20];
+        let mut i = tmp.len();
+        loop {
+            i -= 1;
+            tmp[i] = b'0' + (v % 10) as u8;
+            v /= 10;
+            if v == 0 {
+                break;
+            }
+        }
+        for &b in &tmp[i..] {
+            if self.len < self.buf.len() {
+                self.buf[self.len] = b;
+                self.len += 1;
+            }
+        }
+        self
+    }
+
+    /// Writes the line to `fp`; false on a short write.
+    ///
+    /// # Safety
+    /// `fp` is an open stdio stream.
+    unsafe fn put(&mut self, fp: *mut libc::FILE) -> bool {
+        // SAFETY: `buf[..len]` is initialised; `fp` is open (caller).
+        let n = unsafe { libc::fwrite(self.buf.as_ptr().cast(), 1, self.len, fp) };
+        let ok = n == self.len;
+        self.len = 0;
+        ok
+    }
+}
+
+/// `malloc_info(options, fp)`: our numbers in the XML shape glibc uses
+/// (one `<heap>`, the totals, `system` and `aspace` elements). `fast` is
+/// the per-CPU caches, `rest` the other free memory still mapped, `mmap`
+/// the huge blocks. `options` must be 0 (else -1 with `EINVAL`, as glibc).
+///
+/// # Safety
+/// `fp` is an open stdio stream opened for writing.
+#[no_mangle]
+pub unsafe extern "C" fn malloc_info(options: c_int, fp: *mut libc::FILE) -> c_int {
+    if options != 0 || fp.is_null() {
+        set_errno(libc::EINVAL);
+        return -1;
+    }
+    let s = rseq_alloc::stats();
+    let heap = s.mapped.saturating_sub(s.huge) as u64;
+    let rest = s
+        .mapped
+        .saturating_sub(s.allocated)
+        .saturating_sub(s.cached) as u64;
+    let cached = s.cached as u64;
+    let peak = s.peak_mapped.max(s.mapped) as u64;
+    let mut l = Line::new();
+    let mut ok = true;
+    let mut put = |l: &mut Line| {
+        // SAFETY: `fp` is open (caller's contract).
+        ok &= unsafe { l.put(fp) };
+    };
+    put(l.str("<malloc version=\"1\">\n<heap nr=\"0\">\n<sizes>\n</sizes>\n"));
+    put(l
+        .str("<total type=\"fast\" count=\"0\" size=\"")
+        .dec(cached)
+        .str("\"/>\n"));
+    put(l
+        .str("<total type=\"rest\" count=\"0\" size=\"")
+        .dec(rest)
+        .str("\"/>\n"));
+    for (kind, v) in [("current", heap), ("max", peak)] {
+        put(l
+            .str("<system type=\"")
+            .str(kind)
+            .str("\" size=\"")
+            .dec(v)
+            .str("\"/>\n"));
+    }
+    for kind in ["total", "mprotect"] {
+        put(l
+            .str("<aspace type=\"")
+            .str(kind)
+            .str("\" size=\"")
+            .dec(heap)
+            .str("\"/>\n"));
+    }
+    put(l.str("</heap>\n"));
+    put(l
+        .str("<total type=\"fast\" count=\"0\" size=\"")
+        .dec(cached)
+        .str("\"/>\n"));
+    put(l
+        .str("<total type=\"rest\" count=\"0\" size=\"")
+        .dec(rest)
+        .str("\"/>\n"));
+    put(l
+        .str("<total type=\"mmap\" count=\"")
+        .dec(s.huge_blocks as u64)
+        .str("\" size=\"")
+        .dec(s.huge as u64)
+        .str("\"/>\n"));
+    let mapped = s.mapped as u64;
+    for (kind, v) in [("current", mapped), ("max", peak)] {
+        put(l
+            .str("<system type=\"")
+            .str(kind)
+            .str("\" size=\"")
+            .dec(v)
+            .str("\"/>\n"));
+    }
+    for kind in ["total", "mprotect"] {
+        put(l
+            .str("<aspace type=\"")
+            .str(kind)
+            .str("\" size=\"")
+            .dec(mapped)
+            .str("\"/>\n"));
+    }
+    put(l.str("</malloc>\n"));
+    if ok {
+        0
+    } else {
+        -1
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Extension API (include/rseq_malloc.h)
+// ---------------------------------------------------------------------------
+
+/// `struct rseq_malloc_stats` (see the header; fields are only appended).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct RseqMallocStats {
+    /// Bytes in live blocks.
+    pub allocated: usize,
+    /// Bytes in spans in use and huge blocks.
+    pub active: usize,
+    /// Committed heap bytes not released, plus huge blocks.
+    pub mapped: usize,
+    /// Upper bound of resident bytes (`mapped + metadata`).
+    pub resident: usize,
+    /// Free bytes given back to the OS, address space kept.
+    pub retained: usize,
+    /// Allocator metadata bytes.
+    pub metadata: usize,
+    /// Free bytes in per-CPU caches.
+    pub cached: usize,
+    /// Bytes of huge blocks.
+    pub huge: usize,
+    /// Number of huge blocks.
+    pub huge_blocks: usize,
+    /// Highest `active` seen on a slow path.
+    pub peak_active: usize,
+    /// Highest `mapped` seen on a slow path.
+    pub peak_mapped: usize,
+    /// Per-CPU cache hits (with `stats=1`).
+    pub fast_hits: u64,
+    /// Per-CPU cache misses.
+    pub fast_misses: u64,
+    /// rseq restarts.
+    pub rseq_aborts: u64,
+    /// Compare-and-swap or cache-bypassing operations.
+    pub fallback_ops: u64,
+}
+
+/// Copies `min(size, sizeof *out)` bytes of `value` to `out`; returns our
+/// size, so that a caller built against an older (shorter) or newer
+/// (longer) header keeps working.
+///
+/// # Safety
+/// `out` is null or points to `size` writable bytes.
+unsafe fn copy_out<T: Copy>(value: &T, out: *mut c_void, size: usize) -> usize {
+    let ours = core::mem::size_of::<T>();
+    if !out.is_null() {
+        // SAFETY: `value` is `ours` readable bytes; `out` has `size`
+        // writable bytes (caller); the regions are distinct.
+        unsafe {
+            core::ptr::copy_nonoverlapping(
+                (value as *const T).cast::<u8>(),
+                out.cast::<u8>(),
+                ours.min(size),
+            )
+        };
+    }
+    ours
+}
+
+/// `size_t rseq_malloc_stats(struct rseq_malloc_stats *out, size_t size)`:
+/// fills `out` (up to `size` bytes) and returns `sizeof(struct
+/// rseq_malloc_stats)` of this library.
+///
+/// # Safety
+/// `out` is null or points to `size` writable bytes.
+#[no_mangle]
+pub unsafe extern "C" fn rseq_malloc_stats(out: *mut RseqMallocStats, size: usize) -> usize {
+    let s = rseq_alloc::stats();
+    let v = RseqMallocStats {
+        allocated: s.allocated,
+        active: s.active,
+        mapped: s.mapped,
+        resident: s.resident,
+        retained: s.retained,
+        metadata: s.metadata,
+        cached: s.cached,
+        huge: s.huge,
+        huge_blocks: s.huge_blocks,
+        peak_active: s.peak_active,
+        peak_mapped: s.peak_mapped,
+        fast_hits: s.fast_hits,
+        fast_misses: s.fast_misses,
+        rseq_aborts: s.rseq_aborts,
+        fallback_ops: s.fallback_ops,
+    };
+    // SAFETY: forwarded contract.
+    unsafe { copy_out(&v, out.cast(), size) }
+}
+
+/// `struct rseq_malloc_options` (see the header; fields are only appended).
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct RseqMallocOptions {
+    /// `rseq=off`.
+    pub rseq_off: c_int,
+    /// `index`: 0 auto, 1 cpu, 2 cid.
+    pub index: c_int,
+    /// `verbose`.
+    pub verbose: c_int,
+    /// `stats` (1 also for `stats=json`).
+    pub stats: c_int,
+    /// `stats=json`.
+    pub stats_json: c_int,
+    /// `background`.
+    pub background: c_int,
+    /// `thp`: 0 auto, 1 never.
+    pub thp: c_int,
+    /// `abort_conf`.
+    pub abort_conf: c_int,
+    /// `decay_ms` (-1 never).
+    pub decay_ms: c_longlong,
+    /// `stats_file` path (not NUL-terminated: a slice of the environment),
+    /// or NULL.
+    pub stats_file: *const c_char,
+    /// Length of `stats_file` in bytes.
+    pub stats_file_len: usize,
+}
+
+/// `size_t rseq_malloc_options(struct rseq_malloc_options *out, size_t
+/// size)`: the options in effect; returns `sizeof(struct
+/// rseq_malloc_options)` of this library.
+///
+/// # Safety
+/// `out` is null or points to `size` writable bytes.
+#[no_mangle]
+pub unsafe extern "C" fn rseq_malloc_options(out: *mut RseqMallocOptions, size: usize) -> usize {
+    let o = rseq_alloc::options();
+    let flag = |b: bool| c_int::from(b);
+    let v = RseqMallocOptions {
+        rseq_off: flag(o.rseq_off),
+        index: match o.index {
+            rseq_alloc::IndexChoice::Auto => 0,
+            rseq_alloc::IndexChoice::Cpu => 1,
+            rseq_alloc::IndexChoice::Cid => 2,
+        },
+        verbose: flag(o.verbose),
+        stats: flag(o.stats),
+        stats_json: flag(o.stats_json),
+        background: flag(o.background),
+        thp: match o.thp {
+            rseq_alloc::ThpChoice::Auto => 0,
+            rseq_alloc::ThpChoice::Never => 1,
+        },
+        abort_conf: flag(o.abort_conf),
+        decay_ms: o.decay_ms,
+        stats_file: o
+            .stats_file
+            .map_or(core::ptr::null(), |p| p.as_ptr().cast()),
+        stats_file_len: o.stats_file.map_or(0, <[u8]>::len),
+    };
+    // SAFETY: forwarded contract.
+    unsafe { copy_out(&v, out.cast(), size) }
+}
+
+/// `int rseq_malloc_trim(void)`: gives free memory back to the OS now;
+/// 1 if anything was released.
+#[no_mangle]
+pub extern "C" fn rseq_malloc_trim() -> c_int {
+    c_int::from(rseq_alloc::trim())
+}
+
+/// NUL-terminated copies of the version and mode names.
+const VERSION: &core::ffi::CStr =
+    match core::ffi::CStr::from_bytes_with_nul(concat!(env!("CARGO_PKG_VERSION"), "\0").as_bytes())
+    {
+        Ok(v) => v,
+        Err(_) => panic!("version string"),
+    };
+
+/// `const char *rseq_malloc_version(void)`: "0.1.0" (this library's
+/// version, static storage).
+#[no_mangle]
+pub extern "C" fn rseq_malloc_version() -> *const c_char {
+    VERSION.as_ptr()
+}
+
+/// `const char *rseq_malloc_mode(void)`: "rseq-glibc", "rseq-own" or
+/// "cmpxchg" (static storage).
+#[no_mangle]
+pub extern "C" fn rseq_malloc_mode() -> *const c_char {
+    let m: &'static core::ffi::CStr = match rseq_alloc::mode_name() {
+        "rseq-glibc" => c"rseq-glibc",
+        "rseq-own" => c"rseq-own",
+        _ => c"cmpxchg",
+    };
+    m.as_ptr()
+}
+
+/// `size_t rseq_malloc_cache_regions(void)`: number of per-CPU caches.
+#[no_mangle]
+pub extern "C" fn rseq_malloc_cache_regions() -> usize {
+    rseq_alloc::cache_regions()
+}
+
+/// `size_t rseq_malloc_cached_in_region(size_t region)`: free bytes in
+/// one per-CPU cache (0 out of range).
+#[no_mangle]
+pub extern "C" fn rseq_malloc_cached_in_region(region: usize) -> usize {
+    rseq_alloc::cached_bytes_in_region(region)
+}
