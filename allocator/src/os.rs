@@ -231,7 +231,7 @@ mod tests {
         assert_eq!(p as usize % (1 << 21), 0);
         // SAFETY: p is our reservation.
         unsafe {
-            assert!(commit(p, 1 << 20));
+            assert!(commit_accounted(p, 1 << 20));
             p.write_bytes(0xab, 1 << 20);
             assert_eq!(*p.add(12345), 0xab);
             assert!(release(p, 1 << 20));
