@@ -517,44 +517,19 @@ pub unsafe extern "C" fn mallinfo() -> Mallinfo {
 // fork
 // ---------------------------------------------------------------------------
 
-extern "C" fn atfork_prepare() {
-    raw::fork_prepare();
-}
-
-extern "C" fn atfork_parent() {
-    raw::fork_parent();
-}
-
-extern "C" fn atfork_child() {
-    raw::fork_child();
-}
-
-/// Registers the fork handlers, so the allocator's locks are held across
-/// `fork()` and a child of a multi-threaded parent can allocate.
+/// Registers the fork handlers (see `rseq_alloc`'s `fork.rs`: the stdio
+/// list lock is taken before ours, nothing is taken in a single-threaded
+/// process), so a child of a multi-threaded parent can allocate.
 ///
 /// Run from `.init_array` rather than from the first `malloc`: glibc holds
-/// its atfork lock while running other libraries' prepare handlers, and a
-/// first `malloc` from one of them calling `pthread_atfork` would deadlock.
-/// Allocations before this constructor runs (from ld.so or libc) work: the
-/// allocator initialises itself lazily; only a `fork` before our
-/// constructor would miss the handlers, and nothing forks that early.
+/// its atfork lock while it registers, and a first `malloc` from a prepare
+/// handler calling `pthread_atfork` would deadlock. The allocator crate has
+/// the same constructor; registration is idempotent, and this one is kept
+/// next to `malloc` so that static linking, which pulls in the object that
+/// defines `malloc`, keeps a constructor in any case. Allocations before it
+/// runs (from ld.so or libc) work: the allocator initialises itself lazily.
 extern "C" fn register_atfork() {
-    // SAFETY: the three handlers are `extern "C" fn()` items that live as
-    // long as this library (pthread_atfork ties them to our DSO handle and
-    // glibc unregisters them if it is unloaded). pthread_atfork may call
-    // malloc, which is ours and re-entrant-safe.
-    let rc = unsafe {
-        libc::pthread_atfork(
-            Some(atfork_prepare as unsafe extern "C" fn()),
-            Some(atfork_parent as unsafe extern "C" fn()),
-            Some(atfork_child as unsafe extern "C" fn()),
-        )
-    };
-    if rc != 0 {
-        const MSG: &[u8] = b"rseq-malloc: pthread_atfork failed; fork() from threads may hang\n";
-        // SAFETY: writes a static buffer to fd 2; no allocation.
-        unsafe { libc::write(2, MSG.as_ptr().cast(), MSG.len()) };
-    }
+    raw::register_fork_handlers();
 }
 
 /// The ELF constructor that registers the fork handlers (see
