@@ -165,7 +165,9 @@ fn do_init() -> u8 {
 /// Work done once after the state is ready (these calls may allocate
 /// through libc, which is fine now).
 fn after_init() {
-    if CONFIG_VERBOSE.load(Ordering::Relaxed) {
+    // One line per program: valgrind's launcher processes are not the
+    // program (see `is_valgrind_launcher`).
+    if CONFIG_VERBOSE.load(Ordering::Relaxed) && !util::is_valgrind_launcher() {
         let mut m = MsgBuf::new();
         m.str("rseq-malloc: mode=")
             .str(mode_name())

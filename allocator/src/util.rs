@@ -180,3 +180,50 @@ mod tests {
         assert_eq!(round_up(usize::MAX, 16), None);
     }
 }
+
+/// Whether this process image is valgrind's launcher (`valgrind`, Debian's
+/// `valgrind.bin`) or the shell running Debian's `valgrind` wrapper script.
+/// They run natively before exec'ing the tool that runs the program, and
+/// inherit `LD_PRELOAD` and `RSEQ_MALLOC_CONF`: their `verbose=1` line (in
+/// an rseq mode) would precede the program's own (`mode=cmpxchg`, valgrind
+/// has no rseq). Reads `/proc/self/exe` and `/proc/self/cmdline` into stack
+/// buffers; called once at init, only when there is something to print.
+pub fn is_valgrind_launcher() -> bool {
+    fn is_valgrind(path: &[u8]) -> bool {
+        let base = path.rsplit(|&b| b == b'/').next().unwrap_or(path);
+        base == b"valgrind" || base == b"valgrind.bin"
+    }
+    let mut buf = [0u8; 512];
+    // SAFETY: the path is NUL-terminated; readlink writes at most
+    // `buf.len()` bytes into `buf`.
+    let n = unsafe {
+        libc::readlink(
+            c"/proc/self/exe".as_ptr(),
+            buf.as_mut_ptr().cast(),
+            buf.len(),
+        )
+    };
+    if n > 0 && is_valgrind(&buf[..n as usize]) {
+        return true;
+    }
+    // A script's interpreter gets the shebang's option, if any, then the
+    // script's path.
+    // SAFETY: a NUL-terminated path; the descriptor is closed below.
+    let fd = unsafe { libc::open(c"/proc/self/cmdline".as_ptr(), libc::O_RDONLY | libc::O_CLOEXEC) };
+    if fd < 0 {
+        return false;
+    }
+    // SAFETY: reads at most `buf.len()` bytes into `buf`.
+    let n = unsafe { libc::read(fd, buf.as_mut_ptr().cast(), buf.len()) };
+    // SAFETY: `fd` is ours.
+    unsafe { libc::close(fd) };
+    if n <= 0 {
+        return false;
+    }
+    let mut args = buf[..n as usize].split(|&b| b == 0);
+    let interp = args.next().unwrap_or(&[]);
+    // Skip the shebang's option (`#!/bin/sh -e` on Debian).
+    let script = args.find(|a| !a.starts_with(b"-")).unwrap_or(&[]);
+    let interp_base = interp.rsplit(|&b| b == b'/').next().unwrap_or(interp);
+    matches!(interp_base, b"sh" | b"dash" | b"bash") && is_valgrind(script)
+}

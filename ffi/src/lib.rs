@@ -25,13 +25,16 @@
 //! - `posix_memalign` returns `EINVAL` for an alignment that is not a power
 //!   of two multiple of `sizeof(void *)` and never writes `*memptr` on
 //!   failure;
-//! - `memalign`/`aligned_alloc` (aliases in glibc 2.36) round an alignment
-//!   that is not a power of two up to the next one, treat an alignment of at
-//!   most 16 as plain `malloc`, and fail with `EINVAL` only for an alignment
-//!   above `SIZE_MAX / 2 + 1`;
+//! - `memalign` rounds an alignment that is not a power of two up to the
+//!   next one, treats an alignment of at most 16 as plain `malloc`, and
+//!   fails with `EINVAL` only for an alignment above `SIZE_MAX / 2 + 1`;
+//!   `aligned_alloc` does the same for a power of two (glibc 2.36 made it
+//!   an alias of `memalign`; see below for the rest);
 //! - `pvalloc` rounds the size up to a whole number of pages.
 //!
 //! Deliberate differences from glibc 2.36:
+//! - `aligned_alloc` with an alignment that is not a power of two (0
+//!   included) gives NULL with `EINVAL`, as C17 and glibc >= 2.38;
 //! - `mallopt` answers 0 for a parameter it does not know (glibc answers 1
 //!   for anything it does not reject), so a caller can tell;
 //! - `free_sized` / `free_aligned_sized` (C23, not in glibc 2.36) are
@@ -177,16 +180,29 @@ pub unsafe extern "C" fn malloc(size: usize) -> *mut c_void {
 }
 
 /// C `free`: `free(NULL)` does nothing; a pointer that is not a live block
-/// of ours aborts with `rseq-malloc: free(): invalid pointer 0x...`.
+/// of ours aborts with `rseq-malloc: free(): invalid pointer 0x...`;
+/// `errno` is preserved.
 ///
 /// # Safety
 /// `ptr` is NULL or was returned by this library's allocation functions and
 /// not freed since (anything else is reported and aborts where detectable).
 #[no_mangle]
 pub unsafe extern "C" fn free(ptr: *mut c_void) {
+    // glibc >= 2.33 (and POSIX 2024): free() leaves errno alone. Our slow
+    // paths make system calls that can fail and set it (munmap at the map
+    // count limit, madvise, a contended lock's futex wait, rseq
+    // registration of a new thread), so save and restore it around them,
+    // as glibc's free does.
+    // SAFETY: `__errno_location` returns the calling thread's errno slot,
+    // valid for the whole call.
+    let errno = unsafe { libc::__errno_location() };
+    // SAFETY: as above.
+    let saved = unsafe { *errno };
     // SAFETY: the caller's contract is `raw::free`'s: NULL or a live block
     // from this allocator; the allocator validates the rest.
-    unsafe { raw::free(ptr.cast()) }
+    unsafe { raw::free(ptr.cast()) };
+    // SAFETY: as above.
+    unsafe { *errno = saved };
 }
 
 /// C `calloc`: `nmemb * size` zeroed bytes; an overflowing product or one
@@ -268,12 +284,19 @@ pub unsafe extern "C" fn posix_memalign(
     0
 }
 
-/// C11 `aligned_alloc`; in glibc 2.36 an alias of [`memalign`], and so here.
+/// C11 `aligned_alloc`: NULL with `EINVAL` for an alignment that is not a
+/// power of two (as C17, glibc >= 2.38, musl, jemalloc and mimalloc), else
+/// [`memalign`].
 ///
 /// # Safety
 /// Callable from any thread at any time.
 #[no_mangle]
 pub unsafe extern "C" fn aligned_alloc(alignment: usize, size: usize) -> *mut c_void {
+    // C17 (DR 460), glibc >= 2.38, musl: an alignment that is not a power
+    // of two (0 included) is invalid. `memalign` keeps glibc's rounding.
+    if !alignment.is_power_of_two() {
+        return null_einval();
+    }
     memalign_glibc(alignment, size)
 }
 
