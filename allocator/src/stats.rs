@@ -62,8 +62,10 @@ pub fn snapshot() -> Stats {
 
 extern "C" {
     // Not in the `libc` crate for Linux; glibc and musl both export it.
-    fn pthread_setcancelstate(state: core::ffi::c_int, old: *mut core::ffi::c_int)
-        -> core::ffi::c_int;
+    fn pthread_setcancelstate(
+        state: core::ffi::c_int,
+        old: *mut core::ffi::c_int,
+    ) -> core::ffi::c_int;
 }
 /// `PTHREAD_CANCEL_DISABLE` on Linux (glibc and musl).
 const PTHREAD_CANCEL_DISABLE: core::ffi::c_int = 1;
