@@ -144,43 +144,6 @@ pub const fn round_up(v: usize, align: usize) -> Option<usize> {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn msgbuf_formats_numbers() {
-        let mut m = MsgBuf::new();
-        m.str("x=")
-            .dec(0)
-            .str(" ")
-            .dec(1234567890)
-            .str(" 0x")
-            .hex(0xdead_beef);
-        assert_eq!(m.as_bytes(), b"x=0 1234567890 0xdeadbeef");
-        let mut m = MsgBuf::new();
-        m.dec(u64::MAX).str(" ").hex(u64::MAX);
-        assert_eq!(m.as_bytes(), b"18446744073709551615 ffffffffffffffff");
-    }
-
-    #[test]
-    fn msgbuf_truncates() {
-        let mut m = MsgBuf::new();
-        for _ in 0..100 {
-            m.str("0123456789");
-        }
-        assert_eq!(m.as_bytes().len(), 512);
-    }
-
-    #[test]
-    fn round_up_works() {
-        assert_eq!(round_up(0, 16), Some(0));
-        assert_eq!(round_up(1, 16), Some(16));
-        assert_eq!(round_up(16, 16), Some(16));
-        assert_eq!(round_up(usize::MAX, 16), None);
-    }
-}
-
 /// Whether this process image is valgrind's launcher (`valgrind`, Debian's
 /// `valgrind.bin`) or the shell running Debian's `valgrind` wrapper script.
 /// They run natively before exec'ing the tool that runs the program, and
@@ -231,4 +194,93 @@ pub fn is_valgrind_launcher() -> bool {
     let script = args.find(|a| !a.starts_with(b"-")).unwrap_or(&[]);
     let interp_base = interp.rsplit(|&b| b == b'/').next().unwrap_or(interp);
     matches!(interp_base, b"sh" | b"dash" | b"bash") && is_valgrind(script)
+}
+
+/// Thread-pointer offset of libc's `errno` (0 until first computed).
+/// glibc keeps `errno` in libc's static TLS block and musl in the thread
+/// descriptor, so `&errno - thread pointer` is the same in every thread.
+static ERRNO_TP_OFFSET: core::sync::atomic::AtomicIsize = core::sync::atomic::AtomicIsize::new(0);
+
+/// Runs `f` and leaves the calling thread's `errno` as it was before, even
+/// if a system call inside `f` failed (glibc's `free` does the same).
+///
+/// Cost when nothing changed: two thread-pointer-relative loads and a
+/// compare (the offset of `errno` is computed once); `__errno_location` is
+/// called only to restore a changed value, or on an architecture without
+/// thread-pointer loads in rseq-sys.
+#[inline(always)]
+pub fn keep_errno<T>(f: impl FnOnce() -> T) -> T {
+    let off = ERRNO_TP_OFFSET.load(core::sync::atomic::Ordering::Relaxed);
+    if !rseq_sys::arch::HAS_RSEQ || off == 0 {
+        return keep_errno_slow(f);
+    }
+    // SAFETY: `off` is the offset of this thread's `errno` from its thread
+    // pointer (see ERRNO_TP_OFFSET): a readable 4-byte int.
+    let saved = unsafe { rseq_sys::arch::read_tp_u32(off) };
+    let r = f();
+    // SAFETY: as above.
+    if unsafe { rseq_sys::arch::read_tp_u32(off) } != saved {
+        // SAFETY: `__errno_location` returns this thread's errno slot.
+        unsafe { *libc::__errno_location() = saved as i32 };
+    }
+    r
+}
+
+#[cold]
+#[inline(never)]
+fn keep_errno_slow<T>(f: impl FnOnce() -> T) -> T {
+    // SAFETY: `__errno_location` returns this thread's errno slot, valid
+    // for the thread's lifetime.
+    let loc = unsafe { libc::__errno_location() };
+    if rseq_sys::arch::HAS_RSEQ {
+        let off = (loc as isize).wrapping_sub(rseq_sys::arch::thread_pointer() as isize);
+        // A static-TLS (or thread descriptor) offset is small; anything else
+        // means a libc we do not know: stay on this slow path.
+        if off != 0 && off.unsigned_abs() < 1 << 24 {
+            ERRNO_TP_OFFSET.store(off, core::sync::atomic::Ordering::Relaxed);
+        }
+    }
+    // SAFETY: as above.
+    let saved = unsafe { *loc };
+    let r = f();
+    // SAFETY: as above.
+    unsafe { *loc = saved };
+    r
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn msgbuf_formats_numbers() {
+        let mut m = MsgBuf::new();
+        m.str("x=")
+            .dec(0)
+            .str(" ")
+            .dec(1234567890)
+            .str(" 0x")
+            .hex(0xdead_beef);
+        assert_eq!(m.as_bytes(), b"x=0 1234567890 0xdeadbeef");
+        let mut m = MsgBuf::new();
+        m.dec(u64::MAX).str(" ").hex(u64::MAX);
+        assert_eq!(m.as_bytes(), b"18446744073709551615 ffffffffffffffff");
+    }
+
+    #[test]
+    fn msgbuf_truncates() {
+        let mut m = MsgBuf::new();
+        for _ in 0..100 {
+            m.str("0123456789");
+        }
+        assert_eq!(m.as_bytes().len(), 512);
+    }
+
+    #[test]
+    fn round_up_works() {
+        assert_eq!(round_up(0, 16), Some(0));
+        assert_eq!(round_up(1, 16), Some(16));
+        assert_eq!(round_up(16, 16), Some(16));
+        assert_eq!(round_up(usize::MAX, 16), None);
+    }
 }

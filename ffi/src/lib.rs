@@ -191,18 +191,11 @@ pub unsafe extern "C" fn free(ptr: *mut c_void) {
     // glibc >= 2.33 (and POSIX 2024): free() leaves errno alone. Our slow
     // paths make system calls that can fail and set it (munmap at the map
     // count limit, madvise, a contended lock's futex wait, rseq
-    // registration of a new thread), so save and restore it around them,
-    // as glibc's free does.
-    // SAFETY: `__errno_location` returns the calling thread's errno slot,
-    // valid for the whole call.
-    let errno = unsafe { libc::__errno_location() };
-    // SAFETY: as above.
-    let saved = unsafe { *errno };
+    // registration of a new thread): `raw::free_keep_errno` restores it,
+    // at the cost of two thread-pointer-relative loads when it is intact.
     // SAFETY: the caller's contract is `raw::free`'s: NULL or a live block
     // from this allocator; the allocator validates the rest.
-    unsafe { raw::free(ptr.cast()) };
-    // SAFETY: as above.
-    unsafe { *errno = saved };
+    unsafe { raw::free_keep_errno(ptr.cast()) }
 }
 
 /// C `calloc`: `nmemb * size` zeroed bytes; an overflowing product or one
