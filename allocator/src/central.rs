@@ -23,6 +23,7 @@
 //!
 //! Lock order: central lock, then page-heap lock.
 
+use crate::double_free;
 use crate::lock::Mutex;
 use crate::page_heap::PageHeap;
 use crate::size_class::{SizeClass, NUM_CLASSES, PAGE_SHIFT};
@@ -126,6 +127,7 @@ impl Central {
         }
         let size = class.size_bytes();
         let objs = class.objects_per_span() as u32;
+        let key = crate::fast::FAST.key();
         while n < out.len() {
             let id = g.nonempty;
             if id == 0 {
@@ -148,12 +150,17 @@ impl Central {
                 let o = if !l.freelist.is_null() {
                     let o = l.freelist;
                     // SAFETY: a free object of at least 8 bytes, 8-aligned,
-                    // whose first word is the list link we wrote.
-                    l.freelist = unsafe { *(o as *const *mut u8) };
+                    // whose first word is the mark and link we wrote; it
+                    // keeps the mark (it stays free, in a cache).
+                    let w = unsafe { o.cast::<u64>().read() };
+                    l.freelist = double_free::decode_link(key, base, o, w);
                     o
                 } else if l.carved < objs {
                     let o = (base + l.carved as usize * size) as *mut u8;
                     l.carved += 1;
+                    // SAFETY: a never-used object of this span, ours under
+                    // the class lock; it gets the free mark.
+                    unsafe { o.cast::<u64>().write(key) };
                     o
                 } else {
                     break;
@@ -194,6 +201,36 @@ impl Central {
         self.publish(&g);
     }
 
+    /// Whether `p`, an object start of `class`, is free here: in the
+    /// transfer stack or on its span's free list (exact, under the lock).
+    pub fn contains(&self, heap: &PageHeap, class: SizeClass, p: *mut u8) -> bool {
+        let g = self.inner.lock();
+        if g.transfer[..g.transfer_len].contains(&p) {
+            return true;
+        }
+        let s = match heap.span_of(p as usize) {
+            Some(s) if s.state() == SMALL && s.class() as usize == class.index() => s,
+            _ => return false,
+        };
+        let base = heap.span_addr(s);
+        let key = crate::fast::FAST.key();
+        // SAFETY: SMALL span of this class, class lock held.
+        let l = unsafe { s.locked() };
+        let mut o = l.freelist;
+        let mut steps = 0;
+        while !o.is_null() && steps <= class.objects_per_span() {
+            if o == p {
+                return true;
+            }
+            // SAFETY: free-list objects are free objects of this span.
+            let w = unsafe { o.cast::<u64>().read() };
+            o = double_free::decode_link(key, base, o, w);
+            steps += 1;
+        }
+        drop(g);
+        false
+    }
+
     /// Moves every object of the transfer stack back to its span (so empty
     /// spans can go back to the page heap). Used by `trim`.
     pub fn flush(&self, heap: &PageHeap, class: SizeClass) {
@@ -219,9 +256,10 @@ impl Central {
         if l.allocated == 0 {
             crate::util::invalid_pointer("free()", o);
         }
-        // SAFETY: `o` is a free object we own; storing the link in its first
-        // word is allowed (objects are >= 8 bytes and 8-aligned).
-        unsafe { *(o as *mut *mut u8) = l.freelist };
+        let link = double_free::encode_link(crate::fast::FAST.key(), heap.span_addr(s), l.freelist);
+        // SAFETY: `o` is a free object we own; storing the mark and link in
+        // its first word is allowed (objects are >= 8 bytes and 8-aligned).
+        unsafe { o.cast::<u64>().write(link) };
         l.freelist = o;
         l.allocated -= 1;
         if l.allocated == 0 {
@@ -307,7 +345,8 @@ impl Central {
                 fl += 1;
                 assert!(fl <= objs);
                 // SAFETY: list links are stored in free objects.
-                o = unsafe { *(o as *const *mut u8) };
+                let w = unsafe { o.cast::<u64>().read() };
+                o = double_free::decode_link(crate::fast::FAST.key(), span_base, o, w);
             }
             assert_eq!(fl, (l.carved - l.allocated) as usize);
             assert!(fl > 0 || (l.carved as usize) < objs);

@@ -124,19 +124,18 @@ fn region_fingerprint(region: usize) -> u64 {
 /// another drain or a fork is in progress, it does nothing.
 #[cold]
 #[inline(never)]
-pub(crate) fn drain_idle_regions() {
+pub(crate) fn drain_idle_regions(central: &CentralLists, heap: &PageHeap) {
     let sigs = IDLE_SIGS.load(Ordering::Acquire);
     if sigs.is_null() || !DRAIN_LOCK.try_lock() {
         return;
     }
-    let central = &crate::global::CENTRAL;
-    let heap = &crate::global::HEAP;
     for r in 0..SLABS.nregions() {
         // SAFETY: IDLE_SIGS has `nregions` entries (mapped at init).
         let slot = unsafe { &*sigs.add(r) };
         let sig = region_fingerprint(r);
         let empty = SizeClass::all().all(|c| SLABS.len(r, c.index()) == 0);
         if !empty && sig == slot.load(Ordering::Relaxed) {
+            let _moving = crate::double_free::InFlight::all();
             SLABS.drain(r, &mut |class, items| {
                 if let Some(c) = SizeClass::from_index(class) {
                     // SAFETY: the drain handed us these free objects of
@@ -158,9 +157,11 @@ pub(crate) fn drain_idle_regions() {
 /// lock, which a child must not inherit locked.
 pub(crate) static DRAIN_LOCK: RawLock = RawLock::new();
 
-/// Empties every region of the per-CPU caches into the central lists.
+/// Empties every region of the per-CPU caches into the central lists (the
+/// back end is a parameter: this layer knows nothing above it).
 pub(crate) fn drain_all_into(central: &CentralLists, heap: &PageHeap) {
     DRAIN_LOCK.lock();
+    let _moving = crate::double_free::InFlight::all();
     for r in 0..SLABS.nregions() {
         SLABS.drain(r, &mut |class, items| {
             if let Some(c) = SizeClass::from_index(class) {
@@ -174,9 +175,10 @@ pub(crate) fn drain_all_into(central: &CentralLists, heap: &PageHeap) {
     unsafe { DRAIN_LOCK.unlock() };
 }
 
-/// Empties every region into the global central lists.
-pub(crate) fn drain_all() {
-    drain_all_into(&crate::global::CENTRAL, &crate::global::HEAP);
+/// Whether `p` sits in some region's stack of `class` (racy scan; see
+/// `double_free` for how a miss is confirmed).
+pub(crate) fn cached(class: SizeClass, p: *mut u8) -> bool {
+    (0..SLABS.nregions()).any(|r| SLABS.contains(r, class.index(), p))
 }
 
 /// Bytes of free objects in one region (racy snapshot).

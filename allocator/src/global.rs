@@ -1,17 +1,8 @@
-//! The front door: process-wide state, lazy initialisation, and the
-//! malloc/free/realloc paths shared by `RseqAlloc` and `raw`.
-//!
-//! Fast paths (`malloc_class`, `free_class`): the class is found from the
-//! size by a table lookup; then one load of `STATE` and one per-CPU pop or
-//! push (an rseq critical section, or CAS in fallback mode). Everything else
-//! is in `#[cold]` functions. Cost: about 40 instructions per call through
-//! `__rust_alloc` (class lookup ~8, state check 3, rseq-sys pop ~25 including
-//! the critical section); measured 7.6-8 ns per alloc+free pair when inlined
-//! and ~15 ns through `std::alloc::{alloc, dealloc}` on the 2.5 GHz Xeon of
-//! this project (glibc: 11.5 ns inlined), on an idle machine.
-//!
-//! The C path (`raw::free`) finds the class through the page map: about a
-//! dozen more loads than `dealloc` with a layout.
+//! The front door's state: process-wide statics, lazy initialisation, the
+//! bootstrap arena, block classification (`classify`), the paths for blocks
+//! that are not small (large spans, huge mappings), `realloc`, `trim` and
+//! fork handling. The small-object fast paths live in `fast.rs` (with their
+//! call tree and cost) and their slow paths in `refill.rs`.
 //!
 //! Block kinds, by request:
 //! - small: size <= 256 KiB and alignment <= page (8 KiB): size classes;
@@ -29,7 +20,7 @@ use crate::span::{LARGE, SMALL};
 use crate::util::{self, MsgBuf};
 use core::ptr::{self, NonNull};
 use core::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicU8, AtomicUsize, Ordering};
-use rseq_sys::percpu::{Discipline, Index, OpError};
+use rseq_sys::percpu::{Discipline, Index};
 
 /// Requests of at least this many bytes (size + alignment slack) are mapped
 /// directly.
@@ -131,6 +122,11 @@ pub(crate) fn ensure_init() -> bool {
                     INIT_TID.store(util::gettid(), Ordering::Relaxed);
                     let st = do_init();
                     STATE.store(st, Ordering::Release);
+                    if st == READY_CACHE {
+                        if let Some((base, off, idx)) = SLABS.fast_params() {
+                            crate::fast::FAST.enable(base, off, idx);
+                        }
+                    }
                     if st != FAILED {
                         after_init();
                     }
@@ -142,6 +138,7 @@ pub(crate) fn ensure_init() -> bool {
 }
 
 fn do_init() -> u8 {
+    crate::fast::FAST.set_key(crate::fast::make_key());
     let cfg = crate::config::from_env();
     CONFIG_STATS.store(cfg.stats, Ordering::Relaxed);
     CONFIG_VERBOSE.store(cfg.verbose, Ordering::Relaxed);
@@ -188,6 +185,7 @@ fn after_init() {
 }
 
 /// True once initialised with per-CPU caches.
+#[inline(always)]
 pub(crate) fn cache_ready() -> bool {
     matches!(STATE.load(Ordering::Relaxed), READY_CACHE | READY_COUNTING)
 }
@@ -219,214 +217,27 @@ pub fn index_name() -> &'static str {
 
 // ---------------------------------------------------------------- small
 
-/// Allocates one object of `class`. Null only when out of memory.
-#[inline(always)]
-pub(crate) fn malloc_class(class: SizeClass) -> *mut u8 {
-    if STATE.load(Ordering::Relaxed) == READY_CACHE {
-        let p = SLABS.pop_fast(class.index());
-        if !p.is_null() {
-            return p;
-        }
-        return malloc_fast_miss(class);
-    }
-    malloc_not_fast(class)
+/// True when `stats=1` counts fast-path hits (the fast path is off then).
+pub(crate) fn counting() -> bool {
+    STATE.load(Ordering::Relaxed) == READY_COUNTING
 }
 
-/// The fast pop missed: the full `pop` fixes what it can (registers the
-/// thread, initialises the region) before the central lists refill.
-#[cold]
-#[inline(never)]
-fn malloc_fast_miss(class: SizeClass) -> *mut u8 {
-    match SLABS.pop(class.index()) {
-        Ok(p) => p.as_ptr(),
-        Err(e) => malloc_miss(class, e),
-    }
-}
-
-/// Everything but the plain fast path: not yet initialised, counting hits
-/// (`stats=1`), or no per-CPU caches.
-#[cold]
-#[inline(never)]
-fn malloc_not_fast(class: SizeClass) -> *mut u8 {
-    if STATE.load(Ordering::Relaxed) == READY_COUNTING {
-        return match SLABS.pop(class.index()) {
-            Ok(p) => {
-                FAST_HITS.fetch_add(1, Ordering::Relaxed);
-                p.as_ptr()
-            }
-            Err(e) => malloc_miss(class, e),
-        };
-    }
-    if !ensure_init() {
-        if STATE.load(Ordering::Relaxed) == FAILED {
-            return ptr::null_mut();
-        }
-        let size = class.size_bytes();
-        return boot_alloc(size, size & size.wrapping_neg());
-    }
-    if cache_ready() {
-        return malloc_not_fast_ready(class);
-    }
-    central_pop_one(class)
-}
-
-/// First allocation after this thread initialised: retry with the state set.
-fn malloc_not_fast_ready(class: SizeClass) -> *mut u8 {
-    if STATE.load(Ordering::Relaxed) == READY_COUNTING {
-        return malloc_not_fast(class);
-    }
-    malloc_class(class)
-}
-
-fn central_pop_one(class: SizeClass) -> *mut u8 {
-    SLOW_DIRECT_OPS.fetch_add(1, Ordering::Relaxed);
-    let mut one = [ptr::null_mut(); 1];
-    if CENTRAL.get(class).pop_batch(&HEAP, class, &mut one) == 1
-        || (reclaim() && CENTRAL.get(class).pop_batch(&HEAP, class, &mut one) == 1)
-    {
-        one[0]
-    } else {
-        ptr::null_mut()
-    }
-}
-
-/// Out of heap: take back the free objects that per-CPU caches and
-/// transfer stacks hold (their spans may become free), so a retry can
-/// succeed. True if anything was drained or flushed. Rate-limited to one
-/// reclaim at a time.
-#[cold]
-#[inline(never)]
-fn reclaim() -> bool {
-    static BUSY: AtomicBool = AtomicBool::new(false);
-    if BUSY.swap(true, Ordering::Acquire) {
-        return false;
-    }
-    let before = HEAP.stats().free_bytes;
-    if cache_ready() {
-        crate::cpu_cache::drain_all();
-    }
-    for class in SizeClass::all() {
-        CENTRAL.get(class).flush(&HEAP, class);
-    }
-    let after = HEAP.stats().free_bytes;
-    BUSY.store(false, Ordering::Release);
-    after > before
-}
-
-#[cold]
-#[inline(never)]
-fn malloc_miss(class: SizeClass, e: OpError) -> *mut u8 {
-    let misses = FAST_MISSES.fetch_add(1, Ordering::Relaxed);
-    let period = crate::cpu_cache::idle_scan_period();
-    if misses % period == period - 1 {
-        crate::cpu_cache::drain_idle_regions();
-    }
-    if e != OpError::Empty {
-        return central_pop_one(class);
-    }
-    let mut buf = [ptr::null_mut(); 32];
-    let want = class.batch().clamp(1, buf.len());
-    let mut n = CENTRAL.get(class).pop_batch(&HEAP, class, &mut buf[..want]);
-    if n == 0 && reclaim() {
-        n = CENTRAL.get(class).pop_batch(&HEAP, class, &mut buf[..want]);
-    }
-    if n == 0 {
+/// A bootstrap block for an object of `class` (the initialising thread,
+/// re-entered), or null when initialisation failed.
+pub(crate) fn boot_alloc_class(class: SizeClass) -> *mut u8 {
+    if STATE.load(Ordering::Relaxed) == FAILED {
         return ptr::null_mut();
     }
-    let result = buf[n - 1];
-    let rest = &buf[..n - 1];
-    if !rest.is_empty() {
-        let pushed = SLABS.push_batch(class.index(), rest).unwrap_or(0);
-        if pushed < rest.len() {
-            // SAFETY: these objects came from the central list just now and
-            // are owned by nobody else.
-            unsafe { CENTRAL.get(class).push_batch(&HEAP, class, &rest[pushed..]) };
-        }
-    }
-    result
+    let size = class.size_bytes();
+    boot_alloc(size, size & size.wrapping_neg())
 }
 
-/// Frees an object of `class`.
-///
-/// # Safety
-/// `p` is a live object of `class` from this allocator; it is not used again.
-#[inline(always)]
-pub(crate) unsafe fn free_class(p: NonNull<u8>, class: SizeClass) {
-    if STATE.load(Ordering::Relaxed) == READY_CACHE {
-        if SLABS.push_fast(class.index(), p) {
-            return;
-        }
-        // SAFETY: forwarded contract.
-        return unsafe { free_fast_miss(p, class) };
-    }
-    // SAFETY: forwarded contract.
-    unsafe { free_not_fast(p, class) }
-}
-
-/// The fast push missed: the full `push` fixes what it can before the
-/// overflow goes to the central lists.
-///
-/// # Safety
-/// As for `free_class`.
-#[cold]
-#[inline(never)]
-unsafe fn free_fast_miss(p: NonNull<u8>, class: SizeClass) {
-    match SLABS.push(class.index(), p) {
-        Ok(()) => {}
-        // SAFETY: forwarded contract.
-        Err(e) => unsafe { free_miss(p, class, e) },
-    }
-}
-
-/// Everything but the plain fast path: counting mode, no caches, not
-/// initialised.
-///
-/// # Safety
-/// As for `free_class`.
-#[cold]
-#[inline(never)]
-unsafe fn free_not_fast(p: NonNull<u8>, class: SizeClass) {
-    if cache_ready() && !is_boot(p.as_ptr() as usize) {
-        match SLABS.push(class.index(), p) {
-            Ok(()) => return,
-            // SAFETY: forwarded contract.
-            Err(e) => return unsafe { free_miss(p, class, e) },
-        }
-    }
-    // SAFETY: forwarded contract.
-    unsafe { free_central(p, class) }
-}
-
-/// Frees straight into the central list (bypassing the per-CPU cache).
-///
-/// # Safety
-/// As for `free_class`.
-unsafe fn free_central(p: NonNull<u8>, class: SizeClass) {
-    if is_boot(p.as_ptr() as usize) {
-        return;
-    }
-    SLOW_DIRECT_OPS.fetch_add(1, Ordering::Relaxed);
-    // SAFETY: forwarded contract: a free object of `class`.
-    unsafe { CENTRAL.get(class).push_batch(&HEAP, class, &[p.as_ptr()]) };
-}
-
-#[cold]
-#[inline(never)]
-unsafe fn free_miss(p: NonNull<u8>, class: SizeClass, e: OpError) {
-    if e != OpError::Full {
-        // SAFETY: forwarded contract.
-        return unsafe { free_central(p, class) };
-    }
-    // Overflow: move a batch out of this CPU's cache, then free `p` with it.
-    let mut buf = [ptr::null_mut(); 33];
-    let want = class.batch().clamp(1, 32);
-    let n = SLABS
-        .pop_batch(class.index(), &mut buf[..want])
-        .unwrap_or(0);
-    buf[n] = p.as_ptr();
-    // SAFETY: the popped objects were free objects in our cache, now owned by
-    // us; `p` is free per the contract.
-    unsafe { CENTRAL.get(class).push_batch(&HEAP, class, &buf[..n + 1]) };
+/// Debug check of a sized free: `p` is null, a bootstrap block or an
+/// object start of `class`.
+pub(crate) fn debug_is_small_of(p: *mut u8, class: SizeClass) -> bool {
+    p.is_null()
+        || is_boot(p as usize)
+        || matches!(classify(p, "free_sized()"), Block::Small(k) if k == class)
 }
 
 // ---------------------------------------------------------------- large/huge
@@ -456,7 +267,7 @@ pub(crate) fn alloc_big(size: usize, align: usize, zero: bool) -> *mut u8 {
     }
     let npages = size.max(1).div_ceil(PAGE_BYTES);
     let mut got = HEAP.alloc_span(npages, align, LARGE, 0);
-    if got.is_none() && reclaim() {
+    if got.is_none() && crate::refill::reclaim() {
         got = HEAP.alloc_span(npages, align, LARGE, 0);
     }
     match got {
@@ -493,14 +304,15 @@ pub(crate) fn classify(p: *mut u8, who: &str) -> Block<'static> {
         let entry = HEAP.map.get_raw(page);
         let (class_idx, page_in_span) = PageMap::small_of(entry);
         if let Some(class) = SizeClass::from_index(class_idx) {
-            // A page of small objects: the entry alone gives the class and
-            // the span start, so validate the offset without the record.
-            let start = HEAP.map.page_addr(page - page_in_span);
-            let off = addr - start;
-            if class.index_of_offset(off) * class.size_bytes() == off {
-                return Block::Small(class);
+            // A page of small objects: the entry alone gives the class, the
+            // offset from the span start and the page's object-start limit.
+            let _ = page_in_span;
+            match PageMap::small_offset(entry, addr) {
+                Some(off) if crate::fast::FAST.divides(class_idx, off) => {
+                    return Block::Small(class)
+                }
+                _ => util::invalid_pointer(who, p),
             }
-            util::invalid_pointer(who, p)
         }
         return classify_span(p, entry as u32, who);
     }
@@ -553,7 +365,7 @@ pub(crate) unsafe fn free_any(p: *mut u8, who: &str) {
     let Some(nn) = NonNull::new(p) else { return };
     match classify(p, who) {
         // SAFETY: classify validated that p is an object start of `class`.
-        Block::Small(class) => unsafe { free_class(nn, class) },
+        Block::Small(class) => unsafe { crate::fast::free_known(nn.as_ptr(), class, "free()") },
         // SAFETY: the caller owns the block and gives it up.
         Block::Large(s) => unsafe { HEAP.free_span(s) },
         Block::Huge(_) => {
@@ -578,30 +390,17 @@ pub(crate) fn usable_of(p: *mut u8, who: &str) -> usize {
 
 // ---------------------------------------------------------------- entry points
 
-/// `malloc` with alignment: the object for (size, align), null on OOM or on
-/// an impossible request. The common case (alignment <= 16, small size)
-/// makes no call before the per-CPU pop; everything else is a tail call.
+/// `malloc` with alignment (see `fast::alloc`).
 #[inline(always)]
 pub(crate) fn alloc(size: usize, align: usize) -> *mut u8 {
-    match size_class::class_for_common(size, align) {
-        Some(c) => malloc_class(c),
-        None => alloc_uncommon(size, align),
-    }
-}
-
-#[inline(never)]
-fn alloc_uncommon(size: usize, align: usize) -> *mut u8 {
-    match size_class::class_for(size, align) {
-        Some(c) => malloc_class(c),
-        None => alloc_big(size, align, false),
-    }
+    crate::fast::alloc(size, align)
 }
 
 /// Zeroed allocation; skips the memset for memory fresh from the OS.
 pub(crate) fn alloc_zeroed(size: usize, align: usize) -> *mut u8 {
     match size_class::class_for(size, align) {
         Some(c) => {
-            let p = malloc_class(c);
+            let p = crate::fast::malloc_small(c);
             if !p.is_null() {
                 // SAFETY: p is a fresh object of at least `size` bytes.
                 unsafe { p.write_bytes(0, size) };
@@ -612,39 +411,44 @@ pub(crate) fn alloc_zeroed(size: usize, align: usize) -> *mut u8 {
     }
 }
 
-/// Frees with a size and alignment hint (GlobalAlloc::dealloc, free_sized).
+/// A sized free whose size must match the block (`free_sized`,
+/// `free_aligned_sized`): the page map decides, the size is checked
+/// against it, and a mismatch aborts instead of corrupting the heap.
 ///
 /// # Safety
-/// `p` is a live block allocated with (size, align) (or a size/align that
-/// maps to the same class), not used afterwards.
-#[inline(always)]
-pub(crate) unsafe fn dealloc(p: *mut u8, size: usize, align: usize) {
-    if let (Some(c), Some(nn)) = (size_class::class_for_common(size, align), NonNull::new(p)) {
-        debug_assert!(
-            matches!(classify(p, "free_sized()"), Block::Small(k) if k == c) || is_boot(p as usize)
-        );
-        // SAFETY: per the contract p is a live object of class `c`.
-        return unsafe { free_class(nn, c) };
+/// `p` is null or a live block of this allocator, not used afterwards.
+pub(crate) unsafe fn free_sized_checked(p: *mut u8, size: usize, align: usize, who: &'static str) {
+    if p.is_null() {
+        return;
     }
-    // SAFETY: forwarded contract.
-    unsafe { dealloc_uncommon(p, size, align) }
-}
-
-/// `dealloc` for large alignments and sizes.
-///
-/// # Safety
-/// As for `dealloc`.
-#[inline(never)]
-unsafe fn dealloc_uncommon(p: *mut u8, size: usize, align: usize) {
-    if let (Some(c), Some(nn)) = (size_class::class_for(size, align), NonNull::new(p)) {
-        debug_assert!(
-            matches!(classify(p, "free_sized()"), Block::Small(k) if k == c) || is_boot(p as usize)
-        );
-        // SAFETY: per the contract p is a live object of class `c`.
-        return unsafe { free_class(nn, c) };
+    let expect = size_class::class_for(size, align);
+    match classify(p, who) {
+        Block::Small(c) => {
+            if expect != Some(c) {
+                util::size_mismatch(who, p, size, c.size_bytes())
+            }
+            // SAFETY: classify validated that p is an object start of `c`.
+            unsafe { crate::fast::free_known(p, c, who) }
+        }
+        Block::Large(s) => {
+            let bytes = s.pages() << PAGE_SHIFT;
+            if expect.is_some() || size > bytes || size.div_ceil(PAGE_BYTES) != s.pages() {
+                util::size_mismatch(who, p, size, bytes)
+            }
+            // SAFETY: the caller owns the block and gives it up.
+            unsafe { HEAP.free_span(s) }
+        }
+        Block::Huge(len) => {
+            if expect.is_some() || size > len {
+                util::size_mismatch(who, p, size, len)
+            }
+            // SAFETY: the caller owns the block and gives it up.
+            if !unsafe { HUGE.free(p as usize) } {
+                util::invalid_pointer(who, p);
+            }
+        }
+        Block::Boot => {}
     }
-    // SAFETY: forwarded contract.
-    unsafe { free_any(p, "free()") }
 }
 
 /// Reallocation keeping `align`. In place when the class does not change,
@@ -657,6 +461,11 @@ unsafe fn dealloc_uncommon(p: *mut u8, size: usize, align: usize) {
 pub(crate) unsafe fn realloc(p: *mut u8, new_size: usize, align: usize, who: &str) -> *mut u8 {
     let old_usable = match classify(p, who) {
         Block::Small(c) => {
+            // SAFETY: an object start: at least 8 bytes, 8-aligned.
+            let w = unsafe { p.cast::<u64>().read() };
+            if crate::fast::is_marked(w, crate::fast::FAST.key()) {
+                crate::double_free::check(p, c, "realloc()");
+            }
             if size_class::class_for(new_size, align) == Some(c) {
                 return p;
             }
@@ -714,7 +523,7 @@ pub(crate) fn trim() -> bool {
         return false;
     }
     if cache_ready() {
-        crate::cpu_cache::drain_all();
+        crate::cpu_cache::drain_all_into(&CENTRAL, &HEAP);
     }
     for class in SizeClass::all() {
         CENTRAL.get(class).flush(&HEAP, class);
@@ -743,6 +552,9 @@ pub(crate) fn fork_child() {
 /// (their objects are left behind; the central lists serve the child).
 pub(crate) fn fork_child_abandon_caches() {
     if cache_ready() {
+        crate::fast::FAST
+            .ready
+            .store(crate::fast::NOT_READY, Ordering::Relaxed);
         STATE.store(READY_CENTRAL, Ordering::Relaxed);
     }
 }

@@ -55,6 +55,8 @@
 pub mod central;
 pub mod config;
 mod cpu_cache;
+mod double_free;
+mod fast;
 mod fork;
 mod global;
 pub mod huge;
@@ -62,6 +64,7 @@ pub mod lock;
 pub mod os;
 pub mod page_heap;
 pub mod pagemap;
+mod refill;
 pub mod size_class;
 pub mod span;
 pub mod stats;
@@ -96,13 +99,13 @@ pub struct RseqAlloc;
 unsafe impl GlobalAlloc for RseqAlloc {
     #[inline(always)]
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        global::alloc(layout.size(), layout.align())
+        fast::alloc(layout.size(), layout.align())
     }
 
     #[inline(always)]
     unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
         // SAFETY: GlobalAlloc contract: `ptr` was allocated with `layout`.
-        unsafe { global::dealloc(ptr, layout.size(), layout.align()) }
+        unsafe { fast::dealloc(ptr, layout.size(), layout.align()) }
     }
 
     #[inline]
@@ -161,7 +164,7 @@ pub mod raw {
     /// minimal block.
     #[inline]
     pub fn malloc(size: usize) -> *mut u8 {
-        global::alloc(size, MIN_ALIGN)
+        crate::fast::malloc(size)
     }
 
     /// Aligned allocation; `align` must be a power of two (null otherwise);
@@ -188,7 +191,7 @@ pub mod raw {
     #[inline]
     pub unsafe fn free(ptr: *mut u8) {
         // SAFETY: forwarded contract.
-        unsafe { global::free_any(ptr, "free()") }
+        unsafe { crate::fast::free(ptr) }
     }
 
     /// `free` naming another function (`who`, e.g. "realloc()") in the abort
@@ -202,11 +205,13 @@ pub mod raw {
     }
 
     /// `free_sized` / `free_aligned_sized`: the size (and alignment, 0 for
-    /// none) given at allocation. Blocks from `malloc` used `MIN_ALIGN`.
+    /// none) given at allocation. Blocks from `malloc` used `MIN_ALIGN`. The
+    /// page map decides what the block is; a size that does not match it
+    /// aborts with `rseq-malloc: free_sized(): size N does not match the
+    /// block 0x... of M bytes` instead of corrupting the heap.
     ///
     /// # Safety
-    /// `ptr` is null or a live block allocated with this size and alignment
-    /// (debug builds check it), not used afterwards.
+    /// `ptr` is null or a live block of this allocator, not used afterwards.
     #[inline]
     pub unsafe fn free_sized(ptr: *mut u8, size: usize, align: usize) {
         let align = if align.is_power_of_two() {
@@ -215,7 +220,7 @@ pub mod raw {
             MIN_ALIGN
         };
         // SAFETY: forwarded contract.
-        unsafe { global::dealloc(ptr, size, align) }
+        unsafe { global::free_sized_checked(ptr, size, align, "free_sized()") }
     }
 
     /// `realloc` for non-null `ptr` and `new_size > 0`; keeps `MIN_ALIGN`;

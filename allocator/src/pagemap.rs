@@ -7,8 +7,9 @@
 //!
 //! Entry layout: bits 0..32 span id; for pages of a span of small objects,
 //! bits 32..40 the page's index inside its span and bits 40..48 the size
-//! class (0 for every other page). `free(ptr)` reads one entry and, for a
-//! small object, needs no span record to find and validate its class.
+//! class (0 for every other page), bits 48..63 the page's object-start
+//! limit (see `small_offset`). `free(ptr)` reads one entry and, for a small
+//! object, needs no span record to find and validate its class.
 //!
 //! Invariants (writers hold the page-heap lock):
 //! - every page of a span in use (small or large) maps to that span's id;
@@ -26,6 +27,12 @@ use core::sync::atomic::{AtomicPtr, AtomicU64, AtomicUsize, Ordering};
 /// Id of a span in the span arena (never 0 for a real span).
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 pub struct SpanId(pub u32);
+
+/// Bits 48..62 of a small-object page entry: how many bytes at the start of
+/// the page may hold an object start (`PAGE_BYTES` for every page but the
+/// span's last ones, less where the tail waste begins).
+const LIMIT_SHIFT: u32 = 48;
+const LIMIT_MASK: u64 = 0x7fff;
 
 /// The page map. Inert (everything foreign) until `init`.
 pub struct PageMap {
@@ -139,9 +146,54 @@ impl PageMap {
     /// (`n <= 255`; page-heap lock held).
     pub fn set_small_range(&self, page: usize, n: usize, id: u32, class: u8) {
         debug_assert!(n <= 255 && class != 0);
+        let c = crate::size_class::SizeClass::from_index(class as usize);
+        let (size, objs) = c.map_or((0, 0), |c| (c.size_bytes(), c.objects_per_span()));
+        // Offset of the last object start in the span.
+        let last = (objs.max(1) - 1) * size;
         for i in 0..n {
-            let e = id as u64 | ((i as u64) << 32) | ((class as u64) << 40);
+            let lo = i << PAGE_SHIFT;
+            let lim = if objs == 0 || last < lo {
+                0
+            } else {
+                (last - lo + 1).min(PAGE_BYTES)
+            };
+            let e = id as u64
+                | ((i as u64) << 32)
+                | ((class as u64) << 40)
+                | ((lim as u64) << LIMIT_SHIFT);
             self.entry(page + i).store(e, Ordering::Release);
+        }
+    }
+
+    /// The entry of the page holding `addr`, or 0 when `addr` is not in the
+    /// heap (null and foreign pointers included): at most the loads of
+    /// `page_of` plus one.
+    #[inline(always)]
+    pub fn lookup(&self, addr: usize) -> u64 {
+        match self.page_of(addr) {
+            Some(page) => self.get_raw(page),
+            None => 0,
+        }
+    }
+
+    /// The class index of a raw entry (0: not a small-object page).
+    #[inline(always)]
+    pub const fn entry_class(entry: u64) -> usize {
+        ((entry >> 40) & 0xff) as usize
+    }
+
+    /// For a small-object page entry: the offset of `addr` from its span's
+    /// start if an object of the span may start at `addr`'s position in the
+    /// page (before the page's limit, which excludes the span's tail waste),
+    /// else `None`. Divisibility by the object size is the caller's check.
+    #[inline(always)]
+    pub const fn small_offset(entry: u64, addr: usize) -> Option<usize> {
+        let in_page = addr & (PAGE_BYTES - 1);
+        let lim = ((entry >> LIMIT_SHIFT) & LIMIT_MASK) as usize;
+        if in_page < lim {
+            Some(((((entry >> 32) & 0xff) as usize) << PAGE_SHIFT) | in_page)
+        } else {
+            None
         }
     }
 

@@ -40,6 +40,13 @@ impl SizeClass {
             None
         }
     }
+    /// The class with index `i`, which the caller took from one of this
+    /// module's tables (so `1 <= i < NUM_CLASSES`).
+    #[inline(always)]
+    pub(crate) const fn from_table(i: u8) -> SizeClass {
+        debug_assert!(i >= 1 && (i as usize) < NUM_CLASSES);
+        SizeClass(i)
+    }
     /// The index of this class (1..NUM_CLASSES).
     #[inline(always)]
     pub const fn index(self) -> usize {
@@ -303,6 +310,45 @@ fn lookup(size: usize) -> u8 {
             None => 0,
         }
     }
+}
+
+/// Largest request the front end's own tables serve (see `fast.rs`).
+pub(crate) const FAST_MAX_BYTES: usize = 4096;
+/// Entries of [`fast_table`] for a granularity of `1 << shift` bytes.
+pub(crate) const fn fast_table_len(shift: u32) -> usize {
+    (FAST_MAX_BYTES >> shift) + 1
+}
+
+/// `(size + g - 1) >> shift` -> class for sizes up to `FAST_MAX_BYTES`,
+/// where `g = 1 << shift` is the alignment the class must honour (8 or 16;
+/// every class above 8 B is a multiple of 16).
+pub(crate) const fn fast_table<const N: usize>(shift: u32) -> [u8; N] {
+    let mut t = [0u8; N];
+    let mut i = 0;
+    while i < N {
+        let mut c = smallest_class_at_least(i << shift);
+        if shift >= 4 && c < CLASS16 {
+            c = CLASS16;
+        }
+        t[i] = c;
+        i += 1;
+    }
+    t
+}
+
+/// Per class, `u64::MAX / size + 1`: `off` (below 2^32) is a multiple of the
+/// size iff `off.wrapping_mul(m) < m` (Lemire's divisibility test), one
+/// multiplication and no division on `free`'s path.
+/// The table has 256 entries so that any class byte indexes it; entries
+/// that are not classes are 0, which no offset passes.
+pub(crate) const fn divisibility_table() -> [u64; 256] {
+    let mut t = [0u64; 256];
+    let mut i = 1;
+    while i < NUM_CLASSES {
+        t[i] = u64::MAX / SIZES[i] as u64 + 1;
+        i += 1;
+    }
+    t
 }
 
 /// The index of the 16-byte class (the smallest with 16-byte alignment).

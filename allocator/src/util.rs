@@ -100,6 +100,54 @@ pub fn write_stderr(mut bytes: &[u8]) {
     }
 }
 
+/// Reports a double free and aborts: `rseq-malloc: <who>: double free 0x...`.
+#[cold]
+#[inline(never)]
+pub fn double_free(who: &str, ptr: *const u8) -> ! {
+    let mut m = MsgBuf::new();
+    m.str("rseq-malloc: ")
+        .str(who)
+        .str(": double free 0x")
+        .hex(ptr as usize as u64)
+        .str("\n");
+    m.flush_stderr();
+    // SAFETY: abort(3) has no preconditions; it does not return.
+    unsafe { libc::abort() }
+}
+
+/// Reports a free object whose free-list word was overwritten (a write
+/// after free) and aborts.
+#[cold]
+#[inline(never)]
+pub fn corrupted_free_object(ptr: *const u8) -> ! {
+    let mut m = MsgBuf::new();
+    m.str("rseq-malloc: heap corruption: free block 0x")
+        .hex(ptr as usize as u64)
+        .str(" was written after free\n");
+    m.flush_stderr();
+    // SAFETY: abort(3) has no preconditions; it does not return.
+    unsafe { libc::abort() }
+}
+
+/// Reports a sized free whose size does not match the block and aborts.
+#[cold]
+#[inline(never)]
+pub fn size_mismatch(who: &str, ptr: *const u8, size: usize, block: usize) -> ! {
+    let mut m = MsgBuf::new();
+    m.str("rseq-malloc: ")
+        .str(who)
+        .str(": size ")
+        .dec(size as u64)
+        .str(" does not match the block 0x")
+        .hex(ptr as usize as u64)
+        .str(" of ")
+        .dec(block as u64)
+        .str(" bytes\n");
+    m.flush_stderr();
+    // SAFETY: abort(3) has no preconditions; it does not return.
+    unsafe { libc::abort() }
+}
+
 /// Prints `rseq-malloc: <who>: invalid pointer 0x<hex>` and aborts the
 /// process without touching the heap.
 #[cold]

@@ -1,13 +1,14 @@
-//! The synthetic workloads, run in a child process (`rseq-alloc-bench worker
-//! NAME key=value...`) so each measurement starts from a fresh heap and a
-//! fresh peak-RSS counter.
+//! The synthetic workloads' code, run in a child process (`rseq-alloc-bench
+//! worker NAME key=value...`, see `crate::child`) so each measurement starts
+//! from a fresh heap and a fresh peak-RSS counter. Their names, descriptions
+//! and sizes are in `crate::workloads`.
 //!
 //! Every allocation goes through the global allocator (`crate::dispatch`), so
 //! the same code measures each in-process backend and, with the `system`
 //! backend, whatever `malloc` `LD_PRELOAD` installed.
 //!
-//! Protocol on stdout, one line per figure, parsed by `crate::harness`:
-//! `RESULT name=<metric> value=<f64> unit=<unit> better=<lower|higher> [final_kib=<n>]`
+//! Protocol on stdout, one line per figure, parsed by `crate::runner`:
+//! `RESULT name=<metric> value=<f64> unit=<unit> better=<lower|higher> [final_kib=<n>] [peak_kib=<n>]`
 //! then, last, `PEAK hwm_kib=<n> rss_kib=<n>`; `SKIP <reason>` when the workload
 //! cannot run on this machine.
 
@@ -42,6 +43,13 @@ impl Params {
             .unwrap_or(default)
     }
 
+    fn f64(&self, key: &str, default: f64) -> f64 {
+        self.0
+            .get(key)
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(default)
+    }
+
     fn list(&self, key: &str, default: &[usize]) -> Vec<usize> {
         match self.0.get(key) {
             Some(v) => v.split(',').filter_map(|s| s.parse().ok()).collect(),
@@ -49,38 +57,6 @@ impl Params {
         }
     }
 }
-
-/// The workloads the worker knows, with a one-line description each.
-pub const WORKLOADS: &[(&str, &str)] = &[
-    (
-        "pair",
-        "alloc+free pair latency at 16..4096 B, and bursts of 1000 allocs then 1000 frees",
-    ),
-    (
-        "larson",
-        "server churn: threads replace random slots of a shared array (cross-thread frees)",
-    ),
-    (
-        "prodcon",
-        "producer/consumer pairs: objects allocated on one thread, freed on another",
-    ),
-    (
-        "threads64",
-        "64 threads (far more than CPUs) churning private working sets",
-    ),
-    (
-        "frag",
-        "fragmentation: mixed sizes (128 MiB quick, 512 MiB full), free a random 90%, allocate 45% again in shifted sizes",
-    ),
-    (
-        "realloc",
-        "realloc growth: many buffers grown by 1/8 steps, interleaved",
-    ),
-    (
-        "remote",
-        "two threads pinned to different CPUs exchange objects and free each other's",
-    ),
-];
 
 fn emit(name: &str, value: f64, unit: &str, better: &str) {
     println!("RESULT name={name} value={value:.4} unit={unit} better={better}");
@@ -155,21 +131,11 @@ unsafe fn obj_free(p: *mut u8) {
     }
 }
 
-/// Runs workload `name`; returns an error for an unknown name.
-pub fn run(name: &str, p: &Params) -> Result<(), String> {
-    match name {
-        "pair" => pair(p),
-        "larson" => larson(p),
-        "prodcon" => prodcon(p),
-        "threads64" => threads64(p),
-        "frag" => frag(p),
-        "realloc" => realloc_growth(p),
-        "remote" => remote(p),
-        _ => return Err(format!("unknown workload `{name}`")),
-    }
-    let (hwm, rss) = rss_kib();
-    println!("PEAK hwm_kib={hwm} rss_kib={rss}");
-    Ok(())
+/// Resets this process's peak resident set (`VmHWM`) to the current one, so a
+/// phase can report its own peak (`clear_refs` value 5, Linux >= 4.0).
+/// Returns false if the kernel refused.
+fn reset_peak_rss() -> bool {
+    std::fs::write("/proc/self/clear_refs", "5").is_ok()
 }
 
 #[inline(always)]
@@ -189,8 +155,12 @@ fn pair_once(layout: Layout) {
 
 /// Latency figures are the fastest of `CHUNKS` equal chunks of one run: on a
 /// shared machine a chunk that was interrupted by another process is slower,
-/// never faster, so the minimum is the allocator's own cost.
-const CHUNKS: usize = 5;
+/// never faster, so the minimum is the allocator's own cost. Chunks are short
+/// (about 1 ms in the quick suite, under a scheduler time slice) so that some
+/// run uninterrupted even on a loaded machine. The layout of a process does
+/// not change between its chunks, so a process in a slow layout mode stays
+/// slow in all of them: the spread across processes survives the minimum.
+const CHUNKS: usize = 20;
 
 fn best_chunk_ns(total_iters: usize, mut body: impl FnMut(usize)) -> f64 {
     let per = (total_iters / CHUNKS).max(1);
@@ -203,7 +173,8 @@ fn best_chunk_ns(total_iters: usize, mut body: impl FnMut(usize)) -> f64 {
         .fold(f64::INFINITY, f64::min)
 }
 
-fn pair(p: &Params) {
+/// The `pair` workload (see `crate::workloads`).
+pub fn pair(p: &Params) {
     let iters = p.usize("iters", 2_000_000);
     for size in p.list("sizes", &[16, 64, 256, 1024, 4096]) {
         let layout = Layout::from_size_align(size, 8).expect("layout");
@@ -254,7 +225,8 @@ fn span_secs(stamps: Vec<(Instant, Instant)>) -> f64 {
     (last - first).as_secs_f64()
 }
 
-fn larson(p: &Params) {
+/// The `larson` workload (see `crate::workloads`).
+pub fn larson(p: &Params) {
     let threads = p.usize("threads", 4);
     let slots = p.usize("slots", 16384);
     let ops = p.usize("ops", 1_000_000);
@@ -300,7 +272,8 @@ fn larson(p: &Params) {
     );
 }
 
-fn prodcon(p: &Params) {
+/// The `prodcon` workload (see `crate::workloads`).
+pub fn prodcon(p: &Params) {
     let pairs = p.usize("pairs", 2);
     let batches = p.usize("batches", 4000);
     let batch = p.usize("batch", 256);
@@ -335,7 +308,8 @@ fn prodcon(p: &Params) {
     );
 }
 
-fn threads64(p: &Params) {
+/// The `threads64` workload (see `crate::workloads`).
+pub fn threads64(p: &Params) {
     let threads = p.usize("threads", 64);
     let ops = p.usize("ops", 100_000);
     let ring = p.usize("ring", 256);
@@ -378,7 +352,8 @@ fn threads64(p: &Params) {
     );
 }
 
-fn frag(p: &Params) {
+/// The `frag` workload (see `crate::workloads`).
+pub fn frag(p: &Params) {
     let total = p.usize("mib", 128) << 20;
     let mut rng = XorShift::new(4);
     let t = Instant::now();
@@ -420,7 +395,8 @@ fn frag(p: &Params) {
     std::mem::forget(kept);
 }
 
-fn realloc_growth(p: &Params) {
+/// The `realloc` workload (see `crate::workloads`).
+pub fn realloc_growth(p: &Params) {
     let n = p.usize("bufs", 1000);
     let max = p.usize("max", 65536);
     let mut bufs: Vec<(*mut u8, usize)> = (0..n)
@@ -460,7 +436,8 @@ fn realloc_growth(p: &Params) {
     emit("realloc", ns, "ns/realloc", "lower");
 }
 
-fn remote(p: &Params) {
+/// The `remote` workload (see `crate::workloads`).
+pub fn remote(p: &Params) {
     let cpus = allowed_cpus();
     if cpus.len() < 2 {
         println!("SKIP needs two CPUs, this process may use {}", cpus.len());
@@ -515,4 +492,252 @@ fn remote(p: &Params) {
         remote_frees.load(Ordering::Relaxed) as f64 * 100.0 / total as f64
     );
     emit("remote", total as f64 / secs / 1e6, "Mops/s", "higher");
+}
+
+/// A slot of `larson2t`: the object's address with its size in the top 16
+/// bits (user addresses on x86_64 Linux fit in 47 bits), so 8-byte objects
+/// need no header.
+fn pack(p: *mut u8, size: usize) -> u64 {
+    debug_assert!((p as u64) >> 48 == 0 && size < 1 << 16);
+    p as u64 | (size as u64) << 48
+}
+
+/// Frees a slot made by `pack`.
+///
+/// # Safety
+/// `slot` holds a live block allocated with align 8 and the packed size, and
+/// is not used afterwards.
+unsafe fn free_packed(slot: u64) {
+    let p = (slot & ((1 << 48) - 1)) as *mut u8;
+    let size = (slot >> 48) as usize;
+    // SAFETY: the caller's contract: p is live with layout (size, 8).
+    unsafe { dealloc(p, Layout::from_size_align_unchecked(size, 8)) };
+}
+
+fn alloc_packed(size: usize) -> u64 {
+    let layout = Layout::from_size_align(size, 8).expect("layout");
+    // SAFETY: size >= 8 > 0.
+    let p = unsafe { alloc(layout) };
+    if p.is_null() {
+        std::alloc::handle_alloc_error(layout);
+    }
+    // SAFETY: p has `size` >= 1 bytes.
+    unsafe {
+        p.write(1);
+        p.add(size - 1).write(2);
+    }
+    pack(p, size)
+}
+
+/// Larson-style server churn: `threads` chains; each chain owns `slots`
+/// objects of 8-1000 B, and a generation (one thread, pinned to a CPU) replaces
+/// `ops` random slots, then hands the slots to the next generation's thread,
+/// pinned to the next CPU. So most frees free another thread's (and another
+/// CPU's) object, like larson's thread hand-over. Thread creation is timed.
+/// The `larson2t` workload (see `crate::workloads`).
+pub fn larson2t(p: &Params) {
+    let chains = p.usize("threads", 2);
+    let slots = p.usize("slots", 5000);
+    let gens = p.usize("gens", 40);
+    let ops = p.usize("ops", 50_000);
+    let (min, max) = (p.usize("min", 8), p.usize("max", 1000));
+    let cpus = allowed_cpus();
+    let mut rng = XorShift::new(11);
+    let sets: Vec<Vec<u64>> = (0..chains)
+        .map(|_| {
+            (0..slots)
+                .map(|_| alloc_packed(rng.log_size(min, max)))
+                .collect()
+        })
+        .collect();
+    let t = Instant::now();
+    let sets: Vec<Vec<u64>> = std::thread::scope(|s| {
+        let drivers: Vec<_> = sets
+            .into_iter()
+            .enumerate()
+            .map(|(c, mut set)| {
+                let cpus = &cpus;
+                s.spawn(move || {
+                    for g in 0..gens {
+                        let cpu = cpus[(c + g) % cpus.len()];
+                        set = std::thread::spawn(move || {
+                            pin_to_cpu(cpu);
+                            let mut d = Draws::new((c * 1000 + g) as u64, min, max, set.len());
+                            for _ in 0..ops {
+                                let (size, i) = d.next();
+                                let new = alloc_packed(size);
+                                // SAFETY: this thread owns the set; the old
+                                // object is live and replaced here.
+                                unsafe { free_packed(std::mem::replace(&mut set[i], new)) };
+                            }
+                            set
+                        })
+                        .join()
+                        .expect("generation");
+                    }
+                    set
+                })
+            })
+            .collect();
+        drivers
+            .into_iter()
+            .map(|h| h.join().expect("chain"))
+            .collect()
+    });
+    let secs = t.elapsed().as_secs_f64();
+    for q in sets.into_iter().flatten() {
+        // SAFETY: every thread has joined; each slot holds one live object.
+        unsafe { free_packed(q) };
+    }
+    emit(
+        "larson2t",
+        (chains * gens * ops) as f64 / secs / 1e6,
+        "Mops/s",
+        "higher",
+    );
+}
+
+/// Writes one word in every page of a fresh block, so every page is faulted in
+/// (or, if the allocator reused the block, dirtied again).
+///
+/// # Safety
+/// `p` points to `len` writable bytes, aligned to 8.
+unsafe fn touch_pages(p: *mut u8, len: usize) {
+    let mut off = 0;
+    while off < len {
+        // SAFETY: off + 8 <= len rounded to pages (len >= 1 MiB, off % 4096 == 0).
+        unsafe { (p.add(off) as *mut u64).write_volatile(off as u64) };
+        off += 4096;
+    }
+}
+
+/// `large`: blocks of `min_mib..=max_mib` MiB (log-uniform), each one
+/// allocated, every page written, then freed `live` allocations later, for
+/// `rounds` blocks per thread; once with one thread, once with two. Each phase
+/// reports its own time and its own peak RSS.
+/// The `large` workload (see `crate::workloads`).
+pub fn large(p: &Params) {
+    let rounds = p.usize("rounds", 200);
+    let live = p.usize("live", 4).max(1);
+    let (min, max) = (p.usize("min_mib", 1) << 20, p.usize("max_mib", 32) << 20);
+    for threads in p.list("threads", &[1, 2]) {
+        let peak_ok = reset_peak_rss();
+        let t = Instant::now();
+        std::thread::scope(|s| {
+            for tid in 0..threads {
+                s.spawn(move || {
+                    let mut rng = XorShift::new(500 + tid as u64);
+                    let mut ring: Vec<(*mut u8, usize)> = vec![(std::ptr::null_mut(), 0); live];
+                    for r in 0..rounds {
+                        let slot = &mut ring[r % live];
+                        if !slot.0.is_null() {
+                            // SAFETY: the block is live with this layout; freed once.
+                            unsafe {
+                                dealloc(slot.0, Layout::from_size_align_unchecked(slot.1, 8))
+                            };
+                        }
+                        let size = rng.log_size(min, max);
+                        let layout = Layout::from_size_align(size, 8).expect("layout");
+                        // SAFETY: non-zero size.
+                        let q = unsafe { alloc(layout) };
+                        if q.is_null() {
+                            std::alloc::handle_alloc_error(layout);
+                        }
+                        // SAFETY: q has `size` bytes, aligned to 8.
+                        unsafe { touch_pages(q, size) };
+                        *slot = (q, size);
+                    }
+                    for (q, size) in ring {
+                        if !q.is_null() {
+                            // SAFETY: as above.
+                            unsafe { dealloc(q, Layout::from_size_align_unchecked(size, 8)) };
+                        }
+                    }
+                });
+            }
+        });
+        let ms = t.elapsed().as_secs_f64() * 1e3;
+        let (hwm, _) = rss_kib();
+        let peak = if peak_ok {
+            format!(" peak_kib={hwm}")
+        } else {
+            String::new()
+        };
+        println!("RESULT name=large/{threads}t value={ms:.4} unit=ms better=lower{peak}");
+    }
+}
+
+/// The `spike` workload (see `crate::workloads`).
+pub fn spike(p: &Params) {
+    let total = p.usize("mib", 1024) << 20;
+    let idle = std::time::Duration::from_secs_f64(p.f64("secs", 3.0));
+    let mut rng = XorShift::new(6);
+    let t = Instant::now();
+    let mut live: Vec<(*mut u8, usize)> = Vec::with_capacity(total / 2 / 300 + total / (1 << 20));
+    let (mut small, mut big) = (0usize, 0usize);
+    while small + big < total {
+        // Alternate so small and large blocks interleave in the heap.
+        let size = if small <= big {
+            rng.log_size(16, 1024)
+        } else {
+            rng.log_size(64 << 10, 8 << 20)
+        };
+        let layout = Layout::from_size_align(size, 8).expect("layout");
+        // SAFETY: non-zero size.
+        let q = unsafe { alloc(layout) };
+        if q.is_null() {
+            std::alloc::handle_alloc_error(layout);
+        }
+        if size >= 4096 {
+            // SAFETY: q has `size` bytes.
+            unsafe { touch_pages(q, size) };
+            big += size;
+        } else {
+            // SAFETY: q has `size` bytes.
+            unsafe { q.write_bytes(0xA5, size) };
+            small += size;
+        }
+        live.push((q, size));
+    }
+    // Free everything in a random order.
+    for i in (1..live.len()).rev() {
+        live.swap(i, rng.below(i as u64 + 1) as usize);
+    }
+    for &(q, size) in &live {
+        // SAFETY: each block is live with this layout and freed once.
+        unsafe { dealloc(q, Layout::from_size_align_unchecked(size, 8)) };
+    }
+    drop(live);
+    let ms = t.elapsed().as_secs_f64() * 1e3;
+    let (_, after_free) = rss_kib();
+    // Light activity: every millisecond a few small pairs and one 64 KiB block.
+    let end = Instant::now() + idle;
+    let mut d = Draws::new(66, 16, 1024, 1);
+    while Instant::now() < end {
+        for _ in 0..32 {
+            let q = obj_alloc(d.next().0);
+            // SAFETY: q is a live object made just above.
+            unsafe { obj_free(black_box(q)) };
+        }
+        let layout = Layout::from_size_align(64 << 10, 8).expect("layout");
+        // SAFETY: non-zero size.
+        let q = unsafe { alloc(layout) };
+        if q.is_null() {
+            std::alloc::handle_alloc_error(layout);
+        }
+        // SAFETY: q has 64 KiB; it is freed once with its layout.
+        unsafe {
+            touch_pages(q, 64 << 10);
+            dealloc(black_box(q), layout);
+        }
+        std::thread::sleep(std::time::Duration::from_millis(1));
+    }
+    let (_, final_kib) = rss_kib();
+    eprintln!(
+        "spike: RSS {:.1} MiB right after the frees, {:.1} MiB after {:.1} s of light activity",
+        after_free as f64 / 1024.0,
+        final_kib as f64 / 1024.0,
+        idle.as_secs_f64()
+    );
+    println!("RESULT name=spike value={ms:.4} unit=ms better=lower final_kib={final_kib}");
 }

@@ -35,15 +35,47 @@ fn smoke_suite_runs_every_workload_and_writes_reports() {
 
     let md = std::fs::read_to_string(dir.join("report.md")).expect("report.md");
     assert!(
-        md.contains("## Summary: speed relative to jemalloc"),
+        md.contains("## Summary: speed relative to the baseline"),
         "{md}"
+    );
+    assert!(
+        md.contains("| versions | rseq: rseq-alloc "),
+        "versions missing:\n{md}"
+    );
+    assert!(
+        md.contains("## Micro workloads across fresh processes"),
+        "{md}"
+    );
+    assert!(
+        !md.contains("## Targets"),
+        "targets belong in BENCHMARKS.md:\n{md}"
+    );
+    assert!(
+        stderr.contains(", ETA "),
+        "no ETA in the progress lines:\n{stderr}"
     );
     assert!(md.contains("| glibc |"), "machine table missing:\n{md}");
     assert!(md.contains("mode=rseq-"), "rseq mode not reported:\n{md}");
     assert!(!md.contains("## Failed runs"), "{md}");
 
     let runs = std::fs::read_to_string(dir.join("runs.csv")).expect("runs.csv");
-    let synthetic = ["pair", "larson", "prodcon", "threads64", "frag", "realloc"];
+    // Micro workloads run in 2 fresh processes each in --smoke, even with --reps 1.
+    let pair_runs = runs
+        .lines()
+        .filter(|l| l.starts_with("pair,pair/16B,rseq,"))
+        .count();
+    assert_eq!(pair_runs, 2, "{runs}");
+    let synthetic = [
+        "pair",
+        "larson",
+        "prodcon",
+        "threads64",
+        "frag",
+        "realloc",
+        "larson2t",
+        "large",
+        "spike",
+    ];
     for alloc in ["rseq", "jemalloc", "mimalloc", "glibc"] {
         for w in synthetic {
             assert!(
@@ -67,12 +99,49 @@ fn smoke_suite_runs_every_workload_and_writes_reports() {
 }
 
 #[test]
+fn lib_option_adds_a_preloaded_allocator() {
+    // Any shared library that can be preloaded will do; the one this test
+    // needs is glibc's own libm, present wherever the harness runs.
+    let lib = "/usr/lib/x86_64-linux-gnu/libm.so.6";
+    if !std::path::Path::new(lib).exists() {
+        eprintln!("skipped: {lib} not found");
+        return;
+    }
+    let dir = out_dir("lib");
+    let out = Command::new(EXE)
+        .args([
+            "--smoke", "--reps", "1", "--procs", "1", "--only", "pair", "--alloc", "glibc",
+        ])
+        .args(["--lib", &format!("mylib={lib}"), "--out"])
+        .arg(&dir)
+        .output()
+        .expect("run harness");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "harness failed:\n{stderr}");
+    let runs = std::fs::read_to_string(dir.join("runs.csv")).expect("runs.csv");
+    assert!(
+        runs.lines().any(|l| l.starts_with("pair,pair/16B,mylib,")),
+        "{runs}"
+    );
+    let md = std::fs::read_to_string(dir.join("report.md")).expect("report.md");
+    assert!(
+        md.contains(&format!("- **mylib**: {lib} via LD_PRELOAD (--lib)")),
+        "{md}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
 fn unknown_arguments_are_refused() {
     for args in [
         &["--bogus"][..],
         &["--only", "nosuch"],
         &["--alloc", "nosuch"],
         &["--reps", "0"],
+        &["--procs", "0"],
+        &["--lib", "noequals"],
+        &["--lib", "x=/nonexistent/lib.so"],
+        &["--lib", "glibc=/bin/true"],
     ] {
         let out = Command::new(EXE).args(args).output().expect("run harness");
         assert_eq!(out.status.code(), Some(2), "{args:?} was accepted");

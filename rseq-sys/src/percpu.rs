@@ -94,6 +94,17 @@ pub enum OpError {
     Exhausted,
 }
 
+// Where the CAS discipline learns the CPU number (`PerCpuSlabs::cpu_source`).
+/// `sched_getcpu()`.
+const CPU_FROM_SCHED: u8 = 0;
+/// The `cpu_id` of the process's rseq area (rseq registered, but the
+/// structure runs CAS: `rseq=off`, or fewer regions than CPUs); a negative
+/// value (thread not registered) falls back to `sched_getcpu`.
+const CPU_FROM_RSEQ: u8 = 1;
+/// The `rdpid` instruction (the kernel keeps the CPU number in `TSC_AUX`),
+/// when CPUID advertises it.
+const CPU_FROM_RDPID: u8 = 2;
+
 const D_NONE: u8 = 0;
 const D_RSEQ: u8 = 1;
 const D_CAS: u8 = 2;
@@ -112,6 +123,8 @@ pub struct PerCpuSlabs {
     idx: AtomicIsize,
     /// Per class: `begin | end << 16`, fixed at init.
     bounds: [AtomicU32; MAX_CLASSES],
+    /// CAS discipline: how to find the current CPU (`CPU_FROM_*`).
+    cpu_source: AtomicU8,
 }
 
 // Registry of initialised structures, for the process-wide CAS counter.
@@ -164,6 +177,7 @@ impl PerCpuSlabs {
             off: AtomicIsize::new(0),
             idx: AtomicIsize::new(0),
             bounds: [const { AtomicU32::new(0) }; MAX_CLASSES],
+            cpu_source: AtomicU8::new(CPU_FROM_SCHED),
         }
     }
 
@@ -251,6 +265,14 @@ impl PerCpuSlabs {
             self.off.store(off, Ordering::Relaxed);
             self.idx.store(off + field as isize, Ordering::Relaxed);
         }
+        let source = if off.is_some() && registration::current_mode() != Mode::Unavailable {
+            CPU_FROM_RSEQ
+        } else if arch::has_rdpid() {
+            CPU_FROM_RDPID
+        } else {
+            CPU_FROM_SCHED
+        };
+        self.cpu_source.store(source, Ordering::Relaxed);
         self.discipline
             .store(if use_rseq { D_RSEQ } else { D_CAS }, Ordering::Release);
         self.rseq.store(use_rseq, Ordering::Release);
@@ -376,6 +398,8 @@ impl PerCpuSlabs {
     /// Initialises a region's headers if nobody has yet. The stores go
     /// `begin`, then `current`, then `end`, so a concurrent critical section
     /// sees "empty and full" at every step and never an item.
+    #[cold]
+    #[inline(never)]
     fn ensure_region(&self, r: usize) {
         let region = self.region(r);
         let (init, _) = self.control(region);
@@ -405,14 +429,38 @@ impl PerCpuSlabs {
         i.min(self.nregions() - 1)
     }
 
+    /// The region for the CAS discipline: the CPU the thread runs on, read
+    /// the cheapest way this process allows (see `CpuSource`). Any answer
+    /// is correct (the stack lock protects the data); a good one keeps
+    /// threads on their own CPU's region.
+    #[inline]
     fn current_region_cas(&self) -> usize {
-        // SAFETY: sched_getcpu has no preconditions.
-        let cpu = unsafe { libc::sched_getcpu() };
-        if cpu < 0 {
-            0
-        } else {
-            cpu as usize % self.nregions()
+        let cpu = match self.cpu_source.load(Ordering::Relaxed) {
+            CPU_FROM_RSEQ => {
+                // SAFETY: CPU_FROM_RSEQ is set only when the process has an
+                // rseq area at this thread-pointer offset in every thread.
+                let c = unsafe { arch::read_tp_u32(self.off.load(Ordering::Relaxed) + 4) } as i32;
+                if c >= 0 {
+                    c
+                } else {
+                    Self::sched_cpu()
+                }
+            }
+            CPU_FROM_RDPID => arch::rdpid_cpu() as i32,
+            _ => Self::sched_cpu(),
+        };
+        let n = self.nregions();
+        match cpu {
+            c if c < 0 => 0,
+            c if (c as usize) < n => c as usize,
+            c => c as usize % n,
         }
+    }
+
+    #[cold]
+    fn sched_cpu() -> i32 {
+        // SAFETY: sched_getcpu has no preconditions.
+        unsafe { libc::sched_getcpu() }
     }
 
     /// The fast path of [`pop`](Self::pop): the item, or null on any miss
@@ -682,31 +730,54 @@ impl PerCpuSlabs {
 
     /// Takes the stack lock of `(region, class)` with CAS, a bounded number
     /// of times; returns the region pointer when held.
+    #[inline(always)]
     fn lock_cas(&self, class: usize) -> Result<*mut u8, OpError> {
         if self.discipline.load(Ordering::Acquire) != D_CAS {
             // Not initialised yet: an inert structure refuses every operation.
             return Err(OpError::Unregistered);
         }
         let r = self.current_region_cas();
-        self.ensure_region(r);
         let region = self.region(r);
+        if self.control(region).0.load(Ordering::Acquire) != 1 {
+            self.ensure_region(r);
+        }
         let [_, _, _, lock] = self.header(region, class);
-        for _ in 0..CAS_TRIES {
+        if lock
+            .compare_exchange(0, 1, Ordering::Acquire, Ordering::Relaxed)
+            .is_err()
+        {
+            return self.lock_cas_busy(region, class);
+        }
+        self.count_cas_op(region);
+        Ok(region)
+    }
+
+    /// The stack lock was busy: a few more tries, then give up.
+    #[cold]
+    #[inline(never)]
+    fn lock_cas_busy(&self, region: *mut u8, class: usize) -> Result<*mut u8, OpError> {
+        let [_, _, _, lock] = self.header(region, class);
+        for _ in 1..CAS_TRIES {
+            core::hint::spin_loop();
             if lock
                 .compare_exchange_weak(0, 1, Ordering::Acquire, Ordering::Relaxed)
                 .is_ok()
             {
-                // A plain load and store, not a locked add: the counter is
-                // statistics only, and the threads that share a region are
-                // mostly one CPU's; a rare lost update is an acceptable price
-                // for keeping a second locked instruction off the fallback.
-                let c = self.counter(region);
-                c.store(c.load(Ordering::Relaxed) + 1, Ordering::Relaxed);
+                self.count_cas_op(region);
                 return Ok(region);
             }
-            core::hint::spin_loop();
         }
         Err(OpError::Exhausted)
+    }
+
+    /// A plain load and store, not a locked add: the counter is statistics
+    /// only, and the threads that share a region are mostly one CPU's; a
+    /// rare lost update is an acceptable price for keeping a second locked
+    /// instruction off the fallback.
+    #[inline(always)]
+    fn count_cas_op(&self, region: *mut u8) {
+        let c = self.counter(region);
+        c.store(c.load(Ordering::Relaxed) + 1, Ordering::Relaxed);
     }
 
     fn unlock_cas(&self, region: *mut u8, class: usize) {
@@ -801,6 +872,46 @@ impl PerCpuSlabs {
                 }
             })
             .sum()
+    }
+
+    /// What a caller's own fast path needs to run the rseq sections
+    /// [`arch::pop_or_null`] / [`arch::push_or_miss`] on this structure:
+    /// `(base, rseq area offset, index field offset)`, all thread-pointer
+    /// relative offsets constant for the process. `None` unless the structure
+    /// was initialised with the rseq discipline.
+    pub fn fast_params(&self) -> Option<(*mut u8, isize, isize)> {
+        if !self.rseq.load(Ordering::Acquire) {
+            return None;
+        }
+        Some((
+            self.base.load(Ordering::Relaxed),
+            self.off.load(Ordering::Relaxed),
+            self.idx.load(Ordering::Relaxed),
+        ))
+    }
+
+    /// Whether `item` is on the stack `(region, class)` right now (a racy
+    /// scan with atomic loads: an item that a concurrent operation moves may
+    /// be missed; a stopped header reads as empty).
+    pub fn contains(&self, region: usize, class: usize, item: *mut u8) -> bool {
+        if region >= self.nregions() || class >= self.nclasses() {
+            return false;
+        }
+        let reg = self.region(region);
+        if self.control(reg).0.load(Ordering::Acquire) != 1 {
+            return false;
+        }
+        let [current, _, begin, _] = self.header(reg, class);
+        let (b, e) = self.bounds(class);
+        let lo = begin.load(Ordering::Acquire).max(b) as usize;
+        let hi = current.load(Ordering::Acquire).min(e) as usize;
+        (lo..hi).any(|i| {
+            // SAFETY: slot `i` lies inside this class's fixed bounds in a
+            // region of this structure; slots are 8-aligned and read
+            // atomically, so a concurrent write is merely seen or not.
+            let slot = unsafe { &*self.slot(reg, i).cast::<AtomicPtr<u8>>() };
+            slot.load(Ordering::Relaxed) == item
+        })
     }
 
     /// Items currently in `(region, class)`: a racy snapshot, for statistics.

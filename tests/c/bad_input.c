@@ -10,12 +10,21 @@
  * Cases: stack global interior interior_medium interior_large
  *        double_medium double_large realloc_stack realloc_interior
  *        realloc_zero_stack foreign usable_stack
- * (medium: a block of pages from the page heap; large: a direct mapping.
- * A double free of a small block sitting in a per-CPU cache is not
- * detectable without a cost on the fast path, so it is not a case here.)
+ *        double_small:SIZE double_after:SIZE double_thread:SIZE
+ *        realloc_freed:SIZE free_sized_wrong tail_waste
+ * (medium: a block of pages from the page heap; large: a direct mapping;
+ * small: a size-class block, whose double free must print
+ * "rseq-malloc: <who>: double free 0x..." instead.)
+ *
+ * marked_live: not a bad call: live blocks whose first word holds the
+ * allocator's free mark (read back from a freed block) are freed in a long
+ * random workload; must exit 0 printing "marked ok: N frees".
  */
 #define _GNU_SOURCE
 #include <malloc.h>
+#include <dlfcn.h>
+#include <pthread.h>
+#include <sched.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -59,6 +68,53 @@ static void check_heap(void)
     printf("heap intact: %d blocks verified\n", ok);
 }
 
+static void *second_free(void *p)
+{
+    cpu_set_t set;
+    CPU_ZERO(&set);
+    CPU_SET(1, &set);
+    sched_setaffinity(0, sizeof set, &set);
+    free(launder(p));
+    return NULL;
+}
+
+
+static int marked_live(void)
+{
+    void *probe = malloc(64);
+    free(launder(probe));
+    uint64_t key = *(volatile uint64_t *)probe & ~(uint64_t)0xffffff;
+    enum { N = 2000 };
+    static unsigned char *blk[N];
+    static size_t sz[N];
+    uint64_t r = 88172645463325252ull;
+    long frees = 0;
+    for (long round = 0; round < 200000; round++) {
+        r ^= r << 13, r ^= r >> 7, r ^= r << 17;
+        int i = (int)(r % N);
+        if (!blk[i]) {
+            sz[i] = 8 + (r >> 20) % 5000;
+            blk[i] = malloc(sz[i]);
+            if (!blk[i])
+                return 2;
+            memset(blk[i] + 8, (int)(i & 0xff), sz[i] - 8);
+        } else {
+            for (size_t j = 8; j < sz[i]; j++)
+                if (blk[i][j] != (unsigned char)(i & 0xff)) {
+                    printf("block %d byte %zu changed\n", i, j);
+                    return 4;
+                }
+            uint64_t w = (r & 1) ? key : key | ((r >> 8) & 0xffffff);
+            memcpy(blk[i], &w, 8);
+            free(blk[i]);
+            blk[i] = NULL;
+            frees++;
+        }
+    }
+    printf("marked ok: %ld frees\n", frees);
+    return 0;
+}
+
 int main(int argc, char **argv)
 {
     setvbuf(stdout, NULL, _IONBF, 0);
@@ -66,14 +122,21 @@ int main(int argc, char **argv)
         fprintf(stderr, "usage: bad_input <case>\n");
         return 2;
     }
+    char name[64];
     const char *c = argv[1];
+    const char *colon = strchr(c, ':');
+    size_t size = colon ? strtoul(colon + 1, NULL, 10) : 64;
+    snprintf(name, sizeof name, "%.*s", colon ? (int)(colon - c) : 63, c);
+    c = name;
+    if (!strcmp(c, "marked_live"))
+        return marked_live();
     char stack_buf[256] __attribute__((aligned(64)));
     memset(stack_buf, 1, sizeof stack_buf);
     global_buf[0] = 1;
     make_heap();
 
     void *bad;
-    int use_realloc = 0, use_usable = 0;
+    int use_realloc = 0, use_usable = 0, use_thread = 0, use_sized = 0;
     if (!strcmp(c, "stack")) {
         bad = stack_buf + 64;
     } else if (!strcmp(c, "global")) {
@@ -99,6 +162,38 @@ int main(int argc, char **argv)
     } else if (!strcmp(c, "realloc_zero_stack")) {
         bad = stack_buf + 64;
         use_realloc = 2; /* realloc(p, 0): frees p, so p is checked too */
+    } else if (!strcmp(c, "double_small")) {
+        bad = malloc(size);
+        free(launder(bad));
+    } else if (!strcmp(c, "double_after")) {
+        enum { OTHERS = 20000 };
+        static void *others[OTHERS];
+        for (int i = 0; i < OTHERS; i++)
+            others[i] = malloc(size);
+        bad = malloc(size);
+        free(launder(bad));
+        for (int i = 0; i < OTHERS; i++)
+            free(others[i]);
+    } else if (!strcmp(c, "double_thread")) {
+        cpu_set_t set;
+        CPU_ZERO(&set);
+        CPU_SET(0, &set);
+        sched_setaffinity(0, sizeof set, &set);
+        bad = malloc(size);
+        free(launder(bad));
+        use_thread = 1;
+    } else if (!strcmp(c, "realloc_freed")) {
+        bad = malloc(size);
+        free(launder(bad));
+        use_realloc = 1;
+    } else if (!strcmp(c, "free_sized_wrong")) {
+        bad = malloc(100);
+        use_sized = 1;
+    } else if (!strcmp(c, "tail_waste")) {
+        /* 640 B objects: a one-page span holds 12 (7680 B); offset 7680
+         * is a multiple of 640 but tail waste, never an object start. */
+        char *p = malloc(640);
+        bad = p - ((uintptr_t)p & 8191) + 12 * 640;
     } else if (!strcmp(c, "foreign")) {
         bad = __libc_malloc(100);
     } else if (!strcmp(c, "usable_stack")) {
@@ -110,7 +205,20 @@ int main(int argc, char **argv)
     }
     check_heap();
     printf("bad pointer: %p\n", bad);
-    if (use_realloc)
+    if (use_thread) {
+        pthread_t t;
+        pthread_create(&t, NULL, second_free, bad);
+        pthread_join(t, NULL);
+    } else if (use_sized) {
+        /* glibc 2.36 has no free_sized: the preloaded library's. */
+        void (*fs)(void *, size_t) = (void (*)(void *, size_t))dlsym(RTLD_DEFAULT, "free_sized");
+        if (!fs) {
+            printf("no free_sized\n");
+            return 2;
+        }
+        fs(launder(bad), 5000);
+    }
+    else if (use_realloc)
         launder(realloc(launder(bad), use_realloc == 2 ? 0 : 200));
     else if (use_usable)
         printf("usable %zu\n", malloc_usable_size(launder(bad)));

@@ -46,6 +46,16 @@ pub unsafe fn push(_: *mut u8, _: usize, _: isize, _: isize, _: *mut u8) -> u32 
 }
 /// # Safety
 /// Never touches memory.
+pub unsafe fn pop_or_null(_: *mut u8, _: usize, _: isize, _: isize) -> *mut u8 {
+    core::ptr::null_mut()
+}
+/// # Safety
+/// Never touches memory.
+pub unsafe fn push_or_miss(_: *mut u8, _: usize, _: isize, _: isize, _: *mut u8) -> bool {
+    false
+}
+/// # Safety
+/// Never touches memory.
 pub unsafe fn pop_batch(_: &BatchArgs, _: isize, _: isize) -> (usize, u32) {
     (0, STATUS_UNREGISTERED)
 }
@@ -53,6 +63,14 @@ pub unsafe fn pop_batch(_: &BatchArgs, _: isize, _: isize) -> (usize, u32) {
 /// Never touches memory.
 pub unsafe fn push_batch(_: &BatchArgs, _: isize, _: isize) -> (usize, u32) {
     (0, STATUS_UNREGISTERED)
+}
+/// No `rdpid` here.
+pub fn has_rdpid() -> bool {
+    false
+}
+/// Never called (see [`has_rdpid`]).
+pub fn rdpid_cpu() -> u32 {
+    0
 }
 /// No thread pointer is used here.
 pub fn thread_pointer() -> usize {

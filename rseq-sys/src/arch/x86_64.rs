@@ -275,6 +275,163 @@ pub unsafe fn push(base: *mut u8, class: usize, off: isize, idx: isize, item: *m
     status
 }
 
+// The fast sections (`pop_or_null`, `push_or_miss`) share the anatomy above
+// but report differently, so the caller's fast path needs no status
+// register: the pop's exits (unregistered, empty, exhausted) all leave a
+// null item; the push's exits all jump to the caller's `miss` label (an
+// `asm goto`), so a committed push falls straight through. `{st}` is only
+// the retry counter.
+macro_rules! rseq_fast_section {
+    ($exit:expr ; $($body:expr),+ ; $($operands:tt)*) => {{
+        #[cfg(feature = "inject-delay")]
+        asm!(
+            rseq_fast_section!(@text $exit ; [$($body),+]),
+            dl = out(reg) _,
+            dsym = sym DELAY_LOOPS,
+            aborts = sym ABORTS,
+            max = const MAX_RETRIES,
+            shift = const REGION_SHIFT,
+            sig = const crate::abi::RSEQ_SIG,
+            $($operands)*
+            options(nostack),
+        );
+        #[cfg(not(feature = "inject-delay"))]
+        asm!(
+            rseq_fast_section!(@text $exit ; [$($body),+]),
+            aborts = sym ABORTS,
+            max = const MAX_RETRIES,
+            shift = const REGION_SHIFT,
+            sig = const crate::abi::RSEQ_SIG,
+            $($operands)*
+            options(nostack),
+        );
+    }};
+    (@text $exit:expr ; [$($body:expr),+]) => {
+        concat!(
+            "xor {st:e}, {st:e}\n",                        // retries = 0
+            "2:\n",
+            "lea {tmp}, [rip + 3f]\n",                     // tmp = &descriptor
+            "mov qword ptr fs:[{off} + 8], {tmp}\n",       // rseq->rseq_cs = tmp (arm)
+            "4:\n",                                        // start_ip
+            "mov {tmp:e}, dword ptr fs:[{off} + 4]\n",     // tmp = rseq->cpu_id
+            "test {tmp:e}, {tmp:e}\n",                     // if (s32)tmp < 0
+            "js 7f\n",                                     //     goto exit (unregistered)
+            $($body,)+
+            "5:\n",                                        // post-commit
+            ".pushsection __rseq_abort, \"ax\"\n",
+            "7:\n",                                        // exit (unregistered, miss)
+            $exit,
+            ".byte 0x0f, 0xb9, 0x3d\n",
+            ".long {sig}\n",
+            "6:\n",                                        // abort_ip
+            "mov {tmp}, qword ptr [rip + {aborts}@GOTPCREL]\n", // tmp = &ABORTS
+            "lock inc qword ptr [{tmp}]\n",                // ABORTS += 1
+            "inc {st:e}\n",                                // retries += 1
+            "cmp {st:e}, {max}\n",                         // if retries < MAX
+            "jb 2b\n",                                     //     goto arm again
+            "jmp 7b\n",                                    // exhausted: exit
+            ".popsection\n",
+            ".pushsection __rseq_cs, \"awR\"\n",
+            ".balign 32\n",
+            "3:\n",
+            ".long 0, 0\n",                                // version, flags
+            ".quad 4b, 5b - 4b, 6b\n",                     // start_ip, post_commit_offset, abort_ip
+            ".popsection\n",
+            ".pushsection __rseq_cs_ptr_array, \"awR\"\n",
+            ".balign 8\n",
+            ".quad 3b\n",
+            ".popsection\n",
+            ".pushsection __rseq_exit_point_array, \"awR\"\n",
+            ".balign 8\n",
+            ".quad 4b, 7b\n",                              // (start_ip, exit_ip)
+            ".popsection\n",
+        )
+    };
+}
+
+/// The fast pop: the top item of `class`'s stack in the current CPU's (or
+/// cid's) region, or null when nothing was popped (empty, unregistered
+/// thread, restarts exhausted). Nothing changed in the null case.
+///
+/// # Safety
+/// As for [`pop`].
+#[inline(always)]
+pub unsafe fn pop_or_null(base: *mut u8, class: usize, off: isize, idx: isize) -> *mut u8 {
+    let item: *mut u8;
+    // SAFETY: as in `pop`.
+    unsafe {
+        rseq_fast_section!(
+            concat!(
+                "xor {item:e}, {item:e}\n",                 // item = null
+                "jmp 5b\n",
+            );
+            "mov {tmp:e}, dword ptr fs:[{idx}]\n",              // tmp = rseq->(cpu_id | mm_cid)
+            "shl {tmp}, {shift}\n",                             // tmp = base + (tmp << SHIFT)
+            "add {tmp}, {base}\n",
+            "movzx {h:e}, word ptr [{tmp} + {class}*8]\n",      // cur = hdr[class].current
+            "cmp {h:x}, word ptr [{tmp} + {class}*8 + 4]\n",    // if cur <= hdr[class].begin
+            "jbe 7f\n",                                         //     goto exit (empty)
+            "mov {item}, qword ptr [{tmp} + {h}*8 - 8]\n",      // item = region[cur - 1]
+            "dec {h:e}\n",                                      // cur -= 1
+            delay!(),
+            "mov word ptr [{tmp} + {class}*8], {h:x}\n";        // commit: hdr[class].current = cur
+            off = in(reg) off,
+            idx = in(reg) idx,
+            base = in(reg) base,
+            class = in(reg) class,
+            item = out(reg) item,
+            tmp = out(reg) _,
+            h = out(reg) _,
+            st = out(reg) _,
+        );
+    }
+    item
+}
+
+/// The fast push: pushes `item` onto `class`'s stack in the current CPU's
+/// (or cid's) region and returns true, or returns false with nothing
+/// changed (full, unregistered thread, restarts exhausted). The false
+/// return is a jump out of the section, so a caller that tests it pays no
+/// status register.
+///
+/// # Safety
+/// As for [`pop`].
+#[inline(always)]
+pub unsafe fn push_or_miss(
+    base: *mut u8,
+    class: usize,
+    off: isize,
+    idx: isize,
+    item: *mut u8,
+) -> bool {
+    // SAFETY: as in `push`.
+    unsafe {
+        rseq_fast_section!(
+            "jmp {miss}\n";
+            "mov {tmp:e}, dword ptr fs:[{idx}]\n",              // tmp = rseq->(cpu_id | mm_cid)
+            "shl {tmp}, {shift}\n",                             // tmp = base + (tmp << SHIFT)
+            "add {tmp}, {base}\n",
+            "movzx {h:e}, word ptr [{tmp} + {class}*8]\n",      // cur = hdr[class].current
+            "cmp {h:x}, word ptr [{tmp} + {class}*8 + 2]\n",    // if cur >= hdr[class].end
+            "jae 7f\n",                                         //     goto exit (full)
+            "mov qword ptr [{tmp} + {h}*8], {item}\n",          // region[cur] = item
+            "inc {h:e}\n",                                      // cur += 1
+            delay!(),
+            "mov word ptr [{tmp} + {class}*8], {h:x}\n";        // commit: hdr[class].current = cur
+            off = in(reg) off,
+            idx = in(reg) idx,
+            base = in(reg) base,
+            class = in(reg) class,
+            item = in(reg) item,
+            tmp = out(reg) _,
+            h = out(reg) _,
+            st = out(reg) _,
+            miss = label { return false; },
+        );
+    }
+    true
+}
+
 /// Pops up to `args.max` items (the top of the stack, in stack order from
 /// bottom to top) into `args.buf`. Returns `(count, status)`.
 ///
@@ -376,6 +533,26 @@ pub unsafe fn push_batch(args: &BatchArgs, off: isize, idx: isize) -> (usize, u3
     } else {
         (0, status)
     }
+}
+
+/// Whether the CPU has `rdpid` (CPUID leaf 7, ECX bit 22) and the kernel
+/// is Linux (which keeps the CPU number in `TSC_AUX`). An emulator that
+/// does not implement the instruction does not advertise it.
+pub fn has_rdpid() -> bool {
+    // cpuid is always available on x86_64; leaf 0 reports the highest
+    // standard leaf, so leaf 7 is read only when it exists.
+    let max = core::arch::x86_64::__cpuid(0).eax;
+    max >= 7 && core::arch::x86_64::__cpuid_count(7, 0).ecx & (1 << 22) != 0
+}
+
+/// The CPU number from `rdpid` (Linux stores `node << 12 | cpu` in
+/// `TSC_AUX`). Call only when [`has_rdpid`] said yes.
+#[inline(always)]
+pub fn rdpid_cpu() -> u32 {
+    let aux: u64;
+    // SAFETY: the caller checked CPUID; rdpid only reads TSC_AUX.
+    unsafe { asm!("rdpid {}", out(reg) aux, options(nomem, nostack, preserves_flags)) };
+    (aux & 0xfff) as u32
 }
 
 /// The thread pointer (`%fs` base).

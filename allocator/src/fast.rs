@@ -1,0 +1,336 @@
+//! The front end: every fast path of malloc and free, on one screen.
+//!
+//! ```text
+//! malloc(size)              C ABI, raw::malloc          (ffi: malloc)
+//! └─ size <= 4 KiB ? class = FAST.t16[(size+15)>>4]  : refill::malloc_big  (tail call)
+//!    └─ malloc_small(class)
+//!       ├─ FAST.ready == READY_RSEQ ?                  : refill::malloc_slow (tail call)
+//!       ├─ p = pop_or_null(region of this cpu/cid)     : null -> refill::malloc_slow
+//!       └─ *p = 0 (clear the free mark); return p
+//! alloc(size, align)        GlobalAlloc::alloc
+//! └─ align <= 8 : t8[(size+7)>>3] | align == 16 : t16 | else refill::alloc_uncommon
+//! free(p)                   C ABI, raw::free
+//! ├─ e = page map entry of p (0: not ours / null)      : global::free_any (tail call)
+//! ├─ class = e.class != 0, FAST.ready, p is an object start (in-page limit
+//! │  from e, divisibility by one multiplication with FAST.divm[class])
+//! │                                                     : global::free_any
+//! └─ free_known(p, class)
+//!    ├─ (p[0] ^ FAST.key) >> 24 == 0 ? (maybe freed)   : double_free::suspect
+//!    ├─ p[0] = FAST.key (the free mark)
+//!    └─ push_or_miss(region of this cpu/cid, p)         : refill::free_overflow
+//! dealloc(p, size, align)   GlobalAlloc::dealloc: class from the size, then free_known
+//! ```
+//!
+//! Cost (release build; the golden table `allocator/tests/golden/fastpath.txt`
+//! is the source of truth, checked by `tests/golden_fastpath.rs`): one
+//! readiness load decides everything; `FAST` is reached RIP-relative, never
+//! through the GOT, also from `librseq_malloc.so`; no stack frame, no spill;
+//! every miss is a tail call.
+//!
+//! The free mark (double-free detection, see `double_free.rs`): a free
+//! object's first word holds `FAST.key` (a per-process random value with
+//! the low 24 bits clear and the top bit set, so no canonical user-space
+//! pointer and no small integer equals it) or, on a span's free list, the
+//! key with a link in the low 24 bits. Allocation clears the word, freeing
+//! sets it; a free that finds the mark already there asks `double_free`
+//! for an exact answer (a live block may hold the key by chance).
+//!
+//! `free`'s validation costs one load beyond finding the class: the page
+//! map entry already carries the class, the page's index in its span and
+//! the page's object-start limit, so the offset from the span start needs
+//! no span record; divisibility by the object size is one multiplication by
+//! `FAST.divm[class]` (the extra load) and a compare.
+
+use crate::pagemap::PageMap;
+use crate::size_class::{self, SizeClass, FAST_MAX_BYTES};
+use core::sync::atomic::{AtomicIsize, AtomicPtr, AtomicU32, AtomicU64, Ordering};
+
+/// `FAST.ready`: the rseq fast path is not usable (not initialised, CAS
+/// discipline, counting statistics, or a fork child without caches).
+pub(crate) const NOT_READY: u32 = 0;
+/// `FAST.ready`: per-CPU caches on rseq; `base`, `cs_off`, `idx_off` valid.
+pub(crate) const READY_RSEQ: u32 = 1;
+
+const T8_LEN: usize = size_class::fast_table_len(3);
+const T16_LEN: usize = size_class::fast_table_len(4);
+
+/// Everything the fast paths read, in one cache-line-aligned static.
+#[repr(C, align(64))]
+pub(crate) struct Fast {
+    /// `NOT_READY` or `READY_RSEQ`: the one readiness check.
+    pub(crate) ready: AtomicU32,
+    /// Region 0 of the per-CPU slabs.
+    base: AtomicPtr<u8>,
+    /// Thread-pointer offset of the rseq area (glibc's or ours).
+    cs_off: AtomicIsize,
+    /// Thread-pointer offset of the index field (`cpu_id` or `mm_cid`).
+    idx_off: AtomicIsize,
+    /// The free mark (see the module doc); set once at init.
+    key: AtomicU64,
+    /// Per class byte, the divisibility multiplier
+    /// (`size_class::divisibility_table`; 0 for non-classes).
+    divm: [u64; 256],
+    /// Size -> class for 16-byte alignment, step 16 B.
+    t16: [u8; T16_LEN],
+    /// Size -> class for alignment <= 8, step 8 B.
+    t8: [u8; T8_LEN],
+}
+
+pub(crate) static FAST: Fast = Fast {
+    ready: AtomicU32::new(NOT_READY),
+    base: AtomicPtr::new(core::ptr::null_mut()),
+    cs_off: AtomicIsize::new(0),
+    idx_off: AtomicIsize::new(0),
+    key: AtomicU64::new(0),
+    divm: size_class::divisibility_table(),
+    t16: size_class::fast_table::<T16_LEN>(4),
+    t8: size_class::fast_table::<T8_LEN>(3),
+};
+
+/// The address of a static, RIP-relative. Rust code in a cdylib reaches
+/// statics through the GOT (a load before every access) because rustc
+/// cannot prove them local; `lea` of the symbol is resolved by the linker,
+/// which knows they are.
+macro_rules! rip_ref {
+    ($ty:ty, $path:path) => {{
+        #[cfg(target_arch = "x86_64")]
+        {
+            let p: *const $ty;
+            // SAFETY: computes the address of a static; touches no memory.
+            unsafe {
+                core::arch::asm!(
+                    "lea {p}, [rip + {s}]",
+                    p = out(reg) p,
+                    s = sym $path,
+                    options(pure, nomem, nostack, preserves_flags),
+                )
+            };
+            // SAFETY: `p` is the address of a `'static` of type `$ty`.
+            unsafe { &*p }
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        {
+            &$path
+        }
+    }};
+}
+
+#[inline(always)]
+pub(crate) fn fast() -> &'static Fast {
+    rip_ref!(Fast, FAST)
+}
+
+#[inline(always)]
+fn map() -> &'static PageMap {
+    &rip_ref!(crate::page_heap::PageHeap, crate::global::HEAP).map
+}
+
+impl Fast {
+    /// Publishes the rseq parameters and turns the fast path on.
+    pub(crate) fn enable(&self, base: *mut u8, cs_off: isize, idx_off: isize) {
+        self.base.store(base, Ordering::Relaxed);
+        self.cs_off.store(cs_off, Ordering::Relaxed);
+        self.idx_off.store(idx_off, Ordering::Relaxed);
+        self.ready.store(READY_RSEQ, Ordering::Release);
+    }
+
+    /// Sets the free mark; called once, before any object is handed out.
+    pub(crate) fn set_key(&self, key: u64) {
+        self.key.store(key, Ordering::Relaxed);
+    }
+
+    /// The free mark.
+    #[inline(always)]
+    pub(crate) fn key(&self) -> u64 {
+        self.key.load(Ordering::Relaxed)
+    }
+
+    /// The class for a C `malloc` of `size <= FAST_MAX_BYTES`.
+    #[inline(always)]
+    pub(crate) fn class16(&self, size: usize) -> SizeClass {
+        SizeClass::from_table(self.t16[(size + 15) >> 4])
+    }
+
+    /// The class for `size <= FAST_MAX_BYTES` with alignment <= 8.
+    #[inline(always)]
+    pub(crate) fn class8(&self, size: usize) -> SizeClass {
+        SizeClass::from_table(self.t8[(size + 7) >> 3])
+    }
+
+    /// Whether `off` (an offset from a span start, below 2^32) is a multiple
+    /// of `class`'s object size.
+    #[inline(always)]
+    pub(crate) fn divides(&self, class: usize, off: usize) -> bool {
+        let m = self.divm[class & 0xff];
+        (off as u64).wrapping_mul(m) < m
+    }
+}
+
+/// Whether `w`, an object's first word, carries the free mark.
+#[inline(always)]
+pub(crate) fn is_marked(w: u64, key: u64) -> bool {
+    (w ^ key) >> crate::double_free::LINK_BITS == 0
+}
+
+// ---------------------------------------------------------------- malloc
+
+/// One object of `class`; null only when out of memory (errno = ENOMEM).
+#[inline(always)]
+pub(crate) fn malloc_small(class: SizeClass) -> *mut u8 {
+    let f = fast();
+    if f.ready.load(Ordering::Acquire) == READY_RSEQ {
+        // SAFETY: READY_RSEQ means `enable` published the parameters of
+        // SLABS, initialised with the rseq discipline over a region for
+        // every index the kernel can report; `class` is a valid header.
+        let p = unsafe {
+            rseq_sys::arch::pop_or_null(
+                f.base.load(Ordering::Relaxed),
+                class.index(),
+                f.cs_off.load(Ordering::Relaxed),
+                f.idx_off.load(Ordering::Relaxed),
+            )
+        };
+        if !p.is_null() {
+            // SAFETY: `p` is a free object of `class` (>= 8 bytes, 8-aligned)
+            // that the pop just made ours.
+            unsafe { p.cast::<u64>().write(0) };
+            return p;
+        }
+    }
+    crate::refill::malloc_slow(class)
+}
+
+/// C `malloc`: 16-byte alignment; null with errno = ENOMEM on failure.
+#[inline(always)]
+pub(crate) fn malloc(size: usize) -> *mut u8 {
+    if size <= FAST_MAX_BYTES {
+        return malloc_small(fast().class16(size));
+    }
+    crate::refill::malloc_big(size)
+}
+
+/// `GlobalAlloc::alloc`.
+#[inline(always)]
+pub(crate) fn alloc(size: usize, align: usize) -> *mut u8 {
+    if size <= FAST_MAX_BYTES {
+        if align <= 8 {
+            return malloc_small(fast().class8(size));
+        }
+        if align == 16 {
+            return malloc_small(fast().class16(size));
+        }
+    }
+    crate::refill::alloc_uncommon(size, align)
+}
+
+// ---------------------------------------------------------------- free
+
+/// Frees an object known to be an object start of `class` (validated, or
+/// promised by a sized deallocation).
+///
+/// # Safety
+/// `p` is an object of `class` from this allocator that the caller gives
+/// up; it was handed out and not freed since (a second free is detected).
+#[inline(always)]
+pub(crate) unsafe fn free_known(p: *mut u8, class: SizeClass, who: &'static str) {
+    let f = fast();
+    let key = f.key();
+    // SAFETY: `p` is an object start of `class`: at least 8 bytes, 8-aligned.
+    let w = unsafe { p.cast::<u64>().read() };
+    if f.ready.load(Ordering::Acquire) == READY_RSEQ && !is_marked(w, key) {
+        // SAFETY: as above; the object is ours to mark.
+        unsafe { p.cast::<u64>().write(key) };
+        // SAFETY: as in `malloc_small`; `p` is a free object of `class`.
+        if unsafe {
+            rseq_sys::arch::push_or_miss(
+                f.base.load(Ordering::Relaxed),
+                class.index(),
+                f.cs_off.load(Ordering::Relaxed),
+                f.idx_off.load(Ordering::Relaxed),
+                p,
+            )
+        } {
+            return;
+        }
+        // SAFETY: `p` is marked free and in no structure yet.
+        return unsafe { crate::refill::free_overflow(p, class) };
+    }
+    // SAFETY: forwarded contract.
+    unsafe { crate::refill::free_small_slow(p, class, who) }
+}
+
+/// C `free`: null is a no-op; anything but a live block aborts with a message.
+///
+/// # Safety
+/// `p` is null or a block of this allocator not used afterwards.
+#[inline(always)]
+pub(crate) unsafe fn free(p: *mut u8) {
+    let e = map().lookup(p as usize);
+    let class = PageMap::entry_class(e);
+    if class != 0 {
+        if let Some(off) = PageMap::small_offset(e, p as usize) {
+            if fast().divides(class, off) {
+                // SAFETY: the page map says `p` is an object start of `class`.
+                return unsafe { free_known(p, SizeClass::from_table(class as u8), "free()") };
+            }
+        }
+    }
+    // SAFETY: forwarded contract; free_any validates and reports.
+    unsafe { crate::global::free_any(p, "free()") }
+}
+
+/// `GlobalAlloc::dealloc`: the class comes from the layout (Rust's
+/// contract; debug builds check it against the page map).
+///
+/// # Safety
+/// `p` was allocated with (size, align) and is not used afterwards.
+#[inline(always)]
+pub(crate) unsafe fn dealloc(p: *mut u8, size: usize, align: usize) {
+    if size <= FAST_MAX_BYTES && align <= 16 {
+        let class = if align <= 8 {
+            fast().class8(size)
+        } else {
+            fast().class16(size)
+        };
+        debug_assert!(crate::global::debug_is_small_of(p, class));
+        // SAFETY: per the contract `p` is a live object of `class`.
+        return unsafe { free_known(p, class, "free()") };
+    }
+    // SAFETY: forwarded contract.
+    unsafe { crate::refill::dealloc_uncommon(p, size, align) }
+}
+
+/// Generates the free mark: random, low `LINK_BITS` bits clear, top bit set.
+pub(crate) fn make_key() -> u64 {
+    let mut r = 0u64;
+    // SAFETY: getrandom writes at most 8 bytes into `r`.
+    let n = unsafe {
+        libc::syscall(
+            libc::SYS_getrandom,
+            &mut r as *mut u64,
+            8usize,
+            libc::GRND_NONBLOCK,
+        )
+    };
+    if n != 8 {
+        // No entropy source (seccomp, very early boot): mix what differs
+        // between processes.
+        let mut ts = libc::timespec {
+            tv_sec: 0,
+            tv_nsec: 0,
+        };
+        // SAFETY: clock_gettime writes one timespec.
+        unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+        r = (ts.tv_nsec as u64)
+            ^ ((ts.tv_sec as u64) << 32)
+            ^ (&ts as *const _ as u64).rotate_left(17);
+        // SAFETY: getpid has no preconditions.
+        r ^= (unsafe { libc::getpid() } as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        r = r.wrapping_mul(0xD6E8_FEB8_6659_FD93);
+    }
+    let mut k = (r | (1 << 63)) & !((1u64 << crate::double_free::LINK_BITS) - 1);
+    if k >> crate::double_free::LINK_BITS == 1 << (63 - crate::double_free::LINK_BITS) {
+        k |= 1 << 40;
+    }
+    k
+}

@@ -1,0 +1,255 @@
+//! The front end's slow paths: everything `fast.rs` tail-calls.
+//!
+//! - `malloc_slow`: the fast pop missed or the fast path is off (not yet
+//!   initialised, CAS discipline, `stats=1` counting, no caches): the full
+//!   per-CPU pop (which registers the thread or initialises the region),
+//!   then a batch refill from the central list;
+//! - `free_overflow` / `free_small_slow`: the fast push missed, or the fast
+//!   path is off, or the block looks freed already (double-free check);
+//!   an overflow moves a batch to the central list;
+//! - `reclaim`: out of heap, take back what caches and transfer stacks hold.
+//!
+//! Every object handed to a caller has its first word cleared (the free
+//! mark, see `double_free`); every object stored anywhere carries it.
+
+use crate::double_free::{self, InFlight};
+use crate::fast::{self, FAST};
+use crate::global::{self, CENTRAL, HEAP};
+use crate::size_class::{self, SizeClass};
+use core::ptr::{self, NonNull};
+use core::sync::atomic::{AtomicBool, Ordering};
+use rseq_sys::percpu::OpError;
+
+/// Largest batch moved between a per-CPU cache and its central list.
+const MAX_BATCH: usize = 32;
+
+#[inline(always)]
+fn handed_out(p: *mut u8) -> *mut u8 {
+    if !p.is_null() {
+        // SAFETY: `p` is a small object that was free and is now the
+        // caller's; clearing its first word removes the free mark.
+        unsafe { p.cast::<u64>().write(0) };
+    }
+    p
+}
+
+fn enomem(p: *mut u8) -> *mut u8 {
+    if p.is_null() {
+        // SAFETY: the calling thread's errno slot.
+        unsafe { *libc::__errno_location() = libc::ENOMEM };
+    }
+    p
+}
+
+// ---------------------------------------------------------------- malloc
+
+/// An object of `class` when the fast pop did not give one.
+#[cold]
+#[inline(never)]
+pub(crate) fn malloc_slow(class: SizeClass) -> *mut u8 {
+    enomem(handed_out(malloc_slow_inner(class)))
+}
+
+fn malloc_slow_inner(class: SizeClass) -> *mut u8 {
+    if !global::cache_ready() {
+        if !global::ensure_init() {
+            return global::boot_alloc_class(class);
+        }
+        if !global::cache_ready() {
+            return central_pop_one(class);
+        }
+    }
+    match crate::cpu_cache::SLABS.pop(class.index()) {
+        Ok(p) => {
+            if global::counting() {
+                global::FAST_HITS.fetch_add(1, Ordering::Relaxed);
+            }
+            p.as_ptr()
+        }
+        Err(e) => malloc_miss(class, e),
+    }
+}
+
+fn central_pop_one(class: SizeClass) -> *mut u8 {
+    global::SLOW_DIRECT_OPS.fetch_add(1, Ordering::Relaxed);
+    let mut one = [ptr::null_mut(); 1];
+    if CENTRAL.get(class).pop_batch(&HEAP, class, &mut one) == 1
+        || (reclaim() && CENTRAL.get(class).pop_batch(&HEAP, class, &mut one) == 1)
+    {
+        one[0]
+    } else {
+        ptr::null_mut()
+    }
+}
+
+/// The per-CPU stack of `class` is empty (or unusable: `e`): refill it with
+/// a batch from the central list and return one object of it.
+fn malloc_miss(class: SizeClass, e: OpError) -> *mut u8 {
+    let misses = global::FAST_MISSES.fetch_add(1, Ordering::Relaxed);
+    let period = crate::cpu_cache::idle_scan_period();
+    if misses % period == period - 1 {
+        crate::cpu_cache::drain_idle_regions(&CENTRAL, &HEAP);
+    }
+    if e != OpError::Empty {
+        return central_pop_one(class);
+    }
+    let mut buf = [ptr::null_mut(); MAX_BATCH];
+    let want = class.batch().clamp(1, buf.len());
+    let _moving = InFlight::class(class);
+    let mut n = CENTRAL.get(class).pop_batch(&HEAP, class, &mut buf[..want]);
+    if n == 0 && reclaim() {
+        n = CENTRAL.get(class).pop_batch(&HEAP, class, &mut buf[..want]);
+    }
+    if n == 0 {
+        return ptr::null_mut();
+    }
+    let result = buf[n - 1];
+    let rest = &buf[..n - 1];
+    if !rest.is_empty() {
+        let pushed = crate::cpu_cache::SLABS
+            .push_batch(class.index(), rest)
+            .unwrap_or(0);
+        if pushed < rest.len() {
+            // SAFETY: these objects came from the central list just now and
+            // are owned by nobody else; they still carry the free mark.
+            unsafe { CENTRAL.get(class).push_batch(&HEAP, class, &rest[pushed..]) };
+        }
+    }
+    result
+}
+
+/// Out of heap: take back the free objects that per-CPU caches and
+/// transfer stacks hold (their spans may become free), so a retry can
+/// succeed. True if anything was drained or flushed. One at a time.
+#[cold]
+#[inline(never)]
+pub(crate) fn reclaim() -> bool {
+    static BUSY: AtomicBool = AtomicBool::new(false);
+    if BUSY.swap(true, Ordering::Acquire) {
+        return false;
+    }
+    let before = HEAP.stats().free_bytes;
+    if global::cache_ready() {
+        crate::cpu_cache::drain_all_into(&CENTRAL, &HEAP);
+    }
+    for class in SizeClass::all() {
+        CENTRAL.get(class).flush(&HEAP, class);
+    }
+    let after = HEAP.stats().free_bytes;
+    BUSY.store(false, Ordering::Release);
+    after > before
+}
+
+/// C `malloc` above the fast path's table: null with ENOMEM on failure.
+#[cold]
+#[inline(never)]
+pub(crate) fn malloc_big(size: usize) -> *mut u8 {
+    enomem(alloc_uncommon(size, global::MIN_ALIGN))
+}
+
+/// Any (size, align) the fast path's tables do not cover.
+#[inline(never)]
+pub(crate) fn alloc_uncommon(size: usize, align: usize) -> *mut u8 {
+    match size_class::class_for(size, align) {
+        Some(c) => fast::malloc_small(c),
+        None => enomem(global::alloc_big(size, align, false)),
+    }
+}
+
+// ---------------------------------------------------------------- free
+
+/// The fast push of `p` (marked free, in no structure) missed.
+///
+/// # Safety
+/// `p` is a free object of `class`, marked, owned by the caller.
+#[cold]
+#[inline(never)]
+pub(crate) unsafe fn free_overflow(p: *mut u8, class: SizeClass) {
+    // SAFETY: non-null: it came from a validated free.
+    let nn = unsafe { NonNull::new_unchecked(p) };
+    match crate::cpu_cache::SLABS.push(class.index(), nn) {
+        Ok(()) => {}
+        // SAFETY: forwarded contract.
+        Err(e) => unsafe { free_miss(p, class, e) },
+    }
+}
+
+/// Frees a validated object start of `class` when the fast path could not:
+/// checks the free mark, marks, then pushes through the full per-CPU push
+/// or the central list.
+///
+/// # Safety
+/// `p` is an object start of `class` of this allocator, given up by the
+/// caller.
+#[cold]
+#[inline(never)]
+pub(crate) unsafe fn free_small_slow(p: *mut u8, class: SizeClass, who: &'static str) {
+    if global::is_boot(p as usize) {
+        return;
+    }
+    let key = FAST.key();
+    // SAFETY: an object start: at least 8 bytes, 8-aligned.
+    let w = unsafe { p.cast::<u64>().read() };
+    if fast::is_marked(w, key) {
+        double_free::check(p, class, who);
+    }
+    // SAFETY: the object is the caller's to give up.
+    unsafe { p.cast::<u64>().write(key) };
+    if global::cache_ready() {
+        // SAFETY: non-null object start.
+        let nn = unsafe { NonNull::new_unchecked(p) };
+        match crate::cpu_cache::SLABS.push(class.index(), nn) {
+            Ok(()) => return,
+            // SAFETY: `p` is marked free and in no structure.
+            Err(e) => return unsafe { free_miss(p, class, e) },
+        }
+    }
+    // SAFETY: `p` is marked free and in no structure.
+    unsafe { free_central(p, class) }
+}
+
+/// Frees straight into the central list (bypassing the per-CPU cache).
+///
+/// # Safety
+/// `p` is a free object of `class`, marked, in no structure.
+unsafe fn free_central(p: *mut u8, class: SizeClass) {
+    global::SLOW_DIRECT_OPS.fetch_add(1, Ordering::Relaxed);
+    // SAFETY: forwarded contract.
+    unsafe { CENTRAL.get(class).push_batch(&HEAP, class, &[p]) };
+}
+
+/// # Safety
+/// As for `free_central`.
+unsafe fn free_miss(p: *mut u8, class: SizeClass, e: OpError) {
+    if e != OpError::Full {
+        // SAFETY: forwarded contract.
+        return unsafe { free_central(p, class) };
+    }
+    // Overflow: move a batch out of this CPU's cache, then free `p` with it.
+    let mut buf = [ptr::null_mut(); MAX_BATCH + 1];
+    let want = class.batch().clamp(1, MAX_BATCH);
+    let _moving = InFlight::class(class);
+    let n = crate::cpu_cache::SLABS
+        .pop_batch(class.index(), &mut buf[..want])
+        .unwrap_or(0);
+    buf[n] = p;
+    // SAFETY: the popped objects were free objects in our cache, now owned by
+    // us; `p` is free per the contract; all carry the mark.
+    unsafe { CENTRAL.get(class).push_batch(&HEAP, class, &buf[..n + 1]) };
+}
+
+/// `dealloc` for sizes and alignments beyond the fast path's tables.
+///
+/// # Safety
+/// `p` is a live block allocated with (size, align), not used afterwards.
+#[cold]
+#[inline(never)]
+pub(crate) unsafe fn dealloc_uncommon(p: *mut u8, size: usize, align: usize) {
+    if let (Some(c), false) = (size_class::class_for(size, align), p.is_null()) {
+        debug_assert!(global::debug_is_small_of(p, c));
+        // SAFETY: per the contract p is a live object of class `c`.
+        return unsafe { fast::free_known(p, c, "free()") };
+    }
+    // SAFETY: forwarded contract.
+    unsafe { global::free_any(p, "free()") }
+}

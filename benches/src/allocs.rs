@@ -1,0 +1,122 @@
+//! The contenders: rseq-alloc, the peers in-process (crates) and as C
+//! libraries (`LD_PRELOAD`), glibc, and any `--lib NAME=PATH`.
+
+use std::path::{Path, PathBuf};
+
+const LIBDIR: &str = "/usr/lib/x86_64-linux-gnu";
+
+/// How an allocator is put under a workload.
+#[derive(Clone, Debug)]
+pub enum Install {
+    /// A Rust allocator inside the worker, chosen by `RSEQ_BENCH_ALLOC`.
+    InProc(&'static str),
+    /// A C library in front of glibc's malloc through `LD_PRELOAD`.
+    Preload(PathBuf),
+    /// Plain glibc: the worker on `System`, programs without preload.
+    Native,
+}
+
+/// One contender.
+#[derive(Clone, Debug)]
+pub struct Alloc {
+    /// Short name used by `--alloc` and in tables.
+    pub name: &'static str,
+    /// What it is, for the report legend.
+    pub label: &'static str,
+    /// How it is installed.
+    pub kind: Install,
+}
+
+impl Alloc {
+    /// Runs the worker's workloads.
+    pub fn runs_synthetic(&self) -> bool {
+        true
+    }
+    /// Runs the real programs (python, sqlite): not the in-process crates.
+    pub fn runs_programs(&self) -> bool {
+        !matches!(self.kind, Install::InProc(_))
+    }
+    /// In the quick suite the Debian builds of jemalloc/mimalloc and our .so
+    /// only run the real programs (their crate twins run the synthetic ones).
+    pub fn quick_synthetic(&self) -> bool {
+        !matches!(self.name, "rseq-so" | "jemalloc-so" | "mimalloc-so")
+    }
+}
+
+/// Every built-in allocator (rseq only with the `ours` feature).
+pub fn all_allocs() -> Vec<Alloc> {
+    let lib = |f: &str| PathBuf::from(LIBDIR).join(f);
+    let mut v = Vec::new();
+    if cfg!(feature = "ours") {
+        v.push(Alloc {
+            name: "rseq",
+            label: "rseq-alloc, in-process #[global_allocator]",
+            kind: Install::InProc("rseq"),
+        });
+    }
+    v.extend([
+        Alloc {
+            name: "jemalloc",
+            label: "jemalloc, tikv-jemallocator crate, in-process",
+            kind: Install::InProc("jemalloc"),
+        },
+        Alloc {
+            name: "mimalloc",
+            label: "mimalloc, mimalloc crate, in-process",
+            kind: Install::InProc("mimalloc"),
+        },
+        Alloc {
+            name: "glibc",
+            label: "glibc malloc (std::alloc::System; programs run without preload)",
+            kind: Install::Native,
+        },
+        Alloc {
+            name: "rseq-so",
+            label: "rseq-alloc as librseq_malloc.so via LD_PRELOAD",
+            kind: Install::Preload(target_dir().join("release/librseq_malloc.so")),
+        },
+        Alloc {
+            name: "jemalloc-so",
+            label: "Debian libjemalloc.so.2 via LD_PRELOAD",
+            kind: Install::Preload(lib("libjemalloc.so.2")),
+        },
+        Alloc {
+            name: "mimalloc-so",
+            label: "Debian libmimalloc.so.2 via LD_PRELOAD",
+            kind: Install::Preload(lib("libmimalloc.so.2")),
+        },
+        Alloc {
+            name: "tcmalloc-so",
+            label: "TCMalloc (gperftools) libtcmalloc_minimal.so.4 via LD_PRELOAD",
+            kind: Install::Preload(lib("libtcmalloc_minimal.so.4")),
+        },
+    ]);
+    v
+}
+
+/// The Debian package that installs a preloaded peer.
+pub fn apt_package(name: &str) -> &'static str {
+    match name {
+        "jemalloc-so" => "libjemalloc2",
+        "mimalloc-so" => "libmimalloc2.0",
+        "tcmalloc-so" => "libtcmalloc-minimal4",
+        _ => "",
+    }
+}
+
+/// The cargo target directory: this binary lives in `<target>/release/`.
+pub fn target_dir() -> PathBuf {
+    let exe = std::env::current_exe().unwrap_or_else(|_| PathBuf::from("target/release/x"));
+    exe.parent()
+        .and_then(Path::parent)
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| PathBuf::from("target"))
+}
+
+/// The workspace root (the parent of this crate).
+pub fn workspace_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| PathBuf::from("."))
+}

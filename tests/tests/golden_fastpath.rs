@@ -1,0 +1,332 @@
+//! The fast-path golden test: instruction, branch, load and store counts of
+//! the small-size fast paths, counted from `objdump -d`, against the
+//! committed table `tests/golden/fastpath.txt`.
+//!
+//! Measured: `malloc` and `free` of `librseq_malloc.so` (release build, as
+//! shipped), and `RseqAlloc::alloc` / `dealloc` inlined into a user's crate
+//! built with cargo's default release profile (no LTO): a crate generated
+//! at test time that depends on `rseq-alloc` by path. A path is the
+//! straight line from the function's entry to its first `ret` (the hit:
+//! every miss branches away to a tail call). The test fails when any count
+//! grows, when a function gets a stack frame (`push`/`sub %rsp`), or when
+//! a RIP-relative load (a GOT entry) appears on the path.
+//!
+//! To change the table on purpose (a cheaper path, or a cost you decided
+//! to pay), run `RSEQ_GOLDEN_UPDATE=1 cargo test --release -p
+//! rseq-alloc-tests --test golden_fastpath` and commit the new table with
+//! the reason in the message.
+
+mod ffi_common;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+struct Counts {
+    instructions: u32,
+    branches: u32,
+    loads: u32,
+    stores: u32,
+}
+
+/// One instruction of the path, for the failure message.
+struct Path_ {
+    counts: Counts,
+    text: String,
+    got: Vec<String>,
+    frame: Vec<String>,
+}
+
+fn golden_file() -> PathBuf {
+    ffi_common::workspace_root().join("tests/golden/fastpath.txt")
+}
+
+/// Splits AT&T operands at top-level commas.
+fn operands(s: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut depth = 0;
+    let mut cur = String::new();
+    for ch in s.chars() {
+        match ch {
+            '(' => depth += 1,
+            ')' => depth -= 1,
+            ',' if depth == 0 => {
+                out.push(cur.trim().to_string());
+                cur.clear();
+                continue;
+            }
+            _ => {}
+        }
+        cur.push(ch);
+    }
+    if !cur.trim().is_empty() {
+        out.push(cur.trim().to_string());
+    }
+    out
+}
+
+fn is_mem(op: &str) -> bool {
+    op.contains('(') || op.starts_with("%fs:") || op.starts_with("%gs:")
+}
+
+/// Counts the path from `sym`'s entry to its first `ret` in `objdump` output.
+fn path_of(disasm: &str, sym: &str) -> Path_ {
+    let header = format!("<{sym}>:");
+    let mut lines = disasm.lines().skip_while(|l| !l.ends_with(&header));
+    assert!(
+        lines.next().is_some(),
+        "symbol {sym} not found in the disassembly"
+    );
+    let mut c = Counts::default();
+    let mut text = String::new();
+    let mut got = Vec::new();
+    let mut frame = Vec::new();
+    for line in lines {
+        // "   16980:\tcmp    $0x1001,%rdi"
+        let Some((_, insn)) = line.split_once(":\t") else {
+            panic!("{sym}: ran past the end of the function without a ret");
+        };
+        let insn = insn.split('#').next().unwrap().trim();
+        text.push_str(insn);
+        text.push('\n');
+        let (mn, rest) = insn.split_once(char::is_whitespace).unwrap_or((insn, ""));
+        let ops = operands(rest.trim());
+        c.instructions += 1;
+        if mn.starts_with('j') || mn.starts_with("call") {
+            c.branches += 1;
+        }
+        if mn.starts_with("push") || (mn.starts_with("sub") && rest.contains("%rsp")) {
+            frame.push(insn.to_string());
+        }
+        let mem: Vec<usize> = (0..ops.len()).filter(|&i| is_mem(&ops[i])).collect();
+        if mn.starts_with("lea") || mn.starts_with("nop") {
+            // address arithmetic only
+        } else if mn.starts_with("push") || mn.starts_with("call") {
+            c.stores += 1;
+        } else if mn.starts_with("pop") || mn.starts_with("ret") {
+            c.loads += 1;
+        } else if !mem.is_empty() {
+            let dest_is_mem = mem.contains(&(ops.len() - 1));
+            let pure_store = mn.starts_with("mov") && dest_is_mem;
+            let reads = !pure_store;
+            let writes = dest_is_mem && !mn.starts_with("cmp") && !mn.starts_with("test");
+            if reads {
+                c.loads += 1;
+            }
+            if writes {
+                c.stores += 1;
+            }
+        }
+        if !mn.starts_with("lea") && ops.iter().any(|o| o.contains("(%rip)")) {
+            got.push(insn.to_string());
+        }
+        if mn.starts_with("ret") {
+            return Path_ {
+                counts: c,
+                text,
+                got,
+                frame,
+            };
+        }
+    }
+    panic!("{sym}: no ret found");
+}
+
+fn objdump(file: &Path) -> String {
+    let out = Command::new("objdump")
+        .args(["-d", "--no-show-raw-insn"])
+        .arg(file)
+        .output()
+        .expect("objdump (binutils) must be installed");
+    assert!(out.status.success(), "objdump {} failed", file.display());
+    String::from_utf8(out.stdout).unwrap()
+}
+
+/// Builds a user crate with the default release profile whose two
+/// functions are `RseqAlloc::alloc` / `dealloc` with run-time sizes.
+fn user_binary() -> PathBuf {
+    let root = ffi_common::workspace_root();
+    let dir = ffi_common::scratch_path("golden-user");
+    std::fs::create_dir_all(dir.join("src")).unwrap();
+    std::fs::write(
+        dir.join("Cargo.toml"),
+        format!(
+            "[package]\nname = \"golden-user\"\nversion = \"0.0.0\"\nedition = \"2021\"\n\
+             publish = false\n\n[dependencies]\nrseq-alloc = {{ path = {:?} }}\n\n[workspace]\n",
+            root.join("allocator")
+        ),
+    )
+    .unwrap();
+    std::fs::copy(root.join("Cargo.lock"), dir.join("Cargo.lock")).unwrap();
+    std::fs::write(
+        dir.join("src/main.rs"),
+        r#"use std::alloc::{GlobalAlloc, Layout};
+use std::hint::black_box;
+
+#[no_mangle]
+#[inline(never)]
+pub unsafe fn golden_alloc(size: usize) -> *mut u8 {
+    rseq_alloc::RseqAlloc.alloc(Layout::from_size_align_unchecked(size, 8))
+}
+
+#[no_mangle]
+#[inline(never)]
+pub unsafe fn golden_dealloc(p: *mut u8, size: usize) {
+    rseq_alloc::RseqAlloc.dealloc(p, Layout::from_size_align_unchecked(size, 8))
+}
+
+fn main() {
+    let n = black_box(48usize);
+    unsafe {
+        let p = golden_alloc(n);
+        assert!(!p.is_null());
+        p.write_bytes(7, n);
+        golden_dealloc(p, n);
+    }
+    println!("golden-user ok");
+}
+"#,
+    )
+    .unwrap();
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let out = Command::new(cargo)
+        .current_dir(&dir)
+        .args(["build", "--release", "--offline", "--quiet"])
+        .env_remove("RUSTFLAGS")
+        .env_remove("CARGO_TARGET_DIR")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "building the user crate failed:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let exe = dir.join("target/release/golden-user");
+    let run = Command::new(&exe).output().unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&run.stdout).trim(),
+        "golden-user ok",
+        "the user binary must run"
+    );
+    exe
+}
+
+fn read_table() -> BTreeMap<String, Counts> {
+    let text = std::fs::read_to_string(golden_file()).unwrap_or_default();
+    let mut t = BTreeMap::new();
+    for line in text.lines() {
+        let line = line.trim();
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        let mut words = line.split_whitespace();
+        let name = words.next().unwrap().to_string();
+        let mut c = Counts::default();
+        for w in words {
+            let (k, v) = w.split_once('=').expect("key=value");
+            let v: u32 = v.parse().unwrap();
+            match k {
+                "instructions" => c.instructions = v,
+                "branches" => c.branches = v,
+                "loads" => c.loads = v,
+                "stores" => c.stores = v,
+                _ => panic!("unknown key {k} in {}", golden_file().display()),
+            }
+        }
+        t.insert(name, c);
+    }
+    t
+}
+
+fn write_table(t: &BTreeMap<String, Counts>) {
+    let mut s = String::from(
+        "# Fast-path golden table: straight-line cost of the small-size hit,\n\
+         # counted from objdump by tests/tests/golden_fastpath.rs. A count may\n\
+         # only grow on purpose: RSEQ_GOLDEN_UPDATE=1 cargo test --release -p\n\
+         # rseq-alloc-tests --test golden_fastpath, then commit with the reason.\n",
+    );
+    for (k, c) in t {
+        s.push_str(&format!(
+            "{k} instructions={} branches={} loads={} stores={}\n",
+            c.instructions, c.branches, c.loads, c.stores
+        ));
+    }
+    std::fs::create_dir_all(golden_file().parent().unwrap()).unwrap();
+    std::fs::write(golden_file(), s).unwrap();
+}
+
+#[test]
+fn fast_paths_match_the_golden_table() {
+    let so = &ffi_common::built().cdylib;
+    let so_dis = objdump(so);
+    let user = user_binary();
+    let user_dis = objdump(&user);
+    let measured: Vec<(String, Path_)> = vec![
+        (
+            "librseq_malloc.so:malloc".into(),
+            path_of(&so_dis, "malloc"),
+        ),
+        ("librseq_malloc.so:free".into(), path_of(&so_dis, "free")),
+        (
+            "user-default-release:RseqAlloc::alloc".into(),
+            path_of(&user_dis, "golden_alloc"),
+        ),
+        (
+            "user-default-release:RseqAlloc::dealloc".into(),
+            path_of(&user_dis, "golden_dealloc"),
+        ),
+    ];
+    let update = std::env::var_os("RSEQ_GOLDEN_UPDATE").is_some();
+    let mut table = read_table();
+    let mut failures = Vec::new();
+    for (name, p) in &measured {
+        if !p.got.is_empty() {
+            failures.push(format!(
+                "{name}: RIP-relative (GOT) load on the fast path: {:?}\n{}",
+                p.got, p.text
+            ));
+        }
+        if !p.frame.is_empty() {
+            failures.push(format!(
+                "{name}: stack frame on the fast path: {:?}\n{}",
+                p.frame, p.text
+            ));
+        }
+        match table.get(name) {
+            _ if update => {}
+            None => failures.push(format!(
+                "{name}: not in the golden table (measured {:?})",
+                p.counts
+            )),
+            Some(want) => {
+                let c = p.counts;
+                if c.instructions > want.instructions
+                    || c.branches > want.branches
+                    || c.loads > want.loads
+                    || c.stores > want.stores
+                {
+                    failures.push(format!(
+                        "{name}: the fast path grew: measured {c:?}, table {want:?}\n{}",
+                        p.text
+                    ));
+                } else if c != *want {
+                    eprintln!("{name}: cheaper than the table ({c:?} < {want:?}): update it");
+                }
+            }
+        }
+    }
+    if update {
+        for (name, p) in &measured {
+            table.insert(name.clone(), p.counts);
+        }
+        write_table(&table);
+    }
+    assert!(
+        failures.is_empty(),
+        "{}\n\nIf this change is meant, update the table: RSEQ_GOLDEN_UPDATE=1 cargo test \
+         --release -p rseq-alloc-tests --test golden_fastpath (and commit tests/golden/fastpath.txt \
+         with the reason)",
+        failures.join("\n\n")
+    );
+}
