@@ -362,6 +362,7 @@ fn classify_outside(p: *mut u8, who: &str) -> Block<'static> {
 /// `p` is null, or a block from this allocator not used afterwards (checked
 /// where detectable: otherwise abort with `who`).
 pub(crate) unsafe fn free_any(p: *mut u8, who: &str) {
+    let _errno = crate::util::ErrnoGuard::new(); // C free keeps errno
     let Some(nn) = NonNull::new(p) else { return };
     match classify(p, who) {
         // SAFETY: classify validated that p is an object start of `class`.

@@ -278,17 +278,6 @@ pub mod raw {
         crate::fork::register_handlers()
     }
 
-    /// [`free`] that leaves `errno` as it found it (C `free` since glibc
-    /// 2.33 and POSIX 2024), even when a system call on a slow path fails.
-    ///
-    /// # Safety
-    /// As [`free`].
-    #[inline]
-    pub unsafe fn free_keep_errno(ptr: *mut u8) {
-        // SAFETY: forwarded contract.
-        crate::util::keep_errno(|| unsafe { free(ptr) })
-    }
-
     /// `pthread_atfork` prepare handler: takes glibc's stdio list lock and
     /// every allocator lock, or nothing in a single-threaded process.
     pub fn fork_prepare() {

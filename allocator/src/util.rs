@@ -244,56 +244,43 @@ pub fn is_valgrind_launcher() -> bool {
     matches!(interp_base, b"sh" | b"dash" | b"bash") && is_valgrind(script)
 }
 
-/// Thread-pointer offset of libc's `errno` (0 until first computed).
-/// glibc keeps `errno` in libc's static TLS block and musl in the thread
-/// descriptor, so `&errno - thread pointer` is the same in every thread.
-static ERRNO_TP_OFFSET: core::sync::atomic::AtomicIsize = core::sync::atomic::AtomicIsize::new(0);
-
-/// Runs `f` and leaves the calling thread's `errno` as it was before, even
-/// if a system call inside `f` failed (glibc's `free` does the same).
-///
-/// Cost when nothing changed: two thread-pointer-relative loads and a
-/// compare (the offset of `errno` is computed once); `__errno_location` is
-/// called only to restore a changed value, or on an architecture without
-/// thread-pointer loads in rseq-sys.
-#[inline(always)]
-pub fn keep_errno<T>(f: impl FnOnce() -> T) -> T {
-    let off = ERRNO_TP_OFFSET.load(core::sync::atomic::Ordering::Relaxed);
-    if !rseq_sys::arch::HAS_RSEQ || off == 0 {
-        return keep_errno_slow(f);
-    }
-    // SAFETY: `off` is the offset of this thread's `errno` from its thread
-    // pointer (see ERRNO_TP_OFFSET): a readable 4-byte int.
-    let saved = unsafe { rseq_sys::arch::read_tp_u32(off) };
-    let r = f();
-    // SAFETY: as above.
-    if unsafe { rseq_sys::arch::read_tp_u32(off) } != saved {
-        // SAFETY: `__errno_location` returns this thread's errno slot.
-        unsafe { *libc::__errno_location() = saved as i32 };
-    }
-    r
+/// Saves the calling thread's `errno` and puts it back when dropped: the
+/// slow paths of `free` make system calls that can fail and set it (munmap
+/// at the map-count limit, madvise, a contended lock's futex wait, rseq
+/// registration of a new thread), and C `free` must leave `errno` alone
+/// (glibc >= 2.33, POSIX 2024). Used only on cold paths, so the fast path
+/// pays nothing.
+pub struct ErrnoGuard {
+    loc: *mut i32,
+    saved: i32,
 }
 
-#[cold]
-#[inline(never)]
-fn keep_errno_slow<T>(f: impl FnOnce() -> T) -> T {
-    // SAFETY: `__errno_location` returns this thread's errno slot, valid
-    // for the thread's lifetime.
-    let loc = unsafe { libc::__errno_location() };
-    if rseq_sys::arch::HAS_RSEQ {
-        let off = (loc as isize).wrapping_sub(rseq_sys::arch::thread_pointer() as isize);
-        // A static-TLS (or thread descriptor) offset is small; anything else
-        // means a libc we do not know: stay on this slow path.
-        if off != 0 && off.unsigned_abs() < 1 << 24 {
-            ERRNO_TP_OFFSET.store(off, core::sync::atomic::Ordering::Relaxed);
-        }
+impl ErrnoGuard {
+    /// Saves `errno`.
+    #[inline]
+    pub fn new() -> Self {
+        // SAFETY: `__errno_location` returns this thread's errno slot, valid
+        // for the thread's lifetime.
+        let loc = unsafe { libc::__errno_location() };
+        // SAFETY: as above.
+        let saved = unsafe { *loc };
+        ErrnoGuard { loc, saved }
     }
-    // SAFETY: as above.
-    let saved = unsafe { *loc };
-    let r = f();
-    // SAFETY: as above.
-    unsafe { *loc = saved };
-    r
+}
+
+impl Default for ErrnoGuard {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Drop for ErrnoGuard {
+    #[inline]
+    fn drop(&mut self) {
+        // SAFETY: `loc` is this thread's errno slot (a guard never leaves
+        // the thread that made it: it is neither Send nor Sync).
+        unsafe { *self.loc = self.saved };
+    }
 }
 
 #[cfg(test)]

@@ -187,14 +187,11 @@ pub unsafe extern "C" fn malloc(size: usize) -> *mut c_void {
 /// not freed since (anything else is reported and aborts where detectable).
 #[no_mangle]
 pub unsafe extern "C" fn free(ptr: *mut c_void) {
-    // glibc >= 2.33 (and POSIX 2024): free() leaves errno alone. Our slow
-    // paths make system calls that can fail and set it (munmap at the map
-    // count limit, madvise, a contended lock's futex wait, rseq
-    // registration of a new thread): `raw::free_keep_errno` restores it,
-    // at the cost of two thread-pointer-relative loads when it is intact.
+    // errno: the allocator's slow paths of free restore it (glibc >= 2.33
+    // and POSIX 2024 keep it; see `rseq_alloc::util::ErrnoGuard`).
     // SAFETY: the caller's contract is `raw::free`'s: NULL or a live block
     // from this allocator; the allocator validates the rest.
-    unsafe { raw::free_keep_errno(ptr.cast()) }
+    unsafe { raw::free(ptr.cast()) }
 }
 
 /// C `calloc`: `nmemb * size` zeroed bytes; an overflowing product or one
