@@ -6,7 +6,7 @@
 //!    └─ malloc_small(class)
 //!       ├─ FAST.ready == READY_RSEQ ?                  : refill::malloc_slow (tail call)
 //!       ├─ p = pop_or_null(region of this cpu/cid)     : null -> refill::malloc_slow
-//!       └─ *p = 0 (clear the free mark); return p
+//!       └─ byte 7 of p = 0 (clear the free mark); return p
 //! alloc(size, align)        GlobalAlloc::alloc
 //! └─ align <= 8 : t8[(size+7)>>3] | align == 16 : t16 | else refill::alloc_uncommon
 //! free(p)                   C ABI, raw::free
@@ -15,25 +15,27 @@
 //! │  from e, divisibility by one multiplication with FAST.divm[class])
 //! │                                                     : global::free_any
 //! └─ free_known(p, class)
-//!    ├─ (p[0] ^ FAST.key) >> 24 == 0 ? (maybe freed)   : double_free::suspect
+//!    ├─ byte 7 of p == FAST.key >> 56 ? (maybe freed)  : refill::free_small_slow
 //!    ├─ p[0] = FAST.key (the free mark)
 //!    └─ push_or_miss(region of this cpu/cid, p)         : refill::free_overflow
 //! dealloc(p, size, align)   GlobalAlloc::dealloc: class from the size, then free_known
 //! ```
 //!
-//! Cost (release build; the golden table `allocator/tests/golden/fastpath.txt`
-//! is the source of truth, checked by `tests/golden_fastpath.rs`): one
+//! Cost (release build; the golden table `tests/golden/fastpath.txt` is the
+//! source of truth, checked by `tests/tests/golden_fastpath.rs`): one
 //! readiness load decides everything; `FAST` is reached RIP-relative, never
 //! through the GOT, also from `librseq_malloc.so`; no stack frame, no spill;
 //! every miss is a tail call.
 //!
 //! The free mark (double-free detection, see `double_free.rs`): a free
 //! object's first word holds `FAST.key` (a per-process random value with
-//! the low 24 bits clear and the top bit set, so no canonical user-space
-//! pointer and no small integer equals it) or, on a span's free list, the
-//! key with a link in the low 24 bits. Allocation clears the word, freeing
-//! sets it; a free that finds the mark already there asks `double_free`
-//! for an exact answer (a live block may hold the key by chance).
+//! the low 24 bits clear and a top byte in 0xf5..=0xfe, which no canonical
+//! user-space pointer, small integer or UTF-8 text has) or, on a span's
+//! free list, the key with a link in the low 24 bits. Freeing writes the
+//! word; allocation clears its top byte; `free` tests the top byte alone
+//! (one-byte accesses always forward from the user's last store, whatever
+//! its width) and, when it matches, the slow path compares the word and
+//! asks `double_free` for an exact answer (a live block may hold the key).
 //!
 //! `free`'s validation costs one load beyond finding the class: the page
 //! map entry already carries the class, the page's index in its span and
@@ -50,6 +52,9 @@ use core::sync::atomic::{AtomicIsize, AtomicPtr, AtomicU32, AtomicU64, Ordering}
 pub(crate) const NOT_READY: u32 = 0;
 /// `FAST.ready`: per-CPU caches on rseq; `base`, `cs_off`, `idx_off` valid.
 pub(crate) const READY_RSEQ: u32 = 1;
+/// `FAST.ready`: per-CPU caches on the CAS fallback (`refill` tries its
+/// quick pop/push first).
+pub(crate) const READY_CAS: u32 = 2;
 
 const T8_LEN: usize = size_class::fast_table_len(3);
 const T16_LEN: usize = size_class::fast_table_len(4);
@@ -67,6 +72,7 @@ pub(crate) struct Fast {
     idx_off: AtomicIsize,
     /// The free mark (see the module doc); set once at init.
     key: AtomicU64,
+
     /// Per class byte, the divisibility multiplier
     /// (`size_class::divisibility_table`; 0 for non-classes).
     divm: [u64; 256],
@@ -134,6 +140,22 @@ impl Fast {
         self.ready.store(READY_RSEQ, Ordering::Release);
     }
 
+    /// Turns on the CAS fallback's quick paths.
+    pub(crate) fn enable_cas(&self) {
+        self.ready.store(READY_CAS, Ordering::Release);
+    }
+
+    /// Turns every quick path off (a fork child that stops using the caches).
+    pub(crate) fn disable(&self) {
+        self.ready.store(NOT_READY, Ordering::Release);
+    }
+
+    /// Whether the CAS fallback's quick paths are on.
+    #[inline(always)]
+    pub(crate) fn cas_ready(&self) -> bool {
+        self.ready.load(Ordering::Acquire) == READY_CAS
+    }
+
     /// Sets the free mark; called once, before any object is handed out.
     pub(crate) fn set_key(&self, key: u64) {
         self.key.store(key, Ordering::Relaxed);
@@ -172,6 +194,26 @@ pub(crate) fn is_marked(w: u64, key: u64) -> bool {
     (w ^ key) >> crate::double_free::LINK_BITS == 0
 }
 
+/// The object's mark byte (byte 7 of its first word). The fast paths read
+/// and clear only this byte: a one-byte access is always served by
+/// store-to-load forwarding, whatever width the user's last store to the
+/// block had (an 8-byte load after a 1-byte user store stalls until the
+/// store retires).
+#[inline(always)]
+fn mark_byte_of(p: *mut u8) -> *mut u8 {
+    p.wrapping_add(7)
+}
+
+/// Clears the free mark of an object being handed out.
+///
+/// # Safety
+/// `p` is an object (>= 8 bytes) now owned by the caller.
+#[inline(always)]
+pub(crate) unsafe fn clear_mark(p: *mut u8) {
+    // SAFETY: byte 7 is inside the object per the contract.
+    unsafe { mark_byte_of(p).write(0) };
+}
+
 // ---------------------------------------------------------------- malloc
 
 /// One object of `class`; null only when out of memory (errno = ENOMEM).
@@ -193,7 +235,7 @@ pub(crate) fn malloc_small(class: SizeClass) -> *mut u8 {
         if !p.is_null() {
             // SAFETY: `p` is a free object of `class` (>= 8 bytes, 8-aligned)
             // that the pop just made ours.
-            unsafe { p.cast::<u64>().write(0) };
+            unsafe { clear_mark(p) };
             return p;
         }
     }
@@ -234,10 +276,10 @@ pub(crate) fn alloc(size: usize, align: usize) -> *mut u8 {
 #[inline(always)]
 pub(crate) unsafe fn free_known(p: *mut u8, class: SizeClass, who: &'static str) {
     let f = fast();
-    let key = f.key();
     // SAFETY: `p` is an object start of `class`: at least 8 bytes, 8-aligned.
-    let w = unsafe { p.cast::<u64>().read() };
-    if f.ready.load(Ordering::Acquire) == READY_RSEQ && !is_marked(w, key) {
+    let b = unsafe { mark_byte_of(p).read() };
+    let key = f.key();
+    if f.ready.load(Ordering::Acquire) == READY_RSEQ && b != (key >> 56) as u8 {
         // SAFETY: as above; the object is ours to mark.
         unsafe { p.cast::<u64>().write(key) };
         // SAFETY: as in `malloc_small`; `p` is a free object of `class`.
@@ -300,7 +342,8 @@ pub(crate) unsafe fn dealloc(p: *mut u8, size: usize, align: usize) {
     unsafe { crate::refill::dealloc_uncommon(p, size, align) }
 }
 
-/// Generates the free mark: random, low `LINK_BITS` bits clear, top bit set.
+/// Generates the free mark: random, low `LINK_BITS` bits clear, top byte
+/// in `0xf5..=0xfe`.
 pub(crate) fn make_key() -> u64 {
     let mut r = 0u64;
     // SAFETY: getrandom writes at most 8 bytes into `r`.
@@ -328,9 +371,9 @@ pub(crate) fn make_key() -> u64 {
         r ^= (unsafe { libc::getpid() } as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15);
         r = r.wrapping_mul(0xD6E8_FEB8_6659_FD93);
     }
-    let mut k = (r | (1 << 63)) & !((1u64 << crate::double_free::LINK_BITS) - 1);
-    if k >> crate::double_free::LINK_BITS == 1 << (63 - crate::double_free::LINK_BITS) {
-        k |= 1 << 40;
-    }
-    k
+    // Top byte in 0xf5..=0xfe: never a byte of UTF-8 text, never the top
+    // byte of a user-space pointer, a small or small negative integer, or
+    // a double of ordinary magnitude; the low LINK_BITS bits are clear.
+    let top = 0xf5 + (r >> 56) % 10;
+    (top << 56) | (r & 0x00ff_ffff_ff00_0000 & !((1u64 << crate::double_free::LINK_BITS) - 1))
 }

@@ -123,8 +123,9 @@ pub(crate) fn ensure_init() -> bool {
                     let st = do_init();
                     STATE.store(st, Ordering::Release);
                     if st == READY_CACHE {
-                        if let Some((base, off, idx)) = SLABS.fast_params() {
-                            crate::fast::FAST.enable(base, off, idx);
+                        match SLABS.fast_params() {
+                            Some((base, off, idx)) => crate::fast::FAST.enable(base, off, idx),
+                            None => crate::fast::FAST.enable_cas(),
                         }
                     }
                     if st != FAILED {
@@ -557,6 +558,7 @@ pub(crate) fn fork_child_abandon_caches() {
             .ready
             .store(crate::fast::NOT_READY, Ordering::Relaxed);
         STATE.store(READY_CENTRAL, Ordering::Relaxed);
+        crate::fast::FAST.disable();
     }
 }
 

@@ -27,8 +27,8 @@ const MAX_BATCH: usize = 32;
 fn handed_out(p: *mut u8) -> *mut u8 {
     if !p.is_null() {
         // SAFETY: `p` is a small object that was free and is now the
-        // caller's; clearing its first word removes the free mark.
-        unsafe { p.cast::<u64>().write(0) };
+        // caller's.
+        unsafe { fast::clear_mark(p) };
     }
     p
 }
@@ -47,6 +47,14 @@ fn enomem(p: *mut u8) -> *mut u8 {
 #[cold]
 #[inline(never)]
 pub(crate) fn malloc_slow(class: SizeClass) -> *mut u8 {
+    if FAST.cas_ready() {
+        let p = crate::cpu_cache::SLABS.pop_cas_or_null(class.index());
+        if !p.is_null() {
+            // SAFETY: a free object of `class` the pop made ours.
+            unsafe { fast::clear_mark(p) };
+            return p;
+        }
+    }
     enomem(handed_out(malloc_slow_inner(class)))
 }
 
@@ -190,16 +198,22 @@ pub(crate) unsafe fn free_small_slow(p: *mut u8, class: SizeClass, who: &'static
         return;
     }
     let key = FAST.key();
-    // SAFETY: an object start: at least 8 bytes, 8-aligned.
-    let w = unsafe { p.cast::<u64>().read() };
-    if fast::is_marked(w, key) {
+    // SAFETY: an object start: at least 8 bytes, 8-aligned. The top byte
+    // first (a one-byte load always forwards), the whole word only if it
+    // matches.
+    let top = unsafe { p.add(7).read() };
+    // SAFETY: as above.
+    if top == (key >> 56) as u8 && fast::is_marked(unsafe { p.cast::<u64>().read() }, key) {
         double_free::check(p, class, who);
     }
     // SAFETY: the object is the caller's to give up.
     unsafe { p.cast::<u64>().write(key) };
+    // SAFETY: non-null object start.
+    let nn = unsafe { NonNull::new_unchecked(p) };
+    if FAST.cas_ready() && crate::cpu_cache::SLABS.push_cas_or_miss(class.index(), nn) {
+        return;
+    }
     if global::cache_ready() {
-        // SAFETY: non-null object start.
-        let nn = unsafe { NonNull::new_unchecked(p) };
         match crate::cpu_cache::SLABS.push(class.index(), nn) {
             Ok(()) => return,
             // SAFETY: `p` is marked free and in no structure.

@@ -512,6 +512,65 @@ impl PerCpuSlabs {
         self.push_cas_bool(class, item)
     }
 
+    /// The CAS discipline's fast pop for a caller's own fast path: the item,
+    /// or null on any miss (empty, busy stack lock, region not initialised
+    /// yet, structure not in CAS discipline); on null call [`pop`](Self::pop),
+    /// which fixes what can be fixed.
+    #[inline]
+    pub fn pop_cas_or_null(&self, class: usize) -> *mut u8 {
+        let Some((region, lock)) = self.try_lock_cas_quick(class) else {
+            return core::ptr::null_mut();
+        };
+        let [current, _, begin, _] = self.header(region, class);
+        let cur = current.load(Ordering::Relaxed);
+        let mut item = core::ptr::null_mut();
+        if cur > begin.load(Ordering::Relaxed) {
+            // SAFETY: the slot is below `current`, so it holds a pushed,
+            // non-null item, and we hold the stack lock.
+            item = unsafe { self.slot(region, cur as usize - 1).read() };
+            current.store(cur - 1, Ordering::Relaxed);
+        }
+        lock.store(0, Ordering::Release);
+        item
+    }
+
+    /// The CAS discipline's fast push: true if pushed; on false (full, busy,
+    /// not initialised, not CAS) call [`push`](Self::push).
+    #[inline]
+    pub fn push_cas_or_miss(&self, class: usize, item: NonNull<u8>) -> bool {
+        let Some((region, lock)) = self.try_lock_cas_quick(class) else {
+            return false;
+        };
+        let [current, end, _, _] = self.header(region, class);
+        let cur = current.load(Ordering::Relaxed);
+        let ok = cur < end.load(Ordering::Relaxed);
+        if ok {
+            // SAFETY: `cur < end` is a free slot of this class; we hold the lock.
+            unsafe { self.slot(region, cur as usize).write(item.as_ptr()) };
+            current.store(cur + 1, Ordering::Relaxed);
+        }
+        lock.store(0, Ordering::Release);
+        ok
+    }
+
+    /// One uncontended try at the stack lock of `class` in this CPU's
+    /// region, if that region is initialised and the discipline is CAS.
+    #[inline(always)]
+    fn try_lock_cas_quick(&self, class: usize) -> Option<(*mut u8, &AtomicU16)> {
+        if self.discipline.load(Ordering::Acquire) != D_CAS || class >= MAX_CLASSES {
+            return None;
+        }
+        let region = self.region(self.current_region_cas());
+        if self.control(region).0.load(Ordering::Acquire) != 1 {
+            return None;
+        }
+        let [_, _, _, lock] = self.header(region, class);
+        lock.compare_exchange(0, 1, Ordering::Acquire, Ordering::Relaxed)
+            .ok()?;
+        self.count_cas_op(region);
+        Some((region, lock))
+    }
+
     #[inline(never)]
     fn pop_cas_outlined(&self, class: usize) -> Result<NonNull<u8>, OpError> {
         self.pop_cas(class)
