@@ -554,9 +554,6 @@ pub(crate) fn fork_child() {
 /// (their objects are left behind; the central lists serve the child).
 pub(crate) fn fork_child_abandon_caches() {
     if cache_ready() {
-        crate::fast::FAST
-            .ready
-            .store(crate::fast::NOT_READY, Ordering::Relaxed);
         STATE.store(READY_CENTRAL, Ordering::Relaxed);
         crate::fast::FAST.disable();
     }
