@@ -13,7 +13,6 @@
 use crate::central::CentralLists;
 use crate::cpu_cache::SLABS;
 use crate::huge::HugeTable;
-use crate::lock::RawLock;
 use crate::page_heap::PageHeap;
 use crate::pagemap::PageMap;
 use crate::size_class::{self, SizeClass, MAX_SMALL_BYTES, PAGE_BYTES, PAGE_SHIFT};
@@ -53,9 +52,6 @@ static CONFIG_VERBOSE: AtomicBool = AtomicBool::new(false);
 pub(crate) static FAST_HITS: AtomicU64 = AtomicU64::new(0);
 pub(crate) static FAST_MISSES: AtomicU64 = AtomicU64::new(0);
 pub(crate) static SLOW_DIRECT_OPS: AtomicU64 = AtomicU64::new(0);
-static FORK_LOCK: RawLock = RawLock::new();
-static FORK_OWNER: AtomicU32 = AtomicU32::new(0);
-static FORK_DEPTH: AtomicUsize = AtomicUsize::new(0);
 
 // ---------------------------------------------------------------- bootstrap
 
@@ -164,7 +160,9 @@ fn do_init() -> u8 {
 /// Work done once after the state is ready (these calls may allocate
 /// through libc, which is fine now).
 fn after_init() {
-    if CONFIG_VERBOSE.load(Ordering::Relaxed) {
+    // One line per program: valgrind's launcher processes are not the
+    // program (see `is_valgrind_launcher`).
+    if CONFIG_VERBOSE.load(Ordering::Relaxed) && !util::is_valgrind_launcher() {
         let mut m = MsgBuf::new();
         m.str("rseq-malloc: mode=")
             .str(mode_name())
@@ -376,6 +374,7 @@ fn classify_outside(p: *mut u8, who: &str) -> Block<'static> {
 /// `p` is null, or a block from this allocator not used afterwards (checked
 /// where detectable: otherwise abort with `who`).
 pub(crate) unsafe fn free_any(p: *mut u8, who: &str) {
+    let _errno = crate::util::ErrnoGuard::new(); // C free keeps errno
     let Some(nn) = NonNull::new(p) else { return };
     match classify(p, who) {
         // SAFETY: classify validated that p is an object start of `class`.
@@ -545,67 +544,40 @@ pub(crate) fn trim() -> bool {
     HEAP.release_all() > 0
 }
 
-/// Takes every allocator lock (before `fork`). Re-entrant for the calling
-/// thread so that it is harmless to register the handlers twice.
+/// `pthread_atfork` prepare handler (the protocol and its argument are in
+/// `fork.rs`).
 pub(crate) fn fork_prepare() {
-    let me = util::gettid();
-    if FORK_OWNER.load(Ordering::Relaxed) == me {
-        FORK_DEPTH.fetch_add(1, Ordering::Relaxed);
-        return;
-    }
-    FORK_LOCK.lock();
-    FORK_OWNER.store(me, Ordering::Relaxed);
-    FORK_DEPTH.store(1, Ordering::Relaxed);
-    crate::cpu_cache::DRAIN_LOCK.lock();
-    for c in CENTRAL.all().iter() {
-        c.raw_lock().lock();
-    }
-    HEAP.raw_lock().lock();
-    HUGE.raw_lock().lock();
-}
-
-fn fork_release() {
-    if FORK_DEPTH.fetch_sub(1, Ordering::Relaxed) != 1 {
-        return;
-    }
-    // SAFETY: this thread took all these locks in fork_prepare (or is the
-    // only thread of the child, whose parent thread took them).
-    unsafe {
-        HUGE.raw_lock().unlock();
-        HEAP.raw_lock().unlock();
-        for c in CENTRAL.all().iter().rev() {
-            c.raw_lock().unlock();
-        }
-        crate::cpu_cache::DRAIN_LOCK.unlock();
-        FORK_OWNER.store(0, Ordering::Relaxed);
-        FORK_LOCK.unlock();
-    }
+    crate::fork::prepare();
 }
 
 /// After `fork`, in the parent.
 pub(crate) fn fork_parent() {
-    fork_release();
+    crate::fork::parent();
 }
 
 /// After `fork`, in the child.
-///
-/// In CAS mode a per-CPU stack lock (rseq-sys's header lock word) may have
-/// been held by a thread that does not exist in the child; such a stack
-/// would stay locked forever and a drain of it would never end. rseq-sys has
-/// no fork hook to reset those words, so the child stops using the per-CPU
-/// caches (objects in them are left behind) and allocates through the
-/// central lists. In rseq mode the stacks have no locks; the region lock is
-/// only taken by drains (serialised with fork by `DRAIN_LOCK`) and by a
-/// region's one-time initialisation.
 pub(crate) fn fork_child() {
-    if FORK_DEPTH.load(Ordering::Relaxed) == 1
-        && cache_ready()
-        && SLABS.discipline() == Discipline::Cas
-    {
+    crate::fork::child();
+}
+
+/// In the child of `fork`: stop using the per-CPU caches, whose locks or
+/// drains may belong to a frame or thread that will never finish them
+/// (their objects are left behind; the central lists serve the child).
+pub(crate) fn fork_child_abandon_caches() {
+    if cache_ready() {
         STATE.store(READY_CENTRAL, Ordering::Relaxed);
         crate::fast::FAST.disable();
     }
-    fork_release();
+}
+
+/// In the child of `fork`: if a thread (or an interrupted frame) was
+/// initialising the allocator, that initialisation never completes here;
+/// make the child the initialising thread so that it is served from the
+/// bootstrap arena instead of waiting forever.
+pub(crate) fn fork_child_adopt_init() {
+    if STATE.load(Ordering::Relaxed) == INITIALIZING {
+        INIT_TID.store(util::gettid(), Ordering::Relaxed);
+    }
 }
 
 /// Whether `p` points inside our heap, a huge block or the bootstrap arena.

@@ -108,6 +108,7 @@ mod config;
 mod cpu_cache;
 mod double_free;
 mod fast;
+mod fork;
 mod global;
 // These have a few items used only by unit tests or kept for the C shim's
 // future use (HugeTable::count, RawLock::is_locked, HeapStats::
@@ -186,11 +187,14 @@ unsafe impl GlobalAlloc for RseqAlloc {
 /// The C-flavoured entry points the ffi crate and benches use. None of them
 /// sets errno, panics, or allocates on its own behalf.
 ///
-/// Fork: `fork_prepare` / `fork_parent` / `fork_child` are meant for
-/// `pthread_atfork`. This crate does **not** register them itself (doing so
-/// from inside malloc's lazy init could deadlock on glibc's atfork lock); the
-/// ffi crate registers them. They are re-entrant for the forking thread, so
-/// registering them twice is harmless.
+/// Fork: this crate registers `fork_prepare` / `fork_parent` / `fork_child`
+/// with `pthread_atfork` from an ELF constructor, before `main` (never from
+/// inside malloc's lazy init, which could deadlock on glibc's atfork lock),
+/// in every program or library that links it; [`raw::register_fork_handlers`]
+/// does the same and is idempotent. The protocol (stdio list lock first,
+/// nothing taken in a single-threaded process) is documented in `fork.rs`.
+/// The handlers are re-entrant for the forking thread, so registering them
+/// twice is harmless.
 pub mod raw {
     use crate::global;
 
@@ -333,7 +337,14 @@ pub mod raw {
         crate::stats::snapshot()
     }
 
-    /// `pthread_atfork` prepare handler: takes every allocator lock.
+    /// Registers the three fork handlers below with `pthread_atfork`, once
+    /// per process (the crate's ELF constructor already calls this).
+    pub fn register_fork_handlers() {
+        crate::fork::register_handlers()
+    }
+
+    /// `pthread_atfork` prepare handler: takes glibc's stdio list lock and
+    /// every allocator lock, or nothing in a single-threaded process.
     pub fn fork_prepare() {
         global::fork_prepare()
     }

@@ -93,6 +93,17 @@ impl RawLock {
         }
     }
 
+    /// Makes the lock free again without waking anyone, whoever held it.
+    /// Returns whether it was held.
+    ///
+    /// # Safety
+    /// Only in the child of `fork()` (one thread, nobody sleeps on the lock),
+    /// and only when the data it guards may be used as it is: see
+    /// `fork.rs` for when that holds.
+    pub unsafe fn reset_after_fork(&self) -> bool {
+        self.state.swap(UNLOCKED, Ordering::Release) != UNLOCKED
+    }
+
     /// True if some thread holds the lock (racy; for assertions).
     pub fn is_locked(&self) -> bool {
         self.state.load(Ordering::Relaxed) != UNLOCKED
@@ -231,5 +242,18 @@ mod tests {
         // SAFETY: we hold it.
         unsafe { l.unlock() };
         assert!(!l.is_locked());
+    }
+
+    #[test]
+    fn reset_after_fork_frees_a_held_lock() {
+        let l = RawLock::new();
+        // SAFETY: no other thread uses `l` (the fork-child precondition).
+        assert!(!unsafe { l.reset_after_fork() });
+        l.lock();
+        // SAFETY: as above.
+        assert!(unsafe { l.reset_after_fork() });
+        assert!(l.try_lock());
+        // SAFETY: we hold it.
+        unsafe { l.unlock() };
     }
 }

@@ -174,7 +174,8 @@ pub(crate) fn alloc_uncommon(size: usize, align: usize) -> *mut u8 {
 #[cold]
 #[inline(never)]
 pub(crate) unsafe fn free_overflow(p: *mut u8, class: SizeClass) {
-    // SAFETY: non-null: it came from a validated free.
+    let _errno = crate::util::ErrnoGuard::new(); // C free keeps errno
+                                                 // SAFETY: non-null: it came from a validated free.
     let nn = unsafe { NonNull::new_unchecked(p) };
     match crate::cpu_cache::SLABS.push(class.index(), nn) {
         Ok(()) => {}
@@ -193,6 +194,7 @@ pub(crate) unsafe fn free_overflow(p: *mut u8, class: SizeClass) {
 #[cold]
 #[inline(never)]
 pub(crate) unsafe fn free_small_slow(p: *mut u8, class: SizeClass, who: &'static str) {
+    let _errno = crate::util::ErrnoGuard::new(); // C free keeps errno
     if global::is_boot(p as usize) {
         return;
     }

@@ -207,9 +207,35 @@ fn print_json() {
     flush(&mut m);
 }
 
+extern "C" {
+    // Not in the `libc` crate for Linux; glibc and musl both export it.
+    fn pthread_setcancelstate(
+        state: core::ffi::c_int,
+        old: *mut core::ffi::c_int,
+    ) -> core::ffi::c_int;
+}
+/// `PTHREAD_CANCEL_DISABLE` on Linux (glibc and musl).
+const PTHREAD_CANCEL_DISABLE: core::ffi::c_int = 1;
+
 /// Writes the report to stderr (or `stats_file`); first line
 /// `rseq-malloc: stats`, or one JSON line with `stats=json`.
+///
+/// `write(2)` is a cancellation point: like glibc's `malloc_stats`, the
+/// report is written with cancellation disabled, so a pending cancellation
+/// request neither stops it half-way nor acts inside it (it stays pending
+/// for the caller's next cancellation point).
 pub fn print_stats() {
+    let mut old: core::ffi::c_int = 0;
+    // SAFETY: `old` is a valid out-pointer; the call only changes the
+    // calling thread's cancelability state, restored below.
+    unsafe { pthread_setcancelstate(PTHREAD_CANCEL_DISABLE, &mut old) };
+    print_stats_uncancellable();
+    // SAFETY: restores the state saved above (a null out-pointer is allowed
+    // by glibc and musl).
+    unsafe { pthread_setcancelstate(old, core::ptr::null_mut()) };
+}
+
+fn print_stats_uncancellable() {
     if JSON.load(Ordering::Relaxed) {
         print_json();
         return;

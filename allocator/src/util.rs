@@ -192,6 +192,97 @@ pub const fn round_up(v: usize, align: usize) -> Option<usize> {
     }
 }
 
+/// Whether this process image is valgrind's launcher (`valgrind`, Debian's
+/// `valgrind.bin`) or the shell running Debian's `valgrind` wrapper script.
+/// They run natively before exec'ing the tool that runs the program, and
+/// inherit `LD_PRELOAD` and `RSEQ_MALLOC_CONF`: their `verbose=1` line (in
+/// an rseq mode) would precede the program's own (`mode=cmpxchg`, valgrind
+/// has no rseq). Reads `/proc/self/exe` and `/proc/self/cmdline` into stack
+/// buffers; called once at init, only when there is something to print.
+pub fn is_valgrind_launcher() -> bool {
+    fn is_valgrind(path: &[u8]) -> bool {
+        let base = path.rsplit(|&b| b == b'/').next().unwrap_or(path);
+        base == b"valgrind" || base == b"valgrind.bin"
+    }
+    let mut buf = [0u8; 512];
+    // SAFETY: the path is NUL-terminated; readlink writes at most
+    // `buf.len()` bytes into `buf`.
+    let n = unsafe {
+        libc::readlink(
+            c"/proc/self/exe".as_ptr(),
+            buf.as_mut_ptr().cast(),
+            buf.len(),
+        )
+    };
+    if n > 0 && is_valgrind(&buf[..n as usize]) {
+        return true;
+    }
+    // A script's interpreter gets the shebang's option, if any, then the
+    // script's path.
+    // SAFETY: a NUL-terminated path; the descriptor is closed below.
+    let fd = unsafe {
+        libc::open(
+            c"/proc/self/cmdline".as_ptr(),
+            libc::O_RDONLY | libc::O_CLOEXEC,
+        )
+    };
+    if fd < 0 {
+        return false;
+    }
+    // SAFETY: reads at most `buf.len()` bytes into `buf`.
+    let n = unsafe { libc::read(fd, buf.as_mut_ptr().cast(), buf.len()) };
+    // SAFETY: `fd` is ours.
+    unsafe { libc::close(fd) };
+    if n <= 0 {
+        return false;
+    }
+    let mut args = buf[..n as usize].split(|&b| b == 0);
+    let interp = args.next().unwrap_or(&[]);
+    // Skip the shebang's option (`#!/bin/sh -e` on Debian).
+    let script = args.find(|a| !a.starts_with(b"-")).unwrap_or(&[]);
+    let interp_base = interp.rsplit(|&b| b == b'/').next().unwrap_or(interp);
+    matches!(interp_base, b"sh" | b"dash" | b"bash") && is_valgrind(script)
+}
+
+/// Saves the calling thread's `errno` and puts it back when dropped: the
+/// slow paths of `free` make system calls that can fail and set it (munmap
+/// at the map-count limit, madvise, a contended lock's futex wait, rseq
+/// registration of a new thread), and C `free` must leave `errno` alone
+/// (glibc >= 2.33, POSIX 2024). Used only on cold paths, so the fast path
+/// pays nothing.
+pub struct ErrnoGuard {
+    loc: *mut i32,
+    saved: i32,
+}
+
+impl ErrnoGuard {
+    /// Saves `errno`.
+    #[inline]
+    pub fn new() -> Self {
+        // SAFETY: `__errno_location` returns this thread's errno slot, valid
+        // for the thread's lifetime.
+        let loc = unsafe { libc::__errno_location() };
+        // SAFETY: as above.
+        let saved = unsafe { *loc };
+        ErrnoGuard { loc, saved }
+    }
+}
+
+impl Default for ErrnoGuard {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Drop for ErrnoGuard {
+    #[inline]
+    fn drop(&mut self) {
+        // SAFETY: `loc` is this thread's errno slot (a guard never leaves
+        // the thread that made it: it is neither Send nor Sync).
+        unsafe { *self.loc = self.saved };
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -1,7 +1,9 @@
 //! fork() while other threads allocate: with `raw::fork_prepare/parent/child`
-//! registered through pthread_atfork (twice, as ffi and a user might both
-//! do), the child can allocate freely (no lock left held by a vanished
-//! thread). Each child must finish within a deadline.
+//! registered through pthread_atfork (twice more, as a user might do, on top
+//! of the crate's own constructor), or only by the crate's constructor (a
+//! plain `#[global_allocator]` program), the child can allocate freely (no
+//! lock left held by a vanished thread). Each child must finish within a
+//! deadline.
 
 #[global_allocator]
 static GLOBAL: rseq_alloc::RseqAlloc = rseq_alloc::RseqAlloc;
@@ -43,7 +45,33 @@ const BODY_VAR: &str = "RSEQ_ALLOC_TEST_BODY";
 
 #[test]
 fn fork_while_threads_allocate() {
-    fork_body();
+    fork_body(true);
+}
+
+/// A program that registers nothing itself: the crate's ELF constructor
+/// registered the handlers before `main` (a child process, so that no
+/// manual registration from another test is in force).
+#[test]
+fn fork_handlers_registered_by_constructor() {
+    if std::env::var_os(BODY_VAR).is_some() {
+        fork_body(false);
+        return;
+    }
+    let out = std::process::Command::new(std::env::current_exe().unwrap())
+        .args([
+            "fork_handlers_registered_by_constructor",
+            "--exact",
+            "--test-threads=1",
+        ])
+        .env(BODY_VAR, "1")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 /// The same in forced CAS mode (a child process, as config is read once).
@@ -51,7 +79,7 @@ fn fork_while_threads_allocate() {
 fn fork_while_threads_allocate_cas() {
     if std::env::var_os(BODY_VAR).is_some() {
         assert_eq!(rseq_alloc::mode_name(), "cmpxchg");
-        fork_body();
+        fork_body(true);
         return;
     }
     let out = std::process::Command::new(std::env::current_exe().unwrap())
@@ -71,17 +99,19 @@ fn fork_while_threads_allocate_cas() {
     );
 }
 
-fn fork_body() {
-    // SAFETY: registering plain extern "C" handlers with no state.
-    unsafe {
-        assert_eq!(
-            libc::pthread_atfork(Some(prepare), Some(parent), Some(child)),
-            0
-        );
-        assert_eq!(
-            libc::pthread_atfork(Some(prepare), Some(parent), Some(child)),
-            0
-        );
+fn fork_body(register: bool) {
+    if register {
+        // SAFETY: registering plain extern "C" handlers with no state.
+        unsafe {
+            assert_eq!(
+                libc::pthread_atfork(Some(prepare), Some(parent), Some(child)),
+                0
+            );
+            assert_eq!(
+                libc::pthread_atfork(Some(prepare), Some(parent), Some(child)),
+                0
+            );
+        }
     }
     let stop = Arc::new(AtomicBool::new(false));
     let workers: Vec<_> = (0..4)

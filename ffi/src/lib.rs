@@ -25,13 +25,16 @@
 //! - `posix_memalign` returns `EINVAL` for an alignment that is not a power
 //!   of two multiple of `sizeof(void *)` and never writes `*memptr` on
 //!   failure;
-//! - `memalign`/`aligned_alloc` (aliases in glibc 2.36) round an alignment
-//!   that is not a power of two up to the next one, treat an alignment of at
-//!   most 16 as plain `malloc`, and fail with `EINVAL` only for an alignment
-//!   above `SIZE_MAX / 2 + 1`;
+//! - `memalign` rounds an alignment that is not a power of two up to the
+//!   next one, treats an alignment of at most 16 as plain `malloc`, and
+//!   fails with `EINVAL` only for an alignment above `SIZE_MAX / 2 + 1`;
+//!   `aligned_alloc` does the same for a power of two (glibc 2.36 made it
+//!   an alias of `memalign`; see below for the rest);
 //! - `pvalloc` rounds the size up to a whole number of pages.
 //!
 //! Deliberate differences from glibc 2.36:
+//! - `aligned_alloc` with an alignment that is not a power of two (0
+//!   included) gives NULL with `EINVAL`, as C17 and glibc >= 2.38;
 //! - `mallopt` answers 0 for a parameter it does not know (glibc answers 1
 //!   for anything it does not reject), so a caller can tell;
 //! - `free_sized` / `free_aligned_sized` (C23, not in glibc 2.36) are
@@ -179,13 +182,16 @@ pub unsafe extern "C" fn malloc(size: usize) -> *mut c_void {
 }
 
 /// C `free`: `free(NULL)` does nothing; a pointer that is not a live block
-/// of ours aborts with `rseq-malloc: free(): invalid pointer 0x...`.
+/// of ours aborts with `rseq-malloc: free(): invalid pointer 0x...`;
+/// `errno` is preserved.
 ///
 /// # Safety
 /// `ptr` is NULL or was returned by this library's allocation functions and
 /// not freed since (anything else is reported and aborts where detectable).
 #[no_mangle]
 pub unsafe extern "C" fn free(ptr: *mut c_void) {
+    // errno: the allocator's slow paths of free restore it (glibc >= 2.33
+    // and POSIX 2024 keep it; see `rseq_alloc::util::ErrnoGuard`).
     // SAFETY: the caller's contract is `raw::free`'s: NULL or a live block
     // from this allocator; the allocator validates the rest.
     unsafe { raw::free(ptr.cast()) }
@@ -270,12 +276,19 @@ pub unsafe extern "C" fn posix_memalign(
     0
 }
 
-/// C11 `aligned_alloc`; in glibc 2.36 an alias of [`memalign`], and so here.
+/// C11 `aligned_alloc`: NULL with `EINVAL` for an alignment that is not a
+/// power of two (as C17, glibc >= 2.38, musl, jemalloc and mimalloc), else
+/// [`memalign`].
 ///
 /// # Safety
 /// Callable from any thread at any time.
 #[no_mangle]
 pub unsafe extern "C" fn aligned_alloc(alignment: usize, size: usize) -> *mut c_void {
+    // C17 (DR 460), glibc >= 2.38, musl: an alignment that is not a power
+    // of two (0 included) is invalid. `memalign` keeps glibc's rounding.
+    if !alignment.is_power_of_two() {
+        return null_einval();
+    }
     memalign_glibc(alignment, size)
 }
 
@@ -519,44 +532,19 @@ pub unsafe extern "C" fn mallinfo() -> Mallinfo {
 // fork
 // ---------------------------------------------------------------------------
 
-extern "C" fn atfork_prepare() {
-    raw::fork_prepare();
-}
-
-extern "C" fn atfork_parent() {
-    raw::fork_parent();
-}
-
-extern "C" fn atfork_child() {
-    raw::fork_child();
-}
-
-/// Registers the fork handlers, so the allocator's locks are held across
-/// `fork()` and a child of a multi-threaded parent can allocate.
+/// Registers the fork handlers (see `rseq_alloc`'s `fork.rs`: the stdio
+/// list lock is taken before ours, nothing is taken in a single-threaded
+/// process), so a child of a multi-threaded parent can allocate.
 ///
 /// Run from `.init_array` rather than from the first `malloc`: glibc holds
-/// its atfork lock while running other libraries' prepare handlers, and a
-/// first `malloc` from one of them calling `pthread_atfork` would deadlock.
-/// Allocations before this constructor runs (from ld.so or libc) work: the
-/// allocator initialises itself lazily; only a `fork` before our
-/// constructor would miss the handlers, and nothing forks that early.
+/// its atfork lock while it registers, and a first `malloc` from a prepare
+/// handler calling `pthread_atfork` would deadlock. The allocator crate has
+/// the same constructor; registration is idempotent, and this one is kept
+/// next to `malloc` so that static linking, which pulls in the object that
+/// defines `malloc`, keeps a constructor in any case. Allocations before it
+/// runs (from ld.so or libc) work: the allocator initialises itself lazily.
 extern "C" fn register_atfork() {
-    // SAFETY: the three handlers are `extern "C" fn()` items that live as
-    // long as this library (pthread_atfork ties them to our DSO handle and
-    // glibc unregisters them if it is unloaded). pthread_atfork may call
-    // malloc, which is ours and re-entrant-safe.
-    let rc = unsafe {
-        libc::pthread_atfork(
-            Some(atfork_prepare as unsafe extern "C" fn()),
-            Some(atfork_parent as unsafe extern "C" fn()),
-            Some(atfork_child as unsafe extern "C" fn()),
-        )
-    };
-    if rc != 0 {
-        const MSG: &[u8] = b"rseq-malloc: pthread_atfork failed; fork() from threads may hang\n";
-        // SAFETY: writes a static buffer to fd 2; no allocation.
-        unsafe { libc::write(2, MSG.as_ptr().cast(), MSG.len()) };
-    }
+    raw::register_fork_handlers();
 }
 
 /// The ELF constructor that registers the fork handlers (see

@@ -1114,6 +1114,29 @@ impl PerCpuSlabs {
         true
     }
 
+    /// In the child of `fork()`: releases every region lock, which a thread
+    /// that does not exist in the child (or a frame that a signal handler
+    /// interrupted) may have held. Returns how many were held.
+    ///
+    /// A region lock guards only a region's one-time initialisation (whose
+    /// stores keep every header "empty and full" at each step, and which the
+    /// child redoes: items pushed meanwhile are leaked, never duplicated) and
+    /// drains (the caller must stop using the structure if a drain may have
+    /// been under way; see the allocator's fork handling).
+    ///
+    /// # Safety
+    /// Only in a freshly forked child, before it creates a thread.
+    pub unsafe fn reset_region_locks_after_fork(&self) -> usize {
+        let mut held = 0;
+        for r in 0..self.nregions() {
+            let (_, lock) = self.control(self.region(r));
+            if lock.swap(0, Ordering::Release) != 0 {
+                held += 1;
+            }
+        }
+        held
+    }
+
     /// Checks the structural invariants of every initialised region (tests;
     /// call while no other thread uses the structure).
     pub fn check_invariants(&self) {

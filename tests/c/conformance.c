@@ -495,8 +495,9 @@ static void test_alignment_errors(void)
         free(out);
     }
 
-    /* memalign / aligned_alloc (aliases in glibc 2.36): alignment <= 16 is
-     * malloc, a non-power of two is rounded up, > SIZE_MAX/2+1 is EINVAL. */
+    /* memalign (glibc 2.36): alignment <= 16 is malloc, a non-power of two
+     * is rounded up, > SIZE_MAX/2+1 is EINVAL. aligned_alloc: the same for
+     * a power of two, EINVAL otherwise (C17, glibc >= 2.38). */
     static const struct {
         size_t align, want;
     } round_up[] = {{0, 16}, {1, 16}, {3, 16}, {12, 16}, {17, 32}, {24, 32}, {33, 64}, {48, 64},
@@ -509,9 +510,13 @@ static void test_alignment_errors(void)
         if (p)
             memset(p, 1, 40);
         free(p);
+        errno = 0;
         p = aligned_alloc(a, 40);
-        CHECK(p != NULL && is_aligned(p, want), "aligned_alloc(%zu, 40) = %p: want %zu-aligned (glibc 2.36)", a, p,
-              want);
+        if (a != 0 && (a & (a - 1)) == 0)
+            CHECK(p != NULL && is_aligned(p, want), "aligned_alloc(%zu, 40) = %p: want %zu-aligned", a, p, want);
+        else /* C17, glibc >= 2.38: not a power of two is invalid */
+            CHECK(p == NULL && errno == EINVAL, "aligned_alloc(%zu, 40) = %p, errno %d: want NULL/EINVAL", a, p,
+                  errno);
         free(p);
     }
     static const size_t einval[] = {SIZE_MAX, SIZE_MAX / 2 + 2, ((size_t)1 << 63) + 1, SIZE_MAX - 4095};

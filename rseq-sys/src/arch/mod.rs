@@ -14,3 +14,6 @@ pub use self::generic::*;
 
 /// Whether this architecture has rseq critical sections.
 pub const HAS_RSEQ: bool = cfg!(target_arch = "x86_64");
+
+/// Weak references to the glibc symbols fork handling needs.
+pub mod libc_weak;
