@@ -149,6 +149,7 @@ fn do_init() -> u8 {
     let cfg = crate::config::from_env();
     CONFIG_STATS.store(cfg.stats, Ordering::Relaxed);
     CONFIG_VERBOSE.store(cfg.verbose, Ordering::Relaxed);
+    crate::decay::configure(&cfg);
     if crate::os::os_page_size() > PAGE_BYTES {
         return FAILED;
     }
@@ -319,6 +320,7 @@ fn reclaim() -> bool {
 #[inline(never)]
 fn malloc_miss(class: SizeClass, e: OpError) -> *mut u8 {
     let misses = FAST_MISSES.fetch_add(1, Ordering::Relaxed);
+    crate::decay::tick();
     let period = crate::cpu_cache::idle_scan_period();
     if misses % period == period - 1 {
         crate::cpu_cache::drain_idle_regions();
@@ -450,11 +452,12 @@ pub(crate) fn alloc_big(size: usize, align: usize, zero: bool) -> *mut u8 {
         }
         return boot_alloc(size, align);
     }
+    crate::decay::tick();
     let Some(need) = size.checked_add(align) else {
         return ptr::null_mut();
     };
     if need >= HUGE_THRESHOLD_BYTES {
-        return HUGE.alloc(size, align.max(crate::os::OS_PAGE_BYTES));
+        return HUGE.alloc(size, align.max(crate::os::OS_PAGE_BYTES), zero);
     }
     let npages = size.max(1).div_ceil(PAGE_BYTES);
     let mut got = HEAP.alloc_span(npages, align, LARGE, 0);
@@ -721,7 +724,8 @@ pub(crate) fn trim() -> bool {
     for class in SizeClass::all() {
         CENTRAL.get(class).flush(&HEAP, class);
     }
-    HEAP.release_all() > 0
+    let heap = HEAP.release_all();
+    heap + HUGE.release_all() > 0
 }
 
 /// Takes every allocator lock (before `fork`). Re-entrant for the calling
@@ -783,6 +787,7 @@ pub(crate) fn fork_child() {
     {
         STATE.store(READY_CENTRAL, Ordering::Relaxed);
     }
+    crate::decay::fork_child();
     fork_release();
 }
 

@@ -42,9 +42,9 @@
 //! is served from a static bootstrap arena.
 //!
 //! Bounds: per-CPU cache at most [`size_class::CPU_CACHE_MAX_BYTES`]
-//! (≈3.8 MiB) per CPU or cid; internal waste `< max(16 B, size/4)`; the page
-//! heap keeps at most 64 MiB of dirty free pages before releasing
-//! ([`page_heap::RELEASE_THRESHOLD_BYTES`]).
+//! (≈3.8 MiB) per CPU or cid; internal waste `< max(16 B, size/4)`; dirty
+//! free pages (page heap) and kept huge ranges go back to the OS once unused
+//! for `decay_ms` ([`decay`]).
 #![deny(unsafe_op_in_unsafe_fn)]
 #![warn(
     missing_docs,
@@ -55,6 +55,7 @@
 pub mod central;
 pub mod config;
 mod cpu_cache;
+pub mod decay;
 mod global;
 pub mod huge;
 pub mod lock;
@@ -119,14 +120,18 @@ unsafe impl GlobalAlloc for RseqAlloc {
 /// A statistics snapshot (see [`stats`] for the counting rules).
 #[derive(Clone, Copy, Debug, Default)]
 pub struct Stats {
-    /// Heap pages committed plus huge mappings.
+    /// Heap pages committed plus huge mappings (live and kept).
     pub mapped_bytes: usize,
     /// Bytes in live blocks (class / page granularity).
     pub in_use_bytes: usize,
     /// Free objects held in per-CPU caches.
     pub cached_bytes: usize,
-    /// Bytes of huge mappings.
+    /// Bytes of huge blocks in use.
     pub huge_bytes: usize,
+    /// Bytes of freed huge ranges kept mapped for reuse (they decay).
+    pub huge_kept_bytes: usize,
+    /// `mmap` calls made for huge blocks so far.
+    pub huge_maps: u64,
     /// Free heap bytes currently given back to the OS.
     pub released_bytes: usize,
     /// Per-CPU cache hits (counted only with `RSEQ_MALLOC_CONF=stats=1`).
