@@ -644,4 +644,85 @@ mod tests {
         }
         t.check_invariants();
     }
+
+    #[test]
+    fn kept_ranges_are_reused_split_and_coalesced() {
+        const MIB: usize = 1 << 20;
+        let t = std::boxed::Box::leak(std::boxed::Box::new(HugeTable::new()));
+        let a = t.alloc(16 * MIB, 4096, false);
+        assert!(!a.is_null());
+        // SAFETY: a fresh 16 MiB block.
+        unsafe { a.write_bytes(0xaa, 16 * MIB) };
+        assert_eq!(t.maps(), 1);
+        // SAFETY: ours, freed once.
+        assert!(unsafe { t.free(a as usize) });
+        assert_eq!((t.bytes(), t.kept_bytes()), (0, 16 * MIB));
+        // SAFETY: a second free is rejected, the kept range is untouched.
+        assert!(!unsafe { t.free(a as usize) });
+        t.check_invariants();
+        // Same size: the same range, zeroed on request.
+        let b = t.alloc(16 * MIB - 100, 4096, true);
+        assert_eq!(b, a);
+        assert_eq!(t.len_of(b as usize), Some(16 * MIB));
+        // SAFETY: the block is 16 MiB long.
+        assert!(unsafe { core::slice::from_raw_parts(b, 16 * MIB) }
+            .iter()
+            .all(|&x| x == 0));
+        // SAFETY: ours.
+        assert!(unsafe { t.free(b as usize) });
+        // Much smaller: split off the front, the rest stays kept.
+        let c = t.alloc(4 * MIB, 4096, false);
+        assert_eq!(c, a);
+        assert_eq!(t.len_of(c as usize), Some(4 * MIB));
+        assert_eq!(t.kept_bytes(), 12 * MIB);
+        // A pointer inside the kept rest is not a block.
+        assert_eq!(t.len_of(a as usize + 4 * MIB), None);
+        // SAFETY: not a live block: rejected.
+        assert!(!unsafe { t.free(a as usize + 4 * MIB) });
+        t.check_invariants();
+        // realloc in place: grow into the kept neighbour, shrink back.
+        // SAFETY: c is ours.
+        let d = unsafe { t.resize(c as usize, 10 * MIB) };
+        assert_eq!(d, c);
+        assert_eq!((t.len_of(d as usize), t.kept_bytes()), (Some(10 * MIB), 6 * MIB));
+        // SAFETY: d is ours.
+        let e = unsafe { t.resize(d as usize, 2 * MIB) };
+        assert_eq!(e, c);
+        assert_eq!(t.kept_bytes(), 14 * MIB);
+        t.check_invariants();
+        // Aligned: taken from inside the kept range.
+        let f = t.alloc(3 * MIB, 4 * MIB, false);
+        assert_eq!(f as usize % (4 * MIB), 0);
+        assert!(f as usize >= a as usize && (f as usize) < a as usize + 16 * MIB);
+        t.check_invariants();
+        // SAFETY: ours.
+        unsafe {
+            assert!(t.free(e as usize));
+            assert!(t.free(f as usize));
+        }
+        t.check_invariants();
+        assert_eq!((t.kept_bytes(), t.maps()), (16 * MIB, 1), "coalesced, no new mmap");
+        // Bigger than any kept range: the kept one grows (mremap).
+        let g = t.alloc(20 * MIB, 4096, true);
+        assert!(!g.is_null());
+        assert_eq!((t.kept_bytes(), t.maps()), (0, 1));
+        // SAFETY: a 20 MiB block, zeroed.
+        assert!(unsafe { core::slice::from_raw_parts(g, 20 * MIB) }
+            .iter()
+            .all(|&x| x == 0));
+        // SAFETY: ours.
+        assert!(unsafe { t.free(g as usize) });
+        // Decay: not yet due, then due.
+        let now = decay::now_ms();
+        assert!(t.decay(now, 60_000) > now);
+        assert_eq!(t.kept_bytes(), 20 * MIB);
+        assert_eq!(t.decay(now + 60_000, 60_000), u64::MAX);
+        assert_eq!(t.kept_bytes(), 0);
+        let h = t.alloc(2 * MIB, 4096, false);
+        // SAFETY: ours.
+        assert!(unsafe { t.free(h as usize) });
+        assert_eq!(t.release_all(), 2 * MIB);
+        assert_eq!(t.kept_bytes(), 0);
+        t.check_invariants();
+    }
 }

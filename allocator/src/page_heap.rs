@@ -970,4 +970,48 @@ mod tests {
         assert!(h.alloc_span(total / 2, 0, LARGE, 0).is_some());
         h.check_invariants();
     }
+
+    #[test]
+    fn decay_releases_old_dirty_spans_only() {
+        let h = heap();
+        let (a, _) = h.alloc_span(8, 0, LARGE, 0).unwrap();
+        let (b, _) = h.alloc_span(8, 0, LARGE, 0).unwrap();
+        let (_c, _) = h.alloc_span(1, 0, LARGE, 0).unwrap();
+        // SAFETY: a and b are ours and committed.
+        unsafe {
+            (h.span_addr(a) as *mut u8).write_bytes(1, 8 * PAGE_BYTES);
+            (h.span_addr(b) as *mut u8).write_bytes(1, 8 * PAGE_BYTES);
+            h.free_span(a);
+        }
+        let now = crate::decay::now_ms();
+        assert_eq!(h.stats().free_dirty_bytes, 8 * PAGE_BYTES);
+        // Not due yet: nothing released; the deadline is about now + 60 s.
+        let due = h.decay(now, 60_000);
+        assert!(due > now + 50_000 && due <= now + 60_000, "{due} {now}");
+        assert_eq!(h.stats().free_dirty_bytes, 8 * PAGE_BYTES);
+        // b coalesces with a: the span keeps a's (older) stamp.
+        // SAFETY: b is ours.
+        unsafe { h.free_span(b) };
+        assert_eq!(h.stats().free_dirty_bytes, 16 * PAGE_BYTES);
+        h.check_invariants();
+        assert_eq!(h.decay(now + 60_000, 60_000), u64::MAX);
+        let st = h.stats();
+        assert_eq!((st.free_dirty_bytes, st.free_bytes), (0, 16 * PAGE_BYTES));
+        h.check_invariants();
+        // Released pages read as zero and are reported so.
+        let (d, z) = h.alloc_span(16, 0, LARGE, 0).unwrap();
+        assert!(z);
+        // SAFETY: committed memory of span d.
+        assert_eq!(unsafe { *((h.span_addr(d) + 100) as *const u8) }, 0);
+    }
+
+    #[test]
+    fn merged_stamp_is_the_oldest() {
+        assert_eq!(merge_since(1, 100, 1, 200), 100);
+        assert_eq!(merge_since(1, 200, 1, 100), 100);
+        assert_eq!(merge_since(0, 100, 1, 200), 200);
+        assert_eq!(merge_since(1, 100, 0, 50), 100);
+        // Across the 32-bit wrap: u32::MAX - 5 is older than 10.
+        assert_eq!(merge_since(1, 10, 1, u32::MAX - 5), u32::MAX - 5);
+    }
 }
