@@ -88,7 +88,12 @@ pub fn now_ms() -> u64 {
 pub fn note_dirty(since: u64) {
     let d = decay_ms();
     if d > 0 {
-        NEXT_DUE.fetch_min(since.saturating_add(d as u64), Ordering::Relaxed);
+        let due = since.saturating_add(d as u64);
+        // Read first: the common case (an earlier deadline is pending)
+        // leaves the shared line unwritten.
+        if due < NEXT_DUE.load(Ordering::Relaxed) {
+            NEXT_DUE.fetch_min(due, Ordering::Relaxed);
+        }
     }
 }
 
@@ -96,8 +101,7 @@ pub fn note_dirty(since: u64) {
 /// (it may create the background thread).
 #[inline]
 pub fn tick() {
-    if NEXT_DUE.load(Ordering::Relaxed) == u64::MAX
-        && BG_STATE.load(Ordering::Relaxed) != BG_WANTED
+    if NEXT_DUE.load(Ordering::Relaxed) == u64::MAX && BG_STATE.load(Ordering::Relaxed) != BG_WANTED
     {
         return;
     }

@@ -684,7 +684,10 @@ mod tests {
         // SAFETY: c is ours.
         let d = unsafe { t.resize(c as usize, 10 * MIB) };
         assert_eq!(d, c);
-        assert_eq!((t.len_of(d as usize), t.kept_bytes()), (Some(10 * MIB), 6 * MIB));
+        assert_eq!(
+            (t.len_of(d as usize), t.kept_bytes()),
+            (Some(10 * MIB), 6 * MIB)
+        );
         // SAFETY: d is ours.
         let e = unsafe { t.resize(d as usize, 2 * MIB) };
         assert_eq!(e, c);
@@ -701,7 +704,11 @@ mod tests {
             assert!(t.free(f as usize));
         }
         t.check_invariants();
-        assert_eq!((t.kept_bytes(), t.maps()), (16 * MIB, 1), "coalesced, no new mmap");
+        assert_eq!(
+            (t.kept_bytes(), t.maps()),
+            (16 * MIB, 1),
+            "coalesced, no new mmap"
+        );
         // Bigger than any kept range: the kept one grows (mremap).
         let g = t.alloc(20 * MIB, 4096, true);
         assert!(!g.is_null());

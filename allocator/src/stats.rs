@@ -109,8 +109,7 @@ pub fn print_stats() {
         Ok(d) => m.dec(d),
         Err(_) => m.str("-1"),
     };
-    m
-        .str(" background=")
+    m.str(" background=")
         .dec(u64::from(crate::decay::background_running()))
         .str("\n");
     m.flush_stderr();

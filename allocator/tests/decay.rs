@@ -113,7 +113,10 @@ fn spike() -> (usize, usize) {
     let peak = rss_bytes();
     assert!(peak >= base + 900 * MIB, "peak {peak} base {base}");
     let n = blocks.len();
-    let step = (1..n).rev().find(|s| gcd(*s, n) == 1 && *s > n / 3).unwrap();
+    let step = (1..n)
+        .rev()
+        .find(|s| gcd(*s, n) == 1 && *s > n / 3)
+        .unwrap();
     for k in 0..n {
         let (p, size) = blocks[(k * step) % n];
         // SAFETY: a live block of `size` bytes, freed once (step is coprime
@@ -149,7 +152,11 @@ fn light_activity(dur: Duration) {
             *p = raw::malloc(16 + rng.next() % 1000);
             assert!(!p.is_null());
         }
-        let big = raw::malloc(if rounds % 16 == 0 { 2 * MIB } else { 100 << 10 });
+        let big = raw::malloc(if rounds.is_multiple_of(16) {
+            2 * MIB
+        } else {
+            100 << 10
+        });
         assert!(!big.is_null());
         touch(big, 100 << 10, 1);
         // SAFETY: blocks just allocated, freed once.
@@ -208,7 +215,10 @@ fn spike_then_idle_with_background_thread_returns_memory() {
     std::thread::sleep(Duration::from_millis(DECAY_MS + 2000));
     let after = rss_bytes();
     report("idle, background", base, peak, after);
-    assert!(after < RSS_AFTER_BYTES, "rss {after} after decay + 2 s idle");
+    assert!(
+        after < RSS_AFTER_BYTES,
+        "rss {after} after decay + 2 s idle"
+    );
     assert_eq!(raw::stats().huge_kept_bytes, 0, "kept ranges decayed");
 }
 
@@ -223,7 +233,10 @@ fn decay_never_keeps_memory_until_trim() {
     light_activity(Duration::from_millis(DECAY_MS + 2000));
     let after = rss_bytes();
     report("never", base, peak, after);
-    assert!(after >= base + 700 * MIB, "rss {after} fell with decay_ms=-1");
+    assert!(
+        after >= base + 700 * MIB,
+        "rss {after} fell with decay_ms=-1"
+    );
     let kept = raw::stats().huge_kept_bytes;
     assert!(kept >= 256 * MIB, "kept {kept}");
     assert!(raw::trim());
