@@ -222,6 +222,62 @@ fn spike_then_idle_with_background_thread_returns_memory() {
     assert_eq!(raw::stats().huge_kept_bytes, 0, "kept ranges decayed");
 }
 
+/// Makes `clone3` fail with ENOSYS and `clone` with EPERM for this thread
+/// (seccomp), so `pthread_create` fails as in a sandbox.
+fn forbid_threads() {
+    let f = |code: u16, jt: u8, jf: u8, k: u32| libc::sock_filter { code, jt, jf, k };
+    let ld = (libc::BPF_LD | libc::BPF_W | libc::BPF_ABS) as u16;
+    let jeq = (libc::BPF_JMP | libc::BPF_JEQ | libc::BPF_K) as u16;
+    let ret = (libc::BPF_RET | libc::BPF_K) as u16;
+    let prog = [
+        f(ld, 0, 0, 0), // seccomp_data.nr
+        f(jeq, 0, 1, libc::SYS_clone3 as u32),
+        f(ret, 0, 0, libc::SECCOMP_RET_ERRNO | libc::ENOSYS as u32),
+        f(jeq, 0, 1, libc::SYS_clone as u32),
+        f(ret, 0, 0, libc::SECCOMP_RET_ERRNO | libc::EPERM as u32),
+        f(ret, 0, 0, libc::SECCOMP_RET_ALLOW),
+    ];
+    let fprog = libc::sock_fprog {
+        len: prog.len() as u16,
+        filter: prog.as_ptr() as *mut libc::sock_filter,
+    };
+    // SAFETY: plain prctl calls with a valid filter program that outlives
+    // the call (the kernel copies it).
+    unsafe {
+        assert_eq!(libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0), 0);
+        assert_eq!(
+            libc::prctl(
+                libc::PR_SET_SECCOMP,
+                libc::SECCOMP_MODE_FILTER,
+                &fprog as *const libc::sock_fprog
+            ),
+            0
+        );
+    }
+    let t = std::thread::Builder::new().spawn(|| ());
+    assert!(t.is_err(), "the filter forbids threads");
+}
+
+/// background=1 where no thread can be created (sandbox): harmless, the
+/// activity-driven decay still returns the memory.
+#[test]
+fn background_thread_creation_failure_is_harmless() {
+    if !in_child() {
+        return run_child(
+            "background_thread_creation_failure_is_harmless",
+            &format!("decay_ms={DECAY_MS},background=1"),
+        );
+    }
+    forbid_threads();
+    let (base, peak) = spike();
+    assert!(!rseq_alloc::decay::background_running());
+    light_activity(Duration::from_millis(DECAY_MS + 2000));
+    let after = rss_bytes();
+    report("no thread possible", base, peak, after);
+    assert!(!rseq_alloc::decay::background_running());
+    assert!(after < RSS_AFTER_BYTES, "rss {after} after decay + 2 s");
+}
+
 /// (c) decay_ms=-1: nothing goes back by itself (the knob works); `trim`
 /// still returns it.
 #[test]
