@@ -186,6 +186,9 @@ pub(crate) fn child() {
         return;
     }
     global::fork_child_adopt_init();
+    // The background thread (if any) did not survive the fork: the child
+    // re-creates it on its first slow path.
+    crate::decay::fork_child();
     let cas = global::cache_ready() && SLABS.discipline() == rseq_sys::percpu::Discipline::Cas;
     if FORK_SINGLE.load(Ordering::Relaxed) {
         FORK_OWNER.store(0, Ordering::Relaxed);

@@ -140,6 +140,7 @@ fn do_init() -> u8 {
     let cfg = crate::config::from_env();
     CONFIG_STATS.store(cfg.stats, Ordering::Relaxed);
     CONFIG_VERBOSE.store(cfg.verbose, Ordering::Relaxed);
+    crate::decay::configure(&cfg);
     if crate::os::os_page_size() > PAGE_BYTES {
         return FAILED;
     }
@@ -258,18 +259,19 @@ pub(crate) fn alloc_big(size: usize, align: usize, zero: bool) -> *mut u8 {
         }
         return boot_alloc(size, align);
     }
+    crate::decay::tick();
     let Some(need) = size.checked_add(align) else {
         return ptr::null_mut();
     };
     crate::stats::note_peaks();
     if need >= HUGE_THRESHOLD_BYTES {
-        let p = HUGE.alloc(size, align.max(crate::os::OS_PAGE_BYTES));
+        let p = HUGE.alloc(size, align.max(crate::os::OS_PAGE_BYTES), zero);
         if p.is_null() {
             // Under an address-space limit, free heap memory may hold the
             // space: return cached objects to the heap, unmap free spans.
             crate::refill::reclaim();
             if HEAP.give_back_address_space() > 0 {
-                return HUGE.alloc(size, align.max(crate::os::OS_PAGE_BYTES));
+                return HUGE.alloc(size, align.max(crate::os::OS_PAGE_BYTES), zero);
             }
         }
         return p;
@@ -541,7 +543,8 @@ pub(crate) fn trim() -> bool {
     for class in SizeClass::all() {
         CENTRAL.get(class).flush(&HEAP, class);
     }
-    HEAP.release_all() > 0
+    let heap = HEAP.release_all();
+    heap + HUGE.release_all() > 0
 }
 
 /// `pthread_atfork` prepare handler (the protocol and its argument are in

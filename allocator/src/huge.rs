@@ -1,21 +1,47 @@
-//! Huge blocks: mapped directly with `mmap`, unmapped on free, grown with
-//! `mremap`. A table of live huge blocks (open addressing, linear probing,
-//! backward-shift deletion; lives in its own mapping, made at first use)
-//! lets `free` recognise a huge block, and reject a foreign pointer or a
-//! second free, without touching the pointer's memory.
+//! Huge blocks (at least `HUGE_THRESHOLD_BYTES`): direct mappings, kept
+//! for reuse when freed. A table of live huge blocks (open addressing,
+//! linear probing, backward-shift deletion; lives in its own mapping, made
+//! at first use) lets `free` recognise a huge block, and reject a foreign
+//! pointer or a second free, without touching the pointer's memory.
+//!
+//! Reuse: a freed block's range is *kept* (still mapped, dirty) in a small
+//! address-ordered array of at most [`KEPT_SLOTS`] ranges, coalesced with
+//! kept neighbours that are contiguous. `alloc` takes the best fit (the
+//! smallest kept range that holds the aligned block; the lowest address on
+//! ties); the block takes the whole range if that wastes at most a quarter
+//! of the request, otherwise the range is split and the rest stays kept.
+//! With no fit, the biggest smaller kept range is grown with `mremap` (its
+//! pages are reused, the new ones are fresh); only then is a new range
+//! mapped. Kept ranges are unmapped after `decay_ms` unused (see
+//! [`crate::decay`]; `decay_ms=0` unmaps on free, as no keeping at all), by
+//! `trim()`, or, oldest first, when the array is full. `calloc` zeroes a
+//! block only where it reuses kept memory (fresh mappings read as zero).
+//! `realloc` works in place where it can: shrinking gives the tail to the
+//! kept ranges, growing takes the kept range right after the block, else
+//! `mremap` (which may move).
+//!
+//! Why not the page heap: the page heap lives in one reservation whose
+//! growth is being reworked separately, and pages of a huge block there
+//! would cost page-map entries and span records per block; a cache of whole
+//! mappings keeps huge blocks independent of it, with the same reuse.
 //!
 //! Invariants (table lock held): `count` = number of non-empty slots;
 //! every live huge block appears exactly once, keyed by its start address;
-//! each key sits in the probe run that starts at its hash slot.
+//! each key sits in the probe run that starts at its hash slot. Kept ranges
+//! are sorted by address, disjoint, never contiguous with each other,
+//! disjoint from live blocks, and their lengths sum to `kept_bytes`.
 
+use crate::decay;
 use crate::lock::Mutex;
 use crate::os;
-use core::sync::atomic::{AtomicUsize, Ordering};
+use core::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
 /// Table slots (the kernel's default `vm.max_map_count` is 65 530, so more
 /// huge blocks than this could not be mapped anyway).
 pub const HUGE_TABLE_SLOTS: usize = 1 << 17;
 const MAX_LOAD: usize = HUGE_TABLE_SLOTS / 10 * 9;
+/// Kept (freed, still mapped) ranges at most.
+pub const KEPT_SLOTS: usize = 64;
 
 #[derive(Clone, Copy)]
 struct Slot {
@@ -23,19 +49,42 @@ struct Slot {
     len: usize,
 }
 
+/// A freed range kept mapped for reuse.
+#[derive(Clone, Copy)]
+struct Kept {
+    addr: usize,
+    len: usize,
+    /// When it became free ([`decay::now_ms`]); the oldest part's stamp
+    /// after a merge.
+    since: u64,
+    /// `mremap` refused to grow it (it spans two kernel mappings).
+    no_remap: bool,
+}
+
+const NO_KEPT: Kept = Kept {
+    addr: 0,
+    len: 0,
+    since: 0,
+    no_remap: false,
+};
+
 struct Inner {
     slots: *mut Slot,
     count: usize,
+    kept: [Kept; KEPT_SLOTS],
+    nkept: usize,
 }
 
 // SAFETY: the slot array is only touched under the lock.
 unsafe impl Send for Inner {}
 
-/// The set of live huge blocks.
+/// The set of live huge blocks and of kept ranges.
 pub struct HugeTable {
     inner: Mutex<Inner>,
     bytes: AtomicUsize,
     count: AtomicUsize,
+    kept_bytes: AtomicUsize,
+    maps: AtomicU64,
 }
 
 fn hash(addr: usize) -> usize {
@@ -49,9 +98,13 @@ impl HugeTable {
             inner: Mutex::new(Inner {
                 slots: core::ptr::null_mut(),
                 count: 0,
+                kept: [NO_KEPT; KEPT_SLOTS],
+                nkept: 0,
             }),
             bytes: AtomicUsize::new(0),
             count: AtomicUsize::new(0),
+            kept_bytes: AtomicUsize::new(0),
+            maps: AtomicU64::new(0),
         }
     }
 
@@ -63,6 +116,16 @@ impl HugeTable {
     /// Number of live huge blocks.
     pub fn count(&self) -> usize {
         self.count.load(Ordering::Relaxed)
+    }
+
+    /// Bytes of freed ranges kept mapped for reuse.
+    pub fn kept_bytes(&self) -> usize {
+        self.kept_bytes.load(Ordering::Relaxed)
+    }
+
+    /// `mmap` calls made for huge blocks so far (cumulative).
+    pub fn maps(&self) -> u64 {
+        self.maps.load(Ordering::Relaxed)
     }
 
     /// The lock, for fork handling.
@@ -81,14 +144,48 @@ impl HugeTable {
         unsafe { *g.slots.add(i & (HUGE_TABLE_SLOTS - 1)) }
     }
 
-    /// Maps a huge block of at least `size` bytes aligned to `align`;
-    /// returns it (fresh memory, reads as zero) or null.
-    pub fn alloc(&self, size: usize, align: usize) -> *mut u8 {
+    /// A huge block of at least `size` bytes aligned to `align` (a power of
+    /// two >= OS page), from a kept range or a new mapping; null on failure.
+    /// With `zero`, the block reads as zero (kept memory is cleared, fresh
+    /// memory already is).
+    pub fn alloc(&self, size: usize, align: usize, zero: bool) -> *mut u8 {
         // At least one page: a zero-size request with a huge alignment
         // still gets a real, unique block.
         let Some(len) = crate::util::round_up(size.max(1), os::OS_PAGE_BYTES) else {
             return core::ptr::null_mut();
         };
+        self.alloc_inner(len, align, zero)
+    }
+
+    fn alloc_inner(&self, len: usize, align: usize, zero: bool) -> *mut u8 {
+        if decay::keeps() {
+            let mut g = self.inner.lock();
+            let reused = match Self::take_kept(self, &mut g, len, align) {
+                Some(r) => Some(r),
+                None if align <= os::OS_PAGE_BYTES => self.grow_kept(&mut g, len),
+                None => None,
+            };
+            if let Some((p, blen, dirty)) = reused {
+                if !self.insert_locked(&mut g, p, blen) {
+                    // SAFETY: the range was kept (ours, unused) and is now
+                    // known to nobody.
+                    unsafe { os::unmap(p as *mut u8, blen) };
+                    return core::ptr::null_mut();
+                }
+                drop(g);
+                if zero {
+                    // SAFETY: `[p, p + dirty)` is part of the block we just
+                    // made live for the caller; nothing else uses it.
+                    unsafe { (p as *mut u8).write_bytes(0, dirty) };
+                }
+                return p as *mut u8;
+            }
+        }
+        self.alloc_fresh(len, align)
+    }
+
+    fn alloc_fresh(&self, len: usize, align: usize) -> *mut u8 {
+        self.maps.fetch_add(1, Ordering::Relaxed);
         let p = if align <= os::OS_PAGE_BYTES {
             match os::map(len, libc::PROT_READ | libc::PROT_WRITE, false) {
                 Some(p) => p.as_ptr(),
@@ -111,7 +208,11 @@ impl HugeTable {
             }
             p
         };
-        if !self.insert(p as usize, len) {
+        let ok = {
+            let mut g = self.inner.lock();
+            self.insert_locked(&mut g, p as usize, len)
+        };
+        if !ok {
             // SAFETY: we just mapped it and nobody else knows it.
             unsafe { os::unmap(p, len) };
             return core::ptr::null_mut();
@@ -119,8 +220,126 @@ impl HugeTable {
         p
     }
 
-    fn insert(&self, addr: usize, len: usize) -> bool {
-        let mut g = self.inner.lock();
+    /// Best fit among the kept ranges for `len` bytes aligned to `align`:
+    /// removes it, keeps what the block does not take; returns (block
+    /// address, block length, bytes that may be dirty from its start).
+    fn take_kept(&self, g: &mut Inner, len: usize, align: usize) -> Option<(usize, usize, usize)> {
+        let mut best: Option<usize> = None;
+        for i in 0..g.nkept {
+            let k = g.kept[i];
+            let a = (k.addr + align - 1) & !(align - 1);
+            if a >= k.addr
+                && a.checked_add(len).is_some_and(|e| e <= k.addr + k.len)
+                && best.is_none_or(|b| k.len < g.kept[b].len)
+            {
+                best = Some(i);
+            }
+        }
+        let i = best?;
+        let k = self.remove_kept(g, i);
+        let a = (k.addr + align - 1) & !(align - 1);
+        let end = k.addr + k.len;
+        let mut blen = len;
+        if end - (a + len) <= len / 4 {
+            blen = end - a;
+        }
+        if a > k.addr {
+            self.add_kept(g, k.addr, a - k.addr, k.since);
+        }
+        if a + blen < end {
+            self.add_kept(g, a + blen, end - (a + blen), k.since);
+        }
+        Some((a, blen, blen))
+    }
+
+    /// No kept range fits: grows the biggest smaller one to `len` with
+    /// `mremap` (reusing its pages). Returns (address, len, dirty prefix).
+    fn grow_kept(&self, g: &mut Inner, len: usize) -> Option<(usize, usize, usize)> {
+        let mut best: Option<usize> = None;
+        for i in 0..g.nkept {
+            let k = g.kept[i];
+            if !k.no_remap && k.len < len && best.is_none_or(|b| k.len > g.kept[b].len) {
+                best = Some(i);
+            }
+        }
+        let i = best?;
+        let k = g.kept[i];
+        // SAFETY: the kept range is ours and unused; on success only the
+        // returned address is used.
+        match unsafe { os::remap(k.addr as *mut u8, k.len, len) } {
+            Some(q) => {
+                self.remove_kept(g, i);
+                Some((q.as_ptr() as usize, len, k.len))
+            }
+            None => {
+                g.kept[i].no_remap = true;
+                None
+            }
+        }
+    }
+
+    fn remove_kept(&self, g: &mut Inner, i: usize) -> Kept {
+        let k = g.kept[i];
+        g.kept.copy_within(i + 1..g.nkept, i);
+        g.nkept -= 1;
+        self.kept_bytes.fetch_sub(k.len, Ordering::Relaxed);
+        k
+    }
+
+    /// Keeps `[addr, addr + len)` (free, mapped), merging it with contiguous
+    /// kept neighbours (the merged range has the oldest stamp). If the array
+    /// is full, the oldest range is unmapped first.
+    fn add_kept(&self, g: &mut Inner, addr: usize, len: usize, since: u64) {
+        let pos = g.kept[..g.nkept].partition_point(|k| k.addr < addr);
+        let left = pos > 0 && g.kept[pos - 1].addr + g.kept[pos - 1].len == addr;
+        let right = pos < g.nkept && g.kept[pos].addr == addr + len;
+        self.kept_bytes.fetch_add(len, Ordering::Relaxed);
+        match (left, right) {
+            (true, true) => {
+                let r = g.kept[pos];
+                let l = &mut g.kept[pos - 1];
+                l.len += len + r.len;
+                l.since = l.since.min(since).min(r.since);
+                l.no_remap |= r.no_remap;
+                g.kept.copy_within(pos + 1..g.nkept, pos);
+                g.nkept -= 1;
+            }
+            (true, false) => {
+                let l = &mut g.kept[pos - 1];
+                l.len += len;
+                l.since = l.since.min(since);
+            }
+            (false, true) => {
+                let r = &mut g.kept[pos];
+                r.addr = addr;
+                r.len += len;
+                r.since = r.since.min(since);
+            }
+            (false, false) => {
+                let mut pos = pos;
+                if g.nkept == KEPT_SLOTS {
+                    let oldest = (0..g.nkept).min_by_key(|&i| g.kept[i].since).unwrap_or(0);
+                    let o = self.remove_kept(g, oldest);
+                    // SAFETY: a kept range is ours and unused; it is gone
+                    // from the array.
+                    unsafe { os::unmap(o.addr as *mut u8, o.len) };
+                    if oldest < pos {
+                        pos -= 1;
+                    }
+                }
+                g.kept.copy_within(pos..g.nkept, pos + 1);
+                g.kept[pos] = Kept {
+                    addr,
+                    len,
+                    since,
+                    no_remap: false,
+                };
+                g.nkept += 1;
+            }
+        }
+    }
+
+    fn insert_locked(&self, g: &mut Inner, addr: usize, len: usize) -> bool {
         if g.slots.is_null() {
             match os::map(
                 HUGE_TABLE_SLOTS * core::mem::size_of::<Slot>(),
@@ -135,10 +354,10 @@ impl HugeTable {
             return false;
         }
         let mut i = hash(addr);
-        while Self::get(&g, i).addr != 0 {
+        while Self::get(g, i).addr != 0 {
             i += 1;
         }
-        *Self::slot(&mut g, i) = Slot { addr, len };
+        *Self::slot(g, i) = Slot { addr, len };
         g.count += 1;
         self.count.store(g.count, Ordering::Relaxed);
         self.bytes.fetch_add(len, Ordering::Relaxed);
@@ -162,7 +381,7 @@ impl HugeTable {
         }
     }
 
-    /// The mapped length of the huge block starting at `addr`, if any.
+    /// The length of the live huge block starting at `addr`, if any.
     pub fn len_of(&self, addr: usize) -> Option<usize> {
         let g = self.inner.lock();
         Self::find(&g, addr).map(|i| Self::get(&g, i).len)
@@ -190,13 +409,16 @@ impl HugeTable {
         g.count -= 1;
     }
 
-    /// Unmaps the huge block at `addr`; false if there is none (foreign or
-    /// already freed pointer).
+    /// Frees the huge block at `addr` (kept for reuse, or unmapped with
+    /// `decay_ms=0`); false if there is none (foreign or already freed
+    /// pointer), and then nothing is touched.
     ///
     /// # Safety
     /// If `addr` is a live huge block, the caller owns it and will not use it
     /// again.
     pub unsafe fn free(&self, addr: usize) -> bool {
+        let keep = decay::keeps();
+        let now = if keep { decay::now_ms() } else { 0 };
         let len = {
             let mut g = self.inner.lock();
             let Some(i) = Self::find(&g, addr) else {
@@ -205,32 +427,74 @@ impl HugeTable {
             let len = Self::get(&g, i).len;
             Self::remove_at(&mut g, i);
             self.count.store(g.count, Ordering::Relaxed);
+            self.bytes.fetch_sub(len, Ordering::Relaxed);
+            if keep {
+                self.add_kept(&mut g, addr, len, now);
+            }
             len
         };
-        self.bytes.fetch_sub(len, Ordering::Relaxed);
-        // SAFETY: the block was ours and is now unknown to the table; the
-        // caller gave up its ownership.
-        unsafe { os::unmap(addr as *mut u8, len) };
+        if keep {
+            decay::note_dirty(now);
+        } else {
+            // SAFETY: the block was ours and is now unknown to the table;
+            // the caller gave up its ownership.
+            unsafe { os::unmap(addr as *mut u8, len) };
+        }
+        decay::tick();
         true
     }
 
-    /// Resizes a huge block with `mremap` (may move it, keeping only OS-page
-    /// alignment). Returns the new address, or null if the kernel refused
-    /// (the block is then untouched).
+    /// Resizes a huge block: in place when shrinking (the tail is kept or
+    /// unmapped) or when a kept range follows it with enough room, else
+    /// with `mremap` (may move it, keeping only OS-page alignment). Returns
+    /// the new address, or null if the kernel refused (the block is then
+    /// untouched).
     ///
     /// # Safety
     /// `addr` is a live huge block owned by the caller, who uses only the
     /// returned address afterwards on success.
     pub unsafe fn resize(&self, addr: usize, new_size: usize) -> *mut u8 {
-        let Some(new_len) = crate::util::round_up(new_size, os::OS_PAGE_BYTES) else {
+        let Some(new_len) = crate::util::round_up(new_size.max(1), os::OS_PAGE_BYTES) else {
             return core::ptr::null_mut();
         };
+        let keep = decay::keeps();
+        let now = if keep { decay::now_ms() } else { 0 };
         let mut g = self.inner.lock();
         let Some(i) = Self::find(&g, addr) else {
             return core::ptr::null_mut();
         };
         let old_len = Self::get(&g, i).len;
-        // SAFETY: the whole mapping is the caller's block; the lock keeps the
+        if new_len <= old_len {
+            if new_len < old_len {
+                let tail = old_len - new_len;
+                Self::slot(&mut g, i).len = new_len;
+                self.bytes.fetch_sub(tail, Ordering::Relaxed);
+                if keep {
+                    self.add_kept(&mut g, addr + new_len, tail, now);
+                    drop(g);
+                    decay::note_dirty(now);
+                } else {
+                    drop(g);
+                    // SAFETY: the tail was part of the caller's block, which
+                    // gave it up; the table no longer covers it.
+                    unsafe { os::unmap((addr + new_len) as *mut u8, tail) };
+                }
+            }
+            return addr as *mut u8;
+        }
+        let need = new_len - old_len;
+        let end = addr + old_len;
+        let pos = g.kept[..g.nkept].partition_point(|k| k.addr < end);
+        if pos < g.nkept && g.kept[pos].addr == end && g.kept[pos].len >= need {
+            let k = self.remove_kept(&mut g, pos);
+            if k.len > need {
+                self.add_kept(&mut g, end + need, k.len - need, k.since);
+            }
+            Self::slot(&mut g, i).len = new_len;
+            self.bytes.fetch_add(need, Ordering::Relaxed);
+            return addr as *mut u8;
+        }
+        // SAFETY: the whole range is the caller's block; the lock keeps the
         // table consistent with it.
         let Some(q) = (unsafe { os::remap(addr as *mut u8, old_len, new_len) }) else {
             return core::ptr::null_mut();
@@ -255,6 +519,41 @@ impl HugeTable {
         q
     }
 
+    /// Unmaps the kept ranges unused for `decay_ms` at `now`; returns when
+    /// the next one is due (`u64::MAX`: none kept).
+    pub fn decay(&self, now: u64, decay_ms: u64) -> u64 {
+        let mut next = u64::MAX;
+        let mut g = self.inner.lock();
+        let mut i = 0;
+        while i < g.nkept {
+            let k = g.kept[i];
+            if now.saturating_sub(k.since) >= decay_ms {
+                self.remove_kept(&mut g, i);
+                // SAFETY: a kept range is ours and unused; it is gone from
+                // the array.
+                unsafe { os::unmap(k.addr as *mut u8, k.len) };
+            } else {
+                next = next.min(k.since.saturating_add(decay_ms));
+                i += 1;
+            }
+        }
+        next
+    }
+
+    /// Unmaps every kept range (`trim`); returns the bytes unmapped.
+    pub fn release_all(&self) -> usize {
+        let mut g = self.inner.lock();
+        let mut n = 0;
+        while g.nkept > 0 {
+            let last = g.nkept - 1;
+            let k = self.remove_kept(&mut g, last);
+            // SAFETY: as in `decay`.
+            unsafe { os::unmap(k.addr as *mut u8, k.len) };
+            n += k.len;
+        }
+        n
+    }
+
     /// Checks the table invariants (debug builds).
     pub fn check_invariants(&self) {
         if !cfg!(debug_assertions) {
@@ -263,6 +562,7 @@ impl HugeTable {
         let g = self.inner.lock();
         if g.slots.is_null() {
             assert_eq!(g.count, 0);
+            assert_eq!(g.nkept, 0);
             return;
         }
         let mut n = 0;
@@ -274,6 +574,18 @@ impl HugeTable {
             }
         }
         assert_eq!(n, g.count);
+        let mut kept = 0;
+        for i in 0..g.nkept {
+            let k = g.kept[i];
+            assert!(k.len > 0);
+            if i > 0 {
+                let p = g.kept[i - 1];
+                assert!(p.addr + p.len < k.addr, "kept ranges overlap or touch");
+            }
+            assert!(Self::find(&g, k.addr).is_none());
+            kept += k.len;
+        }
+        assert_eq!(kept, self.kept_bytes());
     }
 }
 
@@ -293,7 +605,7 @@ mod tests {
         let mut v = std::vec::Vec::new();
         for i in 0..200 {
             let align = if i % 3 == 0 { 1 << 21 } else { 4096 };
-            let p = t.alloc((1 << 20) + i * 100, align);
+            let p = t.alloc((1 << 20) + i * 100, align, false);
             assert!(!p.is_null());
             assert_eq!(p as usize % align, 0);
             // SAFETY: fresh mapping of that size.
@@ -330,6 +642,94 @@ mod tests {
                 assert!(t.len_of(p as usize).is_some());
             }
         }
+        t.check_invariants();
+    }
+
+    #[test]
+    fn kept_ranges_are_reused_split_and_coalesced() {
+        const MIB: usize = 1 << 20;
+        let t = std::boxed::Box::leak(std::boxed::Box::new(HugeTable::new()));
+        let a = t.alloc(16 * MIB, 4096, false);
+        assert!(!a.is_null());
+        // SAFETY: a fresh 16 MiB block.
+        unsafe { a.write_bytes(0xaa, 16 * MIB) };
+        assert_eq!(t.maps(), 1);
+        // SAFETY: ours, freed once.
+        assert!(unsafe { t.free(a as usize) });
+        assert_eq!((t.bytes(), t.kept_bytes()), (0, 16 * MIB));
+        // SAFETY: a second free is rejected, the kept range is untouched.
+        assert!(!unsafe { t.free(a as usize) });
+        t.check_invariants();
+        // Same size: the same range, zeroed on request.
+        let b = t.alloc(16 * MIB - 100, 4096, true);
+        assert_eq!(b, a);
+        assert_eq!(t.len_of(b as usize), Some(16 * MIB));
+        // SAFETY: the block is 16 MiB long.
+        assert!(unsafe { core::slice::from_raw_parts(b, 16 * MIB) }
+            .iter()
+            .all(|&x| x == 0));
+        // SAFETY: ours.
+        assert!(unsafe { t.free(b as usize) });
+        // Much smaller: split off the front, the rest stays kept.
+        let c = t.alloc(4 * MIB, 4096, false);
+        assert_eq!(c, a);
+        assert_eq!(t.len_of(c as usize), Some(4 * MIB));
+        assert_eq!(t.kept_bytes(), 12 * MIB);
+        // A pointer inside the kept rest is not a block.
+        assert_eq!(t.len_of(a as usize + 4 * MIB), None);
+        // SAFETY: not a live block: rejected.
+        assert!(!unsafe { t.free(a as usize + 4 * MIB) });
+        t.check_invariants();
+        // realloc in place: grow into the kept neighbour, shrink back.
+        // SAFETY: c is ours.
+        let d = unsafe { t.resize(c as usize, 10 * MIB) };
+        assert_eq!(d, c);
+        assert_eq!(
+            (t.len_of(d as usize), t.kept_bytes()),
+            (Some(10 * MIB), 6 * MIB)
+        );
+        // SAFETY: d is ours.
+        let e = unsafe { t.resize(d as usize, 2 * MIB) };
+        assert_eq!(e, c);
+        assert_eq!(t.kept_bytes(), 14 * MIB);
+        t.check_invariants();
+        // Aligned: taken from inside the kept range.
+        let f = t.alloc(3 * MIB, 4 * MIB, false);
+        assert_eq!(f as usize % (4 * MIB), 0);
+        assert!(f as usize >= a as usize && (f as usize) < a as usize + 16 * MIB);
+        t.check_invariants();
+        // SAFETY: ours.
+        unsafe {
+            assert!(t.free(e as usize));
+            assert!(t.free(f as usize));
+        }
+        t.check_invariants();
+        assert_eq!(
+            (t.kept_bytes(), t.maps()),
+            (16 * MIB, 1),
+            "coalesced, no new mmap"
+        );
+        // Bigger than any kept range: the kept one grows (mremap).
+        let g = t.alloc(20 * MIB, 4096, true);
+        assert!(!g.is_null());
+        assert_eq!((t.kept_bytes(), t.maps()), (0, 1));
+        // SAFETY: a 20 MiB block, zeroed.
+        assert!(unsafe { core::slice::from_raw_parts(g, 20 * MIB) }
+            .iter()
+            .all(|&x| x == 0));
+        // SAFETY: ours.
+        assert!(unsafe { t.free(g as usize) });
+        // Decay: not yet due, then due.
+        let now = decay::now_ms();
+        assert!(t.decay(now, 60_000) > now);
+        assert_eq!(t.kept_bytes(), 20 * MIB);
+        assert_eq!(t.decay(now + 60_000, 60_000), u64::MAX);
+        assert_eq!(t.kept_bytes(), 0);
+        let h = t.alloc(2 * MIB, 4096, false);
+        // SAFETY: ours.
+        assert!(unsafe { t.free(h as usize) });
+        assert_eq!(t.release_all(), 2 * MIB);
+        assert_eq!(t.kept_bytes(), 0);
         t.check_invariants();
     }
 }

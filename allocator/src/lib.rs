@@ -62,9 +62,9 @@
 //! is served from a static bootstrap arena.
 //!
 //! Bounds: per-CPU cache at most `CPU_CACHE_MAX_BYTES`
-//! (≈3.8 MiB) per CPU or cid; internal waste `< max(16 B, size/4)`; the page
-//! heap keeps at most 64 MiB of dirty free pages before releasing
-//! (`RELEASE_THRESHOLD_BYTES`).
+//! (≈3.8 MiB) per CPU or cid; internal waste `< max(16 B, size/4)`; dirty
+//! free pages (page heap) and kept huge ranges go back to the OS once unused
+//! for `decay_ms` (`decay.rs`).
 #![deny(unsafe_op_in_unsafe_fn)]
 #![warn(
     missing_docs,
@@ -106,6 +106,7 @@ macro_rules! rip_ref {
 mod central;
 mod config;
 mod cpu_cache;
+mod decay;
 mod double_free;
 mod fast;
 mod fork;
@@ -202,14 +203,18 @@ pub mod raw {
     /// documented view is [`crate::Stats`].
     #[derive(Clone, Copy, Debug, Default)]
     pub struct Counters {
-        /// Heap pages committed plus huge mappings.
+        /// Heap pages committed plus huge mappings (live and kept).
         pub mapped_bytes: usize,
         /// Bytes in live blocks (class / page granularity).
         pub in_use_bytes: usize,
         /// Free objects held in per-CPU caches.
         pub cached_bytes: usize,
-        /// Bytes of huge mappings.
+        /// Bytes of huge blocks in use.
         pub huge_bytes: usize,
+        /// Bytes of freed huge ranges kept mapped for reuse (they decay).
+        pub huge_kept_bytes: usize,
+        /// `mmap` calls made for huge blocks so far.
+        pub huge_maps: u64,
         /// Free heap bytes currently given back to the OS.
         pub released_bytes: usize,
         /// Per-CPU cache hits (counted only with `RSEQ_MALLOC_CONF=stats=1`).
@@ -220,6 +225,11 @@ pub mod raw {
         pub rseq_aborts: u64,
         /// Operations by the CAS fallback or bypassing the cache.
         pub fallback_ops: u64,
+    }
+
+    /// Whether the background decay thread (`background=1`) is running.
+    pub fn background_running() -> bool {
+        crate::decay::background_running()
     }
 
     /// What `malloc` guarantees (C `max_align_t`).

@@ -39,11 +39,14 @@
 //! as few 2 MiB hugepages as possible and leaves the free memory at the
 //! high ends of chunks in long runs.
 //!
-//! Release policy: a free span is "dirty" if it may hold resident pages. When
-//! the dirty free pages exceed [`RELEASE_THRESHOLD_BYTES`], free spans are
-//! released (`madvise(MADV_DONTNEED)`), largest first, down to half of it;
-//! `trim()` releases them all. Released pages read as zero, which lets
-//! `alloc_zeroed` skip its memset on a span made only of such pages.
+//! Release policy (see [`crate::decay`]): a free span is "dirty" if it may
+//! hold resident pages; it carries the time its oldest dirty part became
+//! free. Dirty free spans unused for `decay_ms` are released
+//! (`madvise(MADV_DONTNEED)`) by the decay pass (`decay`), which allocator
+//! activity or the background thread runs; `decay_ms=0` releases a span as
+//! soon as it is freed, `-1` never; `trim()` releases them all. Released
+//! pages read as zero, which lets `alloc_zeroed` skip its memset on a span
+//! made only of such pages.
 //!
 //! Invariants (checked by `check_invariants`, page-heap lock held):
 //! - the spans tile each chunk: walking from a chunk's first page by
@@ -62,9 +65,6 @@ use crate::size_class::{PAGE_BYTES, PAGE_SHIFT};
 use crate::span::{Span, FREE, LARGE, SMALL, SPAN_RECORD_BYTES, UNUSED};
 use core::sync::atomic::{AtomicUsize, Ordering};
 
-/// Dirty free memory kept before the heap releases some to the OS.
-pub const RELEASE_THRESHOLD_BYTES: usize = 64 << 20;
-const RELEASE_THRESHOLD_PAGES: usize = RELEASE_THRESHOLD_BYTES >> PAGE_SHIFT;
 /// Chunks are aligned to (and sized in multiples of) this many bytes: one
 /// x86-64 transparent hugepage.
 pub const CHUNK_ALIGN_BYTES: usize = 2 << 20;
@@ -267,9 +267,12 @@ impl PageHeap {
         if !self.spare_records(&mut g) {
             return None;
         }
-        let (start, len, dirty) = match self.take_free(&mut g, need) {
+        let (start, len, dirty, since) = match self.take_free(&mut g, need) {
             Some(r) => r,
-            None => self.grow(&mut g, need)?,
+            None => {
+                let (start, len, dirty) = self.grow(&mut g, need)?;
+                (start, len, dirty, 0)
+            }
         };
         // Place the span at the first aligned page inside [start, start+len).
         let addr = self.map.page_addr(start);
@@ -279,14 +282,15 @@ impl PageHeap {
         let back = len - front - npages;
         let Some(id) = self.new_record(&mut g) else {
             // Put everything back as one free span.
-            self.insert_free(&mut g, start, len, dirty, 0);
+            self.insert_free(&mut g, start, len, dirty, since, 0);
             return None;
         };
         if front > 0 {
-            self.insert_free(&mut g, start, front, dirty.min(front), 0);
+            self.insert_free(&mut g, start, front, dirty.min(front), since, 0);
         }
         if back > 0 {
-            self.insert_free(&mut g, start + front + npages, back, dirty.min(back), 0);
+            let d = dirty.min(back);
+            self.insert_free(&mut g, start + front + npages, back, d, since, 0);
         }
         let s = self.record(id);
         s.start_page.store(start + front, Ordering::Relaxed);
@@ -314,6 +318,8 @@ impl PageHeap {
             self.large_bytes.fetch_add(bytes, Ordering::Relaxed);
         }
         self.publish(&g);
+        drop(g);
+        crate::decay::tick_locked();
         Some((s, dirty == 0))
     }
 
@@ -336,11 +342,25 @@ impl PageHeap {
         }
         let id = self.id_of(s);
         self.map.set_range(start, n, 0);
-        self.insert_free(&mut g, start, n, n, id);
-        if g.free_dirty_pages > RELEASE_THRESHOLD_PAGES {
-            self.release_down_to(&mut g, RELEASE_THRESHOLD_PAGES / 2);
-        }
+        self.insert_dirty(&mut g, start, n, id);
         self.publish(&g);
+        drop(g);
+        crate::decay::tick_locked();
+    }
+
+    /// Inserts a just-freed (dirty) range stamped now; releases it at once
+    /// with `decay_ms=0`.
+    fn insert_dirty(&self, g: &mut Inner, start: usize, n: usize, id: u32) {
+        if !crate::decay::keeps() {
+            let id = self.insert_free(g, start, n, n, 0, id);
+            if id != 0 {
+                self.release_span(g, id);
+            }
+            return;
+        }
+        let now = crate::decay::now_ms();
+        self.insert_free(g, start, n, n, now as u32, id);
+        crate::decay::note_dirty(now);
     }
 
     /// Resizes a LARGE span in place to `new_pages`: shrinking gives the tail
@@ -367,10 +387,7 @@ impl PageHeap {
                 self.map.set_range(start + new_pages, tail, 0);
                 self.large_bytes
                     .fetch_sub(tail << PAGE_SHIFT, Ordering::Relaxed);
-                self.insert_free(&mut g, start + new_pages, tail, tail, 0);
-                if g.free_dirty_pages > RELEASE_THRESHOLD_PAGES {
-                    self.release_down_to(&mut g, RELEASE_THRESHOLD_PAGES / 2);
-                }
+                self.insert_dirty(&mut g, start + new_pages, tail, 0);
                 self.publish(&g);
             }
             return true;
@@ -390,8 +407,11 @@ impl PageHeap {
             }
             let rn = r.pages();
             self.remove_list(&mut g, rid);
-            // SAFETY: page-heap lock held; r is FREE.
-            let rd = unsafe { r.locked() }.dirty_pages as usize;
+            let (rd, rsince) = {
+                // SAFETY: page-heap lock held; r is FREE.
+                let l = unsafe { r.locked() };
+                (l.dirty_pages as usize, l.free_since)
+            };
             self.map.set(end, 0);
             self.map.set(end + rn - 1, 0);
             g.free_pages -= rn;
@@ -399,7 +419,7 @@ impl PageHeap {
             self.drop_record(&mut g, rid);
             if rn > need {
                 let rest = rn - need;
-                self.insert_free(&mut g, end + need, rest, rd.min(rest), 0);
+                self.insert_free(&mut g, end + need, rest, rd.min(rest), rsince, 0);
             }
         }
         s.npages.store(new_pages as u32, Ordering::Relaxed);
@@ -516,8 +536,9 @@ impl PageHeap {
     }
 
     /// Removes a free span of at least `need` pages from the lists; returns
-    /// (start, len, dirty) with its record recycled and its map ends cleared.
-    fn take_free(&self, g: &mut Inner, need: usize) -> Option<(usize, usize, usize)> {
+    /// (start, len, dirty, free_since) with its record recycled and its map
+    /// ends cleared.
+    fn take_free(&self, g: &mut Inner, need: usize) -> Option<(usize, usize, usize, u32)> {
         let mut found = 0u32;
         for li in need.min(BIG_LIST)..BIG_LIST {
             if g.lists[li] != 0 {
@@ -562,14 +583,17 @@ impl PageHeap {
         self.remove_list(g, found);
         let s = self.record(found);
         let (start, n) = (s.start(), s.pages());
-        // SAFETY: page-heap lock held; s is FREE.
-        let dirty = unsafe { s.locked() }.dirty_pages as usize;
+        let (dirty, since) = {
+            // SAFETY: page-heap lock held; s is FREE.
+            let l = unsafe { s.locked() };
+            (l.dirty_pages as usize, l.free_since)
+        };
         self.map.set(start, 0);
         self.map.set(start + n - 1, 0);
         g.free_pages -= n;
         g.free_dirty_pages -= dirty;
         self.drop_record(g, found);
-        Some((start, n, dirty))
+        Some((start, n, dirty, since))
     }
 
     /// Adds a chunk of at least `need` pages (see the module doc) and takes
@@ -636,8 +660,9 @@ impl PageHeap {
         }
         g.last_chunk = (start, start + npages);
         g.total_pages += npages;
-        self.insert_free(g, start, npages, 0, 0);
+        self.insert_free(g, start, npages, 0, 0, 0);
         self.take_free(g, need)
+            .map(|(start, len, dirty, _)| (start, len, dirty))
     }
 
     /// The usual size of the next chunk for a heap of `heap_bytes`: as big
@@ -843,29 +868,36 @@ impl PageHeap {
     }
 
     /// Inserts the free range `[start, start+n)` with `dirty` possibly
-    /// resident pages, coalescing with free neighbours. `id` is a record to
-    /// reuse (0 = take a new one).
+    /// resident pages stamped `since` (see `Locked::free_since`), coalescing
+    /// with free neighbours (the result keeps the oldest dirty stamp). `id`
+    /// is a record to reuse (0 = take a new one). Returns the free span's id
+    /// (0 if no record was left).
     fn insert_free(
         &self,
         g: &mut Inner,
         mut start: usize,
         mut n: usize,
         mut dirty: usize,
+        mut since: u32,
         id: u32,
-    ) {
+    ) -> u32 {
         // Left neighbour.
         if start > 0 {
             let lid = self.map.get(start - 1);
             if let Some(l) = self.free_at(g, start - 1, false) {
                 self.remove_list(g, lid);
-                // SAFETY: page-heap lock held; l is FREE.
-                let ld = unsafe { l.locked() }.dirty_pages as usize;
+                let (ld, lsince) = {
+                    // SAFETY: page-heap lock held; l is FREE.
+                    let lk = unsafe { l.locked() };
+                    (lk.dirty_pages as usize, lk.free_since)
+                };
                 self.map.set(l.start(), 0);
                 self.map.set(start - 1, 0);
                 g.free_pages -= l.pages();
                 g.free_dirty_pages -= ld;
                 start = l.start();
                 n += l.pages();
+                since = merge_since(dirty, since, ld, lsince);
                 dirty += ld;
                 self.drop_record(g, lid);
             }
@@ -875,13 +907,17 @@ impl PageHeap {
             let rid = self.map.get(start + n);
             if let Some(r) = self.free_at(g, start + n, true) {
                 self.remove_list(g, rid);
-                // SAFETY: page-heap lock held; r is FREE.
-                let rd = unsafe { r.locked() }.dirty_pages as usize;
+                let (rd, rsince) = {
+                    // SAFETY: page-heap lock held; r is FREE.
+                    let rk = unsafe { r.locked() };
+                    (rk.dirty_pages as usize, rk.free_since)
+                };
                 self.map.set(r.start(), 0);
                 self.map.set(r.start() + r.pages() - 1, 0);
                 g.free_pages -= r.pages();
                 g.free_dirty_pages -= rd;
                 n += r.pages();
+                since = merge_since(dirty, since, rd, rsince);
                 dirty += rd;
                 self.drop_record(g, rid);
             }
@@ -893,7 +929,7 @@ impl PageHeap {
                 Some(id) => id,
                 // Out of records: the pages leak (cannot happen: there are
                 // more records than pages).
-                None => return,
+                None => return 0,
             }
         };
         let s = self.record(id);
@@ -901,16 +937,43 @@ impl PageHeap {
         s.npages.store(n as u32, Ordering::Relaxed);
         s.class.store(0, Ordering::Relaxed);
         s.state.store(FREE, Ordering::Relaxed);
-        // SAFETY: page-heap lock held; s is now FREE.
-        unsafe { s.locked() }.dirty_pages = dirty.min(n) as u32;
+        {
+            // SAFETY: page-heap lock held; s is now FREE.
+            let l = unsafe { s.locked() };
+            l.dirty_pages = dirty.min(n) as u32;
+            l.free_since = since;
+        }
         g.free_pages += n;
         g.free_dirty_pages += dirty.min(n);
         self.map.set(start, id);
         self.map.set(start + n - 1, id);
         self.push_list(g, id);
+        id
     }
 
-    /// Releases dirty free spans, biggest lists first, until at most
+    /// Releases the dirty pages of the free span `id`; returns pages
+    /// released.
+    fn release_span(&self, g: &mut Inner, id: u32) -> usize {
+        let s = self.record(id);
+        // SAFETY: page-heap lock held; s is FREE.
+        let l = unsafe { s.locked() };
+        if l.dirty_pages == 0 {
+            return 0;
+        }
+        let addr = self.span_addr(s) as *mut u8;
+        // SAFETY: a free span holds no live data; it is committed.
+        if !unsafe { os::release(addr, s.pages() << PAGE_SHIFT) } {
+            return 0;
+        }
+        let d = l.dirty_pages as usize;
+        g.free_dirty_pages -= d;
+        l.dirty_pages = 0;
+        self.released_total_bytes
+            .fetch_add(d << PAGE_SHIFT, Ordering::Relaxed);
+        d
+    }
+
+    /// Releases every dirty free span, biggest lists first, until at most
     /// `target` dirty free pages remain. Returns pages released.
     fn release_down_to(&self, g: &mut Inner, target: usize) -> usize {
         let mut released = 0;
@@ -918,26 +981,47 @@ impl PageHeap {
         while li >= 1 && g.free_dirty_pages > target {
             let mut id = g.lists[li];
             while id != 0 && g.free_dirty_pages > target {
-                let s = self.record(id);
-                // SAFETY: page-heap lock held; s is FREE.
-                let l = unsafe { s.locked() };
-                let next = l.next;
-                if l.dirty_pages > 0 {
-                    let addr = self.span_addr(s) as *mut u8;
-                    // SAFETY: a free span holds no live data; it is committed.
-                    if unsafe { os::release(addr, s.pages() << PAGE_SHIFT) } {
-                        released += l.dirty_pages as usize;
-                        g.free_dirty_pages -= l.dirty_pages as usize;
-                        l.dirty_pages = 0;
-                    }
-                }
+                // SAFETY: page-heap lock held; the span is FREE.
+                let next = unsafe { self.record(id).locked() }.next;
+                released += self.release_span(g, id);
                 id = next;
             }
             li -= 1;
         }
-        self.released_total_bytes
-            .fetch_add(released << PAGE_SHIFT, Ordering::Relaxed);
         released
+    }
+
+    /// The decay pass: releases the dirty free spans unused for `decay_ms`
+    /// at `now` (ms, `decay::now_ms`). Returns when the next one is due
+    /// (`u64::MAX`: no dirty free span left). O(free spans), run at most
+    /// about every `decay_ms / 4`.
+    pub fn decay(&self, now: u64, decay_ms: u64) -> u64 {
+        let mut g = self.inner.lock();
+        let mut next = u64::MAX;
+        if g.free_dirty_pages == 0 {
+            return next;
+        }
+        for li in 1..NLISTS {
+            let mut id = g.lists[li];
+            while id != 0 {
+                let (nx, dirty, since) = {
+                    // SAFETY: page-heap lock held; the span is FREE.
+                    let l = unsafe { self.record(id).locked() };
+                    (l.next, l.dirty_pages, l.free_since)
+                };
+                if dirty > 0 {
+                    let age = u64::from((now as u32).wrapping_sub(since));
+                    if age >= decay_ms {
+                        self.release_span(&mut g, id);
+                    } else {
+                        next = next.min(now + (decay_ms - age));
+                    }
+                }
+                id = nx;
+            }
+        }
+        self.publish(&g);
+        next
     }
 
     /// Checks the invariants listed in the module doc (debug builds; the
@@ -1017,6 +1101,17 @@ impl PageHeap {
             }
         }
         assert_eq!(listed, free_pages);
+    }
+}
+
+/// The stamp of two merged dirty parts: the older one (stamps are
+/// wrapping 32-bit milliseconds); a part with no dirty pages has none.
+fn merge_since(da: usize, a: u32, db: usize, b: u32) -> u32 {
+    match (da, db) {
+        (0, _) => b,
+        (_, 0) => a,
+        _ if (a.wrapping_sub(b) as i32) > 0 => b,
+        _ => a,
     }
 }
 
@@ -1295,5 +1390,49 @@ mod tests {
         // SAFETY: s is ours.
         unsafe { h.free_span(s) };
         h.check_invariants();
+    }
+
+    #[test]
+    fn decay_releases_old_dirty_spans_only() {
+        let h = heap();
+        let (a, _) = h.alloc_span(8, 0, LARGE, 0).unwrap();
+        let (b, _) = h.alloc_span(8, 0, LARGE, 0).unwrap();
+        let (_c, _) = h.alloc_span(1, 0, LARGE, 0).unwrap();
+        // SAFETY: a and b are ours and committed.
+        unsafe {
+            (h.span_addr(a) as *mut u8).write_bytes(1, 8 * PAGE_BYTES);
+            (h.span_addr(b) as *mut u8).write_bytes(1, 8 * PAGE_BYTES);
+            h.free_span(a);
+        }
+        let now = crate::decay::now_ms();
+        assert_eq!(h.stats().free_dirty_bytes, 8 * PAGE_BYTES);
+        // Not due yet: nothing released; the deadline is about now + 60 s.
+        let due = h.decay(now, 60_000);
+        assert!(due > now + 50_000 && due <= now + 60_000, "{due} {now}");
+        assert_eq!(h.stats().free_dirty_bytes, 8 * PAGE_BYTES);
+        // b coalesces with a: the span keeps a's (older) stamp.
+        // SAFETY: b is ours.
+        unsafe { h.free_span(b) };
+        assert_eq!(h.stats().free_dirty_bytes, 16 * PAGE_BYTES);
+        h.check_invariants();
+        assert_eq!(h.decay(now + 60_000, 60_000), u64::MAX);
+        let st = h.stats();
+        assert_eq!((st.free_dirty_bytes, st.free_bytes), (0, 16 * PAGE_BYTES));
+        h.check_invariants();
+        // Released pages read as zero and are reported so.
+        let (d, z) = h.alloc_span(16, 0, LARGE, 0).unwrap();
+        assert!(z);
+        // SAFETY: committed memory of span d.
+        assert_eq!(unsafe { *((h.span_addr(d) + 100) as *const u8) }, 0);
+    }
+
+    #[test]
+    fn merged_stamp_is_the_oldest() {
+        assert_eq!(merge_since(1, 100, 1, 200), 100);
+        assert_eq!(merge_since(1, 200, 1, 100), 100);
+        assert_eq!(merge_since(0, 100, 1, 200), 200);
+        assert_eq!(merge_since(1, 100, 0, 50), 100);
+        // Across the 32-bit wrap: u32::MAX - 5 is older than 10.
+        assert_eq!(merge_since(1, 10, 1, u32::MAX - 5), u32::MAX - 5);
     }
 }

@@ -95,6 +95,9 @@ fn central_pop_one(class: SizeClass) -> *mut u8 {
 fn malloc_miss(class: SizeClass, e: OpError) -> *mut u8 {
     let misses = global::FAST_MISSES.fetch_add(1, Ordering::Relaxed);
     crate::stats::note_peaks();
+    // Time-based decay is driven by activity: small-object programs reach
+    // it here (no allocator lock held).
+    crate::decay::tick();
     let period = crate::cpu_cache::idle_scan_period();
     if misses % period == period - 1 {
         crate::cpu_cache::drain_idle_regions(&CENTRAL, &HEAP);

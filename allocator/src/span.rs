@@ -33,6 +33,9 @@ pub struct Locked {
     pub next: u32,
     /// FREE: pages that may be resident (0 = all pages read as zero).
     pub dirty_pages: u32,
+    /// FREE with dirty pages: when its oldest dirty part became free (low
+    /// 32 bits of `decay::now_ms`, compared with wrapping arithmetic).
+    pub free_since: u32,
     /// SMALL: head of the intrusive list of freed objects.
     pub freelist: *mut u8,
     /// SMALL: objects handed out (to caches or users) and not returned.

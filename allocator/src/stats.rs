@@ -2,7 +2,9 @@
 //! and the `malloc_stats()` / `stats=1` report written with `write(2)`.
 //!
 //! Counting rules:
-//! - `mapped_bytes`: heap pages committed + huge mappings;
+//! - `mapped_bytes`: heap pages committed + huge mappings (live and kept);
+//! - `huge_kept_bytes`: freed huge ranges kept mapped for reuse;
+//! - `huge_maps`: `mmap` calls made for huge blocks (cumulative);
 //! - `in_use_bytes`: bytes of live blocks at class/page granularity:
 //!   small objects held by neither a central list nor a per-CPU cache, plus
 //!   large spans and huge mappings in use;
@@ -77,12 +79,15 @@ pub fn snapshot() -> Counters {
         small_used += total.saturating_sub(free) * c.size_bytes();
     }
     let huge = HUGE.bytes();
+    let kept = HUGE.kept_bytes();
     note_peaks();
     Counters {
-        mapped_bytes: h.committed_bytes + huge,
+        mapped_bytes: h.committed_bytes + huge + kept,
         in_use_bytes: small_used.saturating_sub(cached) + h.large_bytes + huge,
         cached_bytes: cached,
         huge_bytes: huge,
+        huge_kept_bytes: kept,
+        huge_maps: HUGE.maps(),
         released_bytes: h.free_bytes.saturating_sub(h.free_dirty_bytes),
         fast_hits: global::FAST_HITS.load(Ordering::Relaxed),
         fast_misses: global::FAST_MISSES.load(Ordering::Relaxed),
@@ -268,6 +273,21 @@ fn print_stats_uncancellable() {
         .dec(s.huge_bytes as u64)
         .str(" released_bytes=")
         .dec(s.released_bytes as u64)
+        .str("\n");
+    flush(&mut m);
+    m.str("  huge_kept_bytes=")
+        .dec(s.huge_kept_bytes as u64)
+        .str(" huge_maps=")
+        .dec(s.huge_maps)
+        .str(" dirty_free_bytes=")
+        .dec(HEAP.stats().free_dirty_bytes as u64)
+        .str(" decay_ms=");
+    match u64::try_from(crate::decay::decay_ms()) {
+        Ok(d) => m.dec(d),
+        Err(_) => m.str("-1"),
+    };
+    m.str(" background=")
+        .dec(u64::from(crate::decay::background_running()))
         .str("\n");
     flush(&mut m);
     m.str("  fast_hits=")

@@ -51,6 +51,23 @@ fn case_body(case: &str) {
                 announce(p);
                 raw::free(p);
             }
+            "interior_huge" => {
+                let p = raw::malloc(8 << 20).add(4096);
+                announce(p);
+                raw::free(p);
+            }
+            "free_in_kept_range" => {
+                // The freed 8 MiB range is kept; a 2 MiB block is split off
+                // its front; the rest of the range is free memory, not a
+                // block, and must be rejected without being touched.
+                let p = raw::malloc(8 << 20);
+                raw::free(p);
+                let q = raw::malloc(2 << 20);
+                assert_eq!(q, p, "the kept range is reused");
+                let r = p.add(2 << 20);
+                announce(r);
+                raw::free(r);
+            }
             "beyond_commit" => {
                 // 8 GiB above a heap block, where no heap chunk is mapped
                 // (or is a page-map leaf's GiB, but no span): must be
@@ -121,10 +138,12 @@ fn interior_pointers_abort() {
     expect_abort("interior_small", "free()");
     expect_abort("interior_large", "free()");
     expect_abort("usable_size_interior", "malloc_usable_size()");
+    expect_abort("interior_huge", "free()");
 }
 
 #[test]
 fn double_frees_abort() {
     expect_abort("double_free_large", "free()");
     expect_abort("double_free_huge", "free()");
+    expect_abort("free_in_kept_range", "free()");
 }

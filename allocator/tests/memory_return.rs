@@ -1,7 +1,8 @@
 //! Memory goes back to the OS: about 1 GiB in mixed sizes is allocated,
 //! touched, freed, then `trim()`; the resident set (from /proc/self/statm)
-//! must fall back to within `RSS_BOUND_BYTES` of where it started. Huge
-//! blocks are unmapped on free (checked in /proc/self/maps).
+//! must fall back to within `RSS_BOUND_BYTES` of where it started. Freed
+//! huge blocks stay mapped for reuse until they decay or `trim()` unmaps
+//! them (checked in /proc/self/maps; tests/decay.rs covers the decay).
 //!
 //! One test per binary process state: the tests here run sequentially in
 //! one function so that no other test's memory disturbs the RSS figures.
@@ -120,7 +121,10 @@ fn huge_blocks_are_unmapped() {
     let rss_before = rss_bytes();
     // SAFETY: live block.
     unsafe { raw::free(p) };
-    assert!(!mapped(p as usize), "huge block still mapped after free");
+    assert!(mapped(p as usize), "a freed huge block is kept for reuse");
+    assert_eq!(raw::stats().huge_kept_bytes, size);
+    assert!(raw::trim());
+    assert!(!mapped(p as usize), "huge block still mapped after trim");
     assert!(rss_bytes() + (60 << 20) <= rss_before);
     // realloc of a huge block keeps the data and the table consistent
     let p = raw::malloc(2 << 20);
@@ -135,6 +139,7 @@ fn huge_blocks_are_unmapped() {
         assert!(raw::usable_size(q) >= 32 << 20);
         raw::free(q);
     }
+    assert!(raw::trim());
     assert!(!mapped(q as usize));
 }
 
