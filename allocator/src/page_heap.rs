@@ -1419,7 +1419,10 @@ mod tests {
         h.check_invariants();
         assert_eq!(h.decay(now + 60_000, 60_000), u64::MAX);
         let st = h.stats();
-        assert_eq!((st.free_dirty_bytes, st.free_bytes), (0, clean + 16 * PAGE_BYTES));
+        assert_eq!(
+            (st.free_dirty_bytes, st.free_bytes),
+            (0, clean + 16 * PAGE_BYTES)
+        );
         h.check_invariants();
         // Released pages read as zero and are reported so.
         let (d, z) = h.alloc_span(16, 0, LARGE, 0).unwrap();

@@ -148,8 +148,11 @@ pub(crate) fn reclaim() -> bool {
         CENTRAL.get(class).flush(&HEAP, class);
     }
     let after = HEAP.stats().free_bytes;
+    // Kept huge ranges hold address space the heap may need (under an
+    // address-space limit a new chunk can fail for want of it).
+    let unmapped = global::HUGE.release_all();
     BUSY.store(false, Ordering::Release);
-    after > before
+    after > before || unmapped > 0
 }
 
 /// C `malloc` above the fast path's table: null with ENOMEM on failure.

@@ -42,9 +42,14 @@ fn ffi_free_errno_stats_cancellation_aligned_alloc() {
             .position(|l| *l == "rseq-malloc: stats")
             .unwrap_or_else(|| panic!("{what}: no report on stderr:\n{}", r.stderr));
         assert_eq!(r.stderr.matches("rseq-malloc: stats").count(), 1, "{what}");
-        for (i, prefix) in ["  mode=", "  mapped_bytes=", "  fast_hits="]
-            .iter()
-            .enumerate()
+        for (i, prefix) in [
+            "  mode=",
+            "  mapped_bytes=",
+            "  huge_kept_bytes=",
+            "  fast_hits=",
+        ]
+        .iter()
+        .enumerate()
         {
             assert!(
                 lines.get(at + 1 + i).is_some_and(|l| l.starts_with(prefix)),

@@ -72,8 +72,16 @@ fn is_mem(op: &str) -> bool {
 
 /// Counts the path from `sym`'s entry to its first `ret` in `objdump` output.
 fn path_of(disasm: &str, sym: &str) -> Path_ {
+    // The function may carry an alias's name in the disassembly (malloc and
+    // __libc_malloc share an address): find it by the exact name, or by the
+    // address `nm` gives for it (passed as `sym@addr`).
+    let (sym, addr) = sym.split_once('@').unwrap_or((sym, ""));
     let header = format!("<{sym}>:");
-    let mut lines = disasm.lines().skip_while(|l| !l.ends_with(&header));
+    let by_addr = format!("{addr:0>16} <");
+    let start = |l: &&str| {
+        l.ends_with(&header) || (!addr.is_empty() && l.starts_with(&by_addr) && l.ends_with(">:"))
+    };
+    let mut lines = disasm.lines().skip_while(|l| !start(l));
     assert!(
         lines.next().is_some(),
         "symbol {sym} not found in the disassembly"
@@ -131,6 +139,24 @@ fn path_of(disasm: &str, sym: &str) -> Path_ {
         }
     }
     panic!("{sym}: no ret found");
+}
+
+/// `sym@addr` with the symbol's address from `nm` (hex, no prefix).
+fn with_addr(file: &Path, sym: &str) -> String {
+    let out = Command::new("nm")
+        .arg(file)
+        .output()
+        .expect("nm (binutils) must be installed");
+    let text = String::from_utf8_lossy(&out.stdout);
+    let addr = text
+        .lines()
+        .find_map(|l| {
+            let mut w = l.split_whitespace();
+            let (a, _, name) = (w.next()?, w.next()?, w.next()?);
+            (name == sym).then(|| a.to_string())
+        })
+        .unwrap_or_else(|| panic!("{sym} not in the symbol table of {}", file.display()));
+    format!("{sym}@{addr}")
 }
 
 fn objdump(file: &Path) -> String {
@@ -265,9 +291,12 @@ fn fast_paths_match_the_golden_table() {
     let measured: Vec<(String, Path_)> = vec![
         (
             "librseq_malloc.so:malloc".into(),
-            path_of(&so_dis, "malloc"),
+            path_of(&so_dis, &with_addr(so, "malloc")),
         ),
-        ("librseq_malloc.so:free".into(), path_of(&so_dis, "free")),
+        (
+            "librseq_malloc.so:free".into(),
+            path_of(&so_dis, &with_addr(so, "free")),
+        ),
         (
             "user-default-release:RseqAlloc::alloc".into(),
             path_of(&user_dis, "golden_alloc"),
