@@ -277,10 +277,13 @@ pub unsafe fn push(base: *mut u8, class: usize, off: isize, idx: isize, item: *m
 
 // The fast sections (`pop_or_null`, `push_or_miss`) share the anatomy above
 // but report differently, so the caller's fast path needs no status
-// register: the pop's exits (unregistered, empty, exhausted) all leave a
-// null item; the push's exits all jump to the caller's `miss` label (an
-// `asm goto`), so a committed push falls straight through. `{st}` is only
-// the retry counter.
+// register: the pop's exits (unregistered, empty, aborted) all leave a null
+// item; the push's exits all jump to the caller's `miss` label (an `asm
+// goto`), so a committed push falls straight through. They do not retry an
+// aborted section themselves (that would need a counter register): an abort
+// counts itself and exits, and the caller's slow path runs the full
+// operation, whose retries are bounded by `MAX_RETRIES` - so a debugger
+// single-stepping malloc still gets through.
 macro_rules! rseq_fast_section {
     ($exit:expr ; $($body:expr),+ ; $($operands:tt)*) => {{
         #[cfg(feature = "inject-delay")]
@@ -289,7 +292,6 @@ macro_rules! rseq_fast_section {
             dl = out(reg) _,
             dsym = sym DELAY_LOOPS,
             aborts = sym ABORTS,
-            max = const MAX_RETRIES,
             shift = const REGION_SHIFT,
             sig = const crate::abi::RSEQ_SIG,
             $($operands)*
@@ -299,7 +301,6 @@ macro_rules! rseq_fast_section {
         asm!(
             rseq_fast_section!(@text $exit ; [$($body),+]),
             aborts = sym ABORTS,
-            max = const MAX_RETRIES,
             shift = const REGION_SHIFT,
             sig = const crate::abi::RSEQ_SIG,
             $($operands)*
@@ -308,8 +309,6 @@ macro_rules! rseq_fast_section {
     }};
     (@text $exit:expr ; [$($body:expr),+]) => {
         concat!(
-            "xor {st:e}, {st:e}\n",                        // retries = 0
-            "2:\n",
             "lea {tmp}, [rip + 3f]\n",                     // tmp = &descriptor
             "mov qword ptr fs:[{off} + 8], {tmp}\n",       // rseq->rseq_cs = tmp (arm)
             "4:\n",                                        // start_ip
@@ -326,10 +325,7 @@ macro_rules! rseq_fast_section {
             "6:\n",                                        // abort_ip
             "mov {tmp}, qword ptr [rip + {aborts}@GOTPCREL]\n", // tmp = &ABORTS
             "lock inc qword ptr [{tmp}]\n",                // ABORTS += 1
-            "inc {st:e}\n",                                // retries += 1
-            "cmp {st:e}, {max}\n",                         // if retries < MAX
-            "jb 2b\n",                                     //     goto arm again
-            "jmp 7b\n",                                    // exhausted: exit
+            "jmp 7b\n",                                    // exit: the slow path retries
             ".popsection\n",
             ".pushsection __rseq_cs, \"awR\"\n",
             ".balign 32\n",
@@ -351,7 +347,7 @@ macro_rules! rseq_fast_section {
 
 /// The fast pop: the top item of `class`'s stack in the current CPU's (or
 /// cid's) region, or null when nothing was popped (empty, unregistered
-/// thread, restarts exhausted). Nothing changed in the null case.
+/// thread, aborted). Nothing changed in the null case.
 ///
 /// # Safety
 /// As for [`pop`].
@@ -382,7 +378,6 @@ pub unsafe fn pop_or_null(base: *mut u8, class: usize, off: isize, idx: isize) -
             item = out(reg) item,
             tmp = out(reg) _,
             h = out(reg) _,
-            st = out(reg) _,
         );
     }
     item
@@ -390,7 +385,7 @@ pub unsafe fn pop_or_null(base: *mut u8, class: usize, off: isize, idx: isize) -
 
 /// The fast push: pushes `item` onto `class`'s stack in the current CPU's
 /// (or cid's) region and returns true, or returns false with nothing
-/// changed (full, unregistered thread, restarts exhausted). The false
+/// changed (full, unregistered thread, aborted). The false
 /// return is a jump out of the section, so a caller that tests it pays no
 /// status register.
 ///
@@ -425,7 +420,6 @@ pub unsafe fn push_or_miss(
             item = in(reg) item,
             tmp = out(reg) _,
             h = out(reg) _,
-            st = out(reg) _,
             miss = label { return false; },
         );
     }
