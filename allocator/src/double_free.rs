@@ -65,6 +65,16 @@ impl Drop for InFlight {
     }
 }
 
+/// In a fork child (one thread): moves that other threads had in flight
+/// will never finish (their objects are lost with the threads), so the
+/// in-progress counts restart at 0 and `is_free` is not left waiting.
+pub(crate) fn reset_after_fork() {
+    for w in MOVES.iter() {
+        let v = w.load(Ordering::Relaxed);
+        w.store(v & !(STARTED - 1), Ordering::Relaxed);
+    }
+}
+
 /// The first word of a free object on a span's free list whose successor
 /// is `next` (null for none), in a span starting at `span_base`.
 #[inline]

@@ -189,6 +189,7 @@ pub(crate) fn child() {
     // The background thread (if any) did not survive the fork: the child
     // re-creates it on its first slow path.
     crate::decay::fork_child();
+    crate::double_free::reset_after_fork();
     let cas = global::cache_ready() && SLABS.discipline() == rseq_sys::percpu::Discipline::Cas;
     if FORK_SINGLE.load(Ordering::Relaxed) {
         FORK_OWNER.store(0, Ordering::Relaxed);
