@@ -113,7 +113,7 @@ mod fork;
 mod global;
 // These have a few items used only by unit tests or kept for the C shim's
 // future use (HugeTable::count, RawLock::is_locked, HeapStats::
-// released_total_bytes, SpanId, SizeClass::capacity, util::fatal).
+// released_total_bytes, SpanId, SizeClass::capacity).
 mod api;
 #[allow(dead_code)]
 mod huge;
@@ -198,6 +198,10 @@ unsafe impl GlobalAlloc for RseqAlloc {
 /// twice is harmless.
 pub mod raw {
     use crate::global;
+
+    /// A message formatted on the stack (no allocation), for the C shim's
+    /// reports.
+    pub use crate::util::MsgBuf;
 
     /// The shim's counters (see `stats.rs` for the counting rules); the
     /// documented view is [`crate::Stats`].

@@ -48,7 +48,7 @@ fn enomem(p: *mut u8) -> *mut u8 {
 #[inline(never)]
 pub(crate) fn malloc_slow(class: SizeClass) -> *mut u8 {
     if FAST.cas_ready() {
-        let p = crate::cpu_cache::SLABS.pop_cas_or_null(class.index());
+        let p = crate::cpu_cache::SLABS.pop_fast(class.index());
         if !p.is_null() {
             // SAFETY: a free object of `class` the pop made ours.
             unsafe { fast::clear_mark(p) };
@@ -217,7 +217,7 @@ pub(crate) unsafe fn free_small_slow(p: *mut u8, class: SizeClass, who: &'static
     unsafe { p.cast::<u64>().write(key) };
     // SAFETY: non-null object start.
     let nn = unsafe { NonNull::new_unchecked(p) };
-    if FAST.cas_ready() && crate::cpu_cache::SLABS.push_cas_or_miss(class.index(), nn) {
+    if FAST.cas_ready() && crate::cpu_cache::SLABS.push_fast(class.index(), nn) {
         return;
     }
     if global::cache_ready() {

@@ -100,19 +100,43 @@ pub fn write_stderr(mut bytes: &[u8]) {
     }
 }
 
+/// Writes the message on stderr and aborts the process (without touching
+/// the heap): the end of every report below.
+#[cold]
+fn report_and_abort(m: &mut MsgBuf) -> ! {
+    m.flush_stderr();
+    // SAFETY: abort(3) has no preconditions; it does not return.
+    unsafe { libc::abort() }
+}
+
+/// `rseq-malloc: <who>: <what> 0x<ptr>`, then abort.
+#[cold]
+#[inline(never)]
+fn pointer_error(who: &str, what: &str, ptr: *const u8) -> ! {
+    let mut m = MsgBuf::new();
+    m.str("rseq-malloc: ")
+        .str(who)
+        .str(": ")
+        .str(what)
+        .str(" 0x")
+        .hex(ptr as usize as u64)
+        .str("\n");
+    report_and_abort(&mut m)
+}
+
 /// Reports a double free and aborts: `rseq-malloc: <who>: double free 0x...`.
 #[cold]
 #[inline(never)]
 pub fn double_free(who: &str, ptr: *const u8) -> ! {
-    let mut m = MsgBuf::new();
-    m.str("rseq-malloc: ")
-        .str(who)
-        .str(": double free 0x")
-        .hex(ptr as usize as u64)
-        .str("\n");
-    m.flush_stderr();
-    // SAFETY: abort(3) has no preconditions; it does not return.
-    unsafe { libc::abort() }
+    pointer_error(who, "double free", ptr)
+}
+
+/// Prints `rseq-malloc: <who>: invalid pointer 0x<hex>` and aborts the
+/// process without touching the heap.
+#[cold]
+#[inline(never)]
+pub fn invalid_pointer(who: &str, ptr: *const u8) -> ! {
+    pointer_error(who, "invalid pointer", ptr)
 }
 
 /// Reports a free object whose free-list word was overwritten (a write
@@ -124,9 +148,7 @@ pub fn corrupted_free_object(ptr: *const u8) -> ! {
     m.str("rseq-malloc: heap corruption: free block 0x")
         .hex(ptr as usize as u64)
         .str(" was written after free\n");
-    m.flush_stderr();
-    // SAFETY: abort(3) has no preconditions; it does not return.
-    unsafe { libc::abort() }
+    report_and_abort(&mut m)
 }
 
 /// Reports a sized free whose size does not match the block and aborts.
@@ -143,37 +165,7 @@ pub fn size_mismatch(who: &str, ptr: *const u8, size: usize, block: usize) -> ! 
         .str(" of ")
         .dec(block as u64)
         .str(" bytes\n");
-    m.flush_stderr();
-    // SAFETY: abort(3) has no preconditions; it does not return.
-    unsafe { libc::abort() }
-}
-
-/// Prints `rseq-malloc: <who>: invalid pointer 0x<hex>` and aborts the
-/// process without touching the heap.
-#[cold]
-#[inline(never)]
-pub fn invalid_pointer(who: &str, ptr: *const u8) -> ! {
-    let mut m = MsgBuf::new();
-    m.str("rseq-malloc: ")
-        .str(who)
-        .str(": invalid pointer 0x")
-        .hex(ptr as usize as u64)
-        .str("\n");
-    m.flush_stderr();
-    // SAFETY: abort(3) has no preconditions; it does not return.
-    unsafe { libc::abort() }
-}
-
-/// Prints `rseq-malloc: fatal: <what>` and aborts (internal corruption that
-/// cannot be recovered from).
-#[cold]
-#[inline(never)]
-pub fn fatal(what: &str) -> ! {
-    let mut m = MsgBuf::new();
-    m.str("rseq-malloc: fatal: ").str(what).str("\n");
-    m.flush_stderr();
-    // SAFETY: abort(3) has no preconditions; it does not return.
-    unsafe { libc::abort() }
+    report_and_abort(&mut m)
 }
 
 /// The kernel thread id of the caller (`gettid(2)`), never 0.

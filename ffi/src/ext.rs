@@ -5,6 +5,7 @@
 use core::ffi::{c_char, c_int, c_longlong, c_void};
 
 use crate::{calloc, free, malloc, memalign, pvalloc, realloc, set_errno, valloc};
+use rseq_alloc::raw::MsgBuf;
 
 // ---------------------------------------------------------------------------
 // glibc aliases
@@ -94,62 +95,76 @@ pub unsafe extern "C" fn __libc_pvalloc(size: usize) -> *mut c_void {
 // malloc_info
 // ---------------------------------------------------------------------------
 
-/// A line buffer on the stack (the output goes through stdio, which may
-/// allocate: that is ours and re-entrant-safe, as for any `fprintf`).
-struct Line {
-    buf: [u8; 160],
-    len: usize,
+/// Writes `m` to `fp` and empties it; false on a short write (the output
+/// goes through stdio, which may allocate: that is ours and re-entrant-safe,
+/// as for any `fprintf`).
+///
+/// # Safety
+/// `fp` is an open stdio stream.
+unsafe fn put(m: &mut MsgBuf, fp: *mut libc::FILE) -> bool {
+    let bytes = m.as_bytes();
+    // SAFETY: `bytes` is initialised; `fp` is open (caller).
+    let n = unsafe { libc::fwrite(bytes.as_ptr().cast(), 1, bytes.len(), fp) };
+    let ok = n == bytes.len();
+    *m = MsgBuf::new();
+    ok
 }
 
-impl Line {
-    fn new() -> Line {
-        Line {
-            buf: [0; 160],
-            len: 0,
-        }
+/// The `<total>`, `<system>` and `<aspace>` elements glibc writes for a heap
+/// and again for the whole process; `mmap` is `(count, bytes)` of the
+/// directly mapped blocks (the process part only).
+///
+/// # Safety
+/// `fp` is an open stdio stream.
+unsafe fn put_totals(
+    fp: *mut libc::FILE,
+    cached: u64,
+    rest: u64,
+    mmap: Option<(u64, u64)>,
+    current: u64,
+    peak: u64,
+) -> bool {
+    let mut m = MsgBuf::new();
+    let mut ok = true;
+    // SAFETY: `fp` is open (caller's contract), for every call below.
+    let mut emit = |m: &mut MsgBuf| ok &= unsafe { put(m, fp) };
+    for (kind, v) in [("fast", cached), ("rest", rest)] {
+        emit(
+            m.str("<total type=\"")
+                .str(kind)
+                .str("\" count=\"0\" size=\"")
+                .dec(v)
+                .str("\"/>\n"),
+        );
     }
-
-    fn str(&mut self, s: &str) -> &mut Line {
-        for &b in s.as_bytes() {
-            if self.len < self.buf.len() {
-                self.buf[self.len] = b;
-                self.len += 1;
-            }
-        }
-        self
+    if let Some((count, bytes)) = mmap {
+        emit(
+            m.str("<total type=\"mmap\" count=\"")
+                .dec(count)
+                .str("\" size=\"")
+                .dec(bytes)
+                .str("\"/>\n"),
+        );
     }
-
-    fn dec(&mut self, mut v: u64) -> &mut Line {
-        let mut tmp = [0u8; 20];
-        let mut i = tmp.len();
-        loop {
-            i -= 1;
-            tmp[i] = b'0' + (v % 10) as u8;
-            v /= 10;
-            if v == 0 {
-                break;
-            }
-        }
-        for &b in &tmp[i..] {
-            if self.len < self.buf.len() {
-                self.buf[self.len] = b;
-                self.len += 1;
-            }
-        }
-        self
+    for (kind, v) in [("current", current), ("max", peak)] {
+        emit(
+            m.str("<system type=\"")
+                .str(kind)
+                .str("\" size=\"")
+                .dec(v)
+                .str("\"/>\n"),
+        );
     }
-
-    /// Writes the line to `fp`; false on a short write.
-    ///
-    /// # Safety
-    /// `fp` is an open stdio stream.
-    unsafe fn put(&mut self, fp: *mut libc::FILE) -> bool {
-        // SAFETY: `buf[..len]` is initialised; `fp` is open (caller).
-        let n = unsafe { libc::fwrite(self.buf.as_ptr().cast(), 1, self.len, fp) };
-        let ok = n == self.len;
-        self.len = 0;
-        ok
+    for kind in ["total", "mprotect"] {
+        emit(
+            m.str("<aspace type=\"")
+                .str(kind)
+                .str("\" size=\"")
+                .dec(current)
+                .str("\"/>\n"),
+        );
     }
+    ok
 }
 
 /// `malloc_info(options, fp)`: our numbers in the XML shape glibc uses
@@ -173,70 +188,18 @@ pub unsafe extern "C" fn malloc_info(options: c_int, fp: *mut libc::FILE) -> c_i
         .saturating_sub(s.cached) as u64;
     let cached = s.cached as u64;
     let peak = s.peak_mapped.max(s.mapped) as u64;
-    let mut l = Line::new();
-    let mut ok = true;
-    let mut put = |l: &mut Line| {
-        // SAFETY: `fp` is open (caller's contract).
-        ok &= unsafe { l.put(fp) };
+    let huge = Some((s.huge_blocks as u64, s.huge as u64));
+    let mut m = MsgBuf::new();
+    // SAFETY: `fp` is open (caller's contract), for every call below.
+    let ok = unsafe {
+        put(
+            m.str("<malloc version=\"1\">\n<heap nr=\"0\">\n<sizes>\n</sizes>\n"),
+            fp,
+        ) & put_totals(fp, cached, rest, None, heap, peak)
+            & put(m.str("</heap>\n"), fp)
+            & put_totals(fp, cached, rest, huge, s.mapped as u64, peak)
+            & put(m.str("</malloc>\n"), fp)
     };
-    put(l.str("<malloc version=\"1\">\n<heap nr=\"0\">\n<sizes>\n</sizes>\n"));
-    put(l
-        .str("<total type=\"fast\" count=\"0\" size=\"")
-        .dec(cached)
-        .str("\"/>\n"));
-    put(l
-        .str("<total type=\"rest\" count=\"0\" size=\"")
-        .dec(rest)
-        .str("\"/>\n"));
-    for (kind, v) in [("current", heap), ("max", peak)] {
-        put(l
-            .str("<system type=\"")
-            .str(kind)
-            .str("\" size=\"")
-            .dec(v)
-            .str("\"/>\n"));
-    }
-    for kind in ["total", "mprotect"] {
-        put(l
-            .str("<aspace type=\"")
-            .str(kind)
-            .str("\" size=\"")
-            .dec(heap)
-            .str("\"/>\n"));
-    }
-    put(l.str("</heap>\n"));
-    put(l
-        .str("<total type=\"fast\" count=\"0\" size=\"")
-        .dec(cached)
-        .str("\"/>\n"));
-    put(l
-        .str("<total type=\"rest\" count=\"0\" size=\"")
-        .dec(rest)
-        .str("\"/>\n"));
-    put(l
-        .str("<total type=\"mmap\" count=\"")
-        .dec(s.huge_blocks as u64)
-        .str("\" size=\"")
-        .dec(s.huge as u64)
-        .str("\"/>\n"));
-    let mapped = s.mapped as u64;
-    for (kind, v) in [("current", mapped), ("max", peak)] {
-        put(l
-            .str("<system type=\"")
-            .str(kind)
-            .str("\" size=\"")
-            .dec(v)
-            .str("\"/>\n"));
-    }
-    for kind in ["total", "mprotect"] {
-        put(l
-            .str("<aspace type=\"")
-            .str(kind)
-            .str("\" size=\"")
-            .dec(mapped)
-            .str("\"/>\n"));
-    }
-    put(l.str("</malloc>\n"));
     if ok {
         0
     } else {

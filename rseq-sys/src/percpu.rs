@@ -464,31 +464,29 @@ impl PerCpuSlabs {
     }
 
     /// The fast path of [`pop`](Self::pop): the item, or null on any miss
-    /// (empty, unregistered thread, uninitialised region, exhausted
-    /// restarts, inert structure). Nothing is fixed up here: on null, call
-    /// [`pop`](Self::pop), which registers the thread or initialises the
-    /// region when that is what was missing. Returns a raw pointer so the
-    /// caller's fast path needs no stack frame.
+    /// (empty, unregistered thread, uninitialised region, aborted section,
+    /// busy CAS lock, inert structure). Nothing is fixed up here: on null,
+    /// call [`pop`](Self::pop), which registers the thread or initialises
+    /// the region when that is what was missing. Returns a raw pointer so the
+    /// caller's fast path needs no stack frame. (A caller that keeps the
+    /// rseq parameters itself, like the allocator's front end, calls
+    /// [`arch::pop_or_null`] with [`fast_params`](Self::fast_params).)
     #[inline(always)]
     pub fn pop_fast(&self, class: usize) -> *mut u8 {
         debug_assert!(class < MAX_CLASSES);
         if self.rseq.load(Ordering::Relaxed) {
             // SAFETY: as in `pop`.
-            let (item, st) = unsafe {
-                arch::pop(
+            return unsafe {
+                arch::pop_or_null(
                     self.base.load(Ordering::Relaxed),
                     class,
                     self.off.load(Ordering::Relaxed),
                     self.idx.load(Ordering::Relaxed),
                 )
             };
-            return if st == arch::STATUS_OK {
-                item
-            } else {
-                core::ptr::null_mut()
-            };
         }
-        self.pop_cas_ptr(class)
+        self.pop_cas(class)
+            .map_or(core::ptr::null_mut(), NonNull::as_ptr)
     }
 
     /// The fast path of [`push`](Self::push): true if `item` was pushed;
@@ -498,8 +496,8 @@ impl PerCpuSlabs {
         debug_assert!(class < MAX_CLASSES);
         if self.rseq.load(Ordering::Relaxed) {
             // SAFETY: as in `pop`.
-            let st = unsafe {
-                arch::push(
+            return unsafe {
+                arch::push_or_miss(
                     self.base.load(Ordering::Relaxed),
                     class,
                     self.off.load(Ordering::Relaxed),
@@ -507,68 +505,8 @@ impl PerCpuSlabs {
                     item.as_ptr(),
                 )
             };
-            return st == arch::STATUS_OK;
         }
-        self.push_cas_bool(class, item)
-    }
-
-    /// The CAS discipline's fast pop for a caller's own fast path: the item,
-    /// or null on any miss (empty, busy stack lock, region not initialised
-    /// yet, structure not in CAS discipline); on null call [`pop`](Self::pop),
-    /// which fixes what can be fixed.
-    #[inline]
-    pub fn pop_cas_or_null(&self, class: usize) -> *mut u8 {
-        let Some((region, lock)) = self.try_lock_cas_quick(class) else {
-            return core::ptr::null_mut();
-        };
-        let [current, _, begin, _] = self.header(region, class);
-        let cur = current.load(Ordering::Relaxed);
-        let mut item = core::ptr::null_mut();
-        if cur > begin.load(Ordering::Relaxed) {
-            // SAFETY: the slot is below `current`, so it holds a pushed,
-            // non-null item, and we hold the stack lock.
-            item = unsafe { self.slot(region, cur as usize - 1).read() };
-            current.store(cur - 1, Ordering::Relaxed);
-        }
-        lock.store(0, Ordering::Release);
-        item
-    }
-
-    /// The CAS discipline's fast push: true if pushed; on false (full, busy,
-    /// not initialised, not CAS) call [`push`](Self::push).
-    #[inline]
-    pub fn push_cas_or_miss(&self, class: usize, item: NonNull<u8>) -> bool {
-        let Some((region, lock)) = self.try_lock_cas_quick(class) else {
-            return false;
-        };
-        let [current, end, _, _] = self.header(region, class);
-        let cur = current.load(Ordering::Relaxed);
-        let ok = cur < end.load(Ordering::Relaxed);
-        if ok {
-            // SAFETY: `cur < end` is a free slot of this class; we hold the lock.
-            unsafe { self.slot(region, cur as usize).write(item.as_ptr()) };
-            current.store(cur + 1, Ordering::Relaxed);
-        }
-        lock.store(0, Ordering::Release);
-        ok
-    }
-
-    /// One uncontended try at the stack lock of `class` in this CPU's
-    /// region, if that region is initialised and the discipline is CAS.
-    #[inline(always)]
-    fn try_lock_cas_quick(&self, class: usize) -> Option<(*mut u8, &AtomicU16)> {
-        if self.discipline.load(Ordering::Acquire) != D_CAS || class >= MAX_CLASSES {
-            return None;
-        }
-        let region = self.region(self.current_region_cas());
-        if self.control(region).0.load(Ordering::Acquire) != 1 {
-            return None;
-        }
-        let [_, _, _, lock] = self.header(region, class);
-        lock.compare_exchange(0, 1, Ordering::Acquire, Ordering::Relaxed)
-            .ok()?;
-        self.count_cas_op(region);
-        Some((region, lock))
+        self.push_cas(class, item).is_ok()
     }
 
     #[inline(never)]
@@ -579,17 +517,6 @@ impl PerCpuSlabs {
     #[inline(never)]
     fn push_cas_outlined(&self, class: usize, item: NonNull<u8>) -> Result<(), OpError> {
         self.push_cas(class, item)
-    }
-
-    #[inline(never)]
-    fn pop_cas_ptr(&self, class: usize) -> *mut u8 {
-        self.pop_cas(class)
-            .map_or(core::ptr::null_mut(), NonNull::as_ptr)
-    }
-
-    #[inline(never)]
-    fn push_cas_bool(&self, class: usize, item: NonNull<u8>) -> bool {
-        self.push_cas(class, item).is_ok()
     }
 
     /// Pops one item from the current CPU's stack of `class`.

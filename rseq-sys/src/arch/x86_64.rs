@@ -112,20 +112,16 @@ macro_rules! delay {
     };
 }
 
-// Emits one asm! block: `$body` is the section from start_ip (label 4) to
-// the commit store inclusive; it may jump to 7 (unregistered) and 8 (miss).
-// Register `{tmp}` holds the descriptor address while arming and is free
-// inside the body; `{st}` counts retries until an exit sets the status,
-// and must not be touched by the body.
-macro_rules! rseq_section {
-    ($($body:expr),+ ; $($operands:tt)*) => {{
+// Emits one asm! block with the operands every section uses (`aborts`,
+// `shift`, `sig`, and the delay loop's under `inject-delay`).
+macro_rules! rseq_asm {
+    ($text:expr ; $($operands:tt)*) => {{
         #[cfg(feature = "inject-delay")]
         asm!(
-            rseq_section!(@text [$($body),+]),
+            $text,
             dl = out(reg) _,
             dsym = sym DELAY_LOOPS,
             aborts = sym ABORTS,
-            max = const MAX_RETRIES,
             shift = const REGION_SHIFT,
             sig = const crate::abi::RSEQ_SIG,
             $($operands)*
@@ -133,18 +129,26 @@ macro_rules! rseq_section {
         );
         #[cfg(not(feature = "inject-delay"))]
         asm!(
-            rseq_section!(@text [$($body),+]),
+            $text,
             aborts = sym ABORTS,
-            max = const MAX_RETRIES,
             shift = const REGION_SHIFT,
             sig = const crate::abi::RSEQ_SIG,
             $($operands)*
             options(nostack),
         );
     }};
-    (@text [$($body:expr),+]) => {
+}
+
+// The text of one section, the anatomy in the module doc: `pre` runs before
+// arming, `body` is the section from start_ip (label 4) to the commit store
+// inclusive and may jump to 7 (unregistered) and 8 (miss), `post` follows
+// the commit, `exits` (out of line) defines labels 7 and 8, `abort` follows
+// the abort handler's count. Register `{tmp}` holds the descriptor address
+// while arming and is free inside the body.
+macro_rules! section_text {
+    ([$($pre:expr),*] [$($body:expr),+] [$($post:expr),*] [$($exits:expr),+] [$($abort:expr),+]) => {
         concat!(
-            "xor {st:e}, {st:e}\n",                        // retries = 0 (st doubles as the counter)
+            $($pre,)*
             "2:\n",
             "lea {tmp}, [rip + 3f]\n",                     // tmp = &descriptor
             "mov qword ptr fs:[{off} + 8], {tmp}\n",       // rseq->rseq_cs = tmp (arm)
@@ -154,29 +158,19 @@ macro_rules! rseq_section {
             "js 7f\n",                                     //     goto unregistered
             $($body,)+
             "5:\n",                                        // post-commit
-            "xor {st:e}, {st:e}\n",                        // status = OK
-            "9:\n",
+            $($post,)*
             // Everything else is out of line, so the committed path falls
             // straight through. The abort handler's signature is the 32-bit
             // displacement of `ud1 disp32(%rip), %edi` (0f b9 3d), so a
             // disassembler reads it as one instruction.
             ".pushsection __rseq_abort, \"ax\"\n",
-            "7:\n",                                        // unregistered:
-            "mov {st:e}, 2\n",                             // status = UNREGISTERED
-            "jmp 9b\n",
-            "8:\n",                                        // miss:
-            "mov {st:e}, 1\n",                             // status = MISS
-            "jmp 9b\n",
+            $($exits,)+
             ".byte 0x0f, 0xb9, 0x3d\n",
             ".long {sig}\n",
             "6:\n",                                        // abort_ip
             "mov {tmp}, qword ptr [rip + {aborts}@GOTPCREL]\n", // tmp = &ABORTS
             "lock inc qword ptr [{tmp}]\n",                // ABORTS += 1
-            "inc {st:e}\n",                                // retries += 1
-            "cmp {st:e}, {max}\n",                         // if retries < MAX
-            "jb 2b\n",                                     //     goto arm again
-            "mov {st:e}, 3\n",                             // status = EXHAUSTED
-            "jmp 9b\n",
+            $($abort,)+
             ".popsection\n",
             // The descriptor (struct rseq_cs) and the debugger tables.
             ".pushsection __rseq_cs, \"awR\"\n",
@@ -194,6 +188,90 @@ macro_rules! rseq_section {
             ".quad 4b, 7b\n",                              // (start_ip, exit_ip) pairs
             ".quad 4b, 8b\n",
             ".popsection\n",
+        )
+    };
+}
+
+// A section that reports a status in `{st}` and retries aborts itself:
+// `{st}` counts retries until an exit sets the status, and must not be
+// touched by the body.
+macro_rules! rseq_section {
+    ($($body:expr),+ ; $($operands:tt)*) => {
+        rseq_asm!(
+            section_text!(
+                ["xor {st:e}, {st:e}\n"]                  // retries = 0 (st doubles as the counter)
+                [$($body),+]
+                ["xor {st:e}, {st:e}\n", "9:\n"]          // status = OK
+                [
+                    "7:\n",                                // unregistered:
+                    "mov {st:e}, 2\n",                     // status = UNREGISTERED
+                    "jmp 9b\n",
+                    "8:\n",                                // miss:
+                    "mov {st:e}, 1\n",                     // status = MISS
+                    "jmp 9b\n"
+                ]
+                [
+                    "inc {st:e}\n",                        // retries += 1
+                    "cmp {st:e}, {max}\n",                 // if retries < MAX
+                    "jb 2b\n",                             //     goto arm again
+                    "mov {st:e}, 3\n",                     // status = EXHAUSTED
+                    "jmp 9b\n"
+                ]
+            );
+            max = const MAX_RETRIES,
+            $($operands)*
+        )
+    };
+}
+
+// The fast sections (`pop_or_null`, `push_or_miss`) report differently, so
+// the caller's fast path needs no status register: every exit (unregistered,
+// miss, aborted) runs `$exit` - the pop's leaves a null item, the push's
+// jumps to the caller's `miss` label (an `asm goto`), so a committed push
+// falls straight through. They do not retry an aborted section themselves
+// (that would need a counter register): an abort counts itself and exits,
+// and the caller's slow path runs the full operation, whose retries are
+// bounded by `MAX_RETRIES` - so a debugger single-stepping malloc still
+// gets through.
+macro_rules! rseq_fast_section {
+    ($exit:expr ; $($body:expr),+ ; $($operands:tt)*) => {
+        rseq_asm!(
+            section_text!([] [$($body),+] [] ["7:\n", "8:\n", $exit] ["jmp 7b\n"]);
+            $($operands)*
+        )
+    };
+}
+
+// The single-item bodies, shared by the full and the fast sections.
+macro_rules! pop_body {
+    () => {
+        concat!(
+            "mov {tmp:e}, dword ptr fs:[{idx}]\n", // tmp = rseq->(cpu_id | mm_cid)
+            "shl {tmp}, {shift}\n",                // tmp = base + (tmp << SHIFT)
+            "add {tmp}, {base}\n",
+            "movzx {h:e}, word ptr [{tmp} + {class}*8]\n", // cur = hdr[class].current
+            "cmp {h:x}, word ptr [{tmp} + {class}*8 + 4]\n", // if cur <= hdr[class].begin
+            "jbe 8f\n",                                    //     goto miss (empty)
+            "mov {item}, qword ptr [{tmp} + {h}*8 - 8]\n", // item = region[cur - 1]
+            "dec {h:e}\n",                                 // cur -= 1
+            delay!(),
+            "mov word ptr [{tmp} + {class}*8], {h:x}\n", // commit: hdr[class].current = cur
+        )
+    };
+}
+macro_rules! push_body {
+    () => {
+        concat!(
+            "mov {tmp:e}, dword ptr fs:[{idx}]\n", // tmp = rseq->(cpu_id | mm_cid)
+            "shl {tmp}, {shift}\n",                // tmp = base + (tmp << SHIFT)
+            "add {tmp}, {base}\n",
+            "movzx {h:e}, word ptr [{tmp} + {class}*8]\n", // cur = hdr[class].current
+            "cmp {h:x}, word ptr [{tmp} + {class}*8 + 2]\n", // if cur >= hdr[class].end
+            "jae 8f\n",                                    //     goto miss (full)
+            "mov qword ptr [{tmp} + {h}*8], {item}\n",     // region[cur] = item
+            "inc {h:e}\n",                                 // cur += 1
+            delay!(),
+            "mov word ptr [{tmp} + {class}*8], {h:x}\n", // commit: hdr[class].current = cur
         )
     };
 }
@@ -216,16 +294,7 @@ pub unsafe fn pop(base: *mut u8, class: usize, off: isize, idx: isize) -> (*mut 
     // `current` bounds checked against the header, and commits with one store.
     unsafe {
         rseq_section!(
-            "mov {tmp:e}, dword ptr fs:[{idx}]\n",              // tmp = rseq->(cpu_id | mm_cid)
-            "shl {tmp}, {shift}\n",                                // tmp = base + (tmp << SHIFT)
-            "add {tmp}, {base}\n",
-            "movzx {h:e}, word ptr [{tmp} + {class}*8]\n",      // cur = hdr[class].current
-            "cmp {h:x}, word ptr [{tmp} + {class}*8 + 4]\n",    // if cur <= hdr[class].begin
-            "jbe 8f\n",                                         //     goto miss (empty)
-            "mov {item}, qword ptr [{tmp} + {h}*8 - 8]\n",      // item = region[cur - 1]
-            "dec {h:e}\n",                                      // cur -= 1
-            delay!(),
-            "mov word ptr [{tmp} + {class}*8], {h:x}\n";        // commit: hdr[class].current = cur
+            pop_body!();
             off = in(reg) off,
             idx = in(reg) idx,
             base = in(reg) base,
@@ -252,16 +321,7 @@ pub unsafe fn push(base: *mut u8, class: usize, off: isize, idx: isize, item: *m
     // the commit store.
     unsafe {
         rseq_section!(
-            "mov {tmp:e}, dword ptr fs:[{idx}]\n",              // tmp = rseq->(cpu_id | mm_cid)
-            "shl {tmp}, {shift}\n",                                // tmp = base + (tmp << SHIFT)
-            "add {tmp}, {base}\n",
-            "movzx {h:e}, word ptr [{tmp} + {class}*8]\n",      // cur = hdr[class].current
-            "cmp {h:x}, word ptr [{tmp} + {class}*8 + 2]\n",    // if cur >= hdr[class].end
-            "jae 8f\n",                                         //     goto miss (full)
-            "mov qword ptr [{tmp} + {h}*8], {item}\n",          // region[cur] = item
-            "inc {h:e}\n",                                      // cur += 1
-            delay!(),
-            "mov word ptr [{tmp} + {class}*8], {h:x}\n";        // commit: hdr[class].current = cur
+            push_body!();
             off = in(reg) off,
             idx = in(reg) idx,
             base = in(reg) base,
@@ -273,76 +333,6 @@ pub unsafe fn push(base: *mut u8, class: usize, off: isize, idx: isize, item: *m
         );
     }
     status
-}
-
-// The fast sections (`pop_or_null`, `push_or_miss`) share the anatomy above
-// but report differently, so the caller's fast path needs no status
-// register: the pop's exits (unregistered, empty, aborted) all leave a null
-// item; the push's exits all jump to the caller's `miss` label (an `asm
-// goto`), so a committed push falls straight through. They do not retry an
-// aborted section themselves (that would need a counter register): an abort
-// counts itself and exits, and the caller's slow path runs the full
-// operation, whose retries are bounded by `MAX_RETRIES` - so a debugger
-// single-stepping malloc still gets through.
-macro_rules! rseq_fast_section {
-    ($exit:expr ; $($body:expr),+ ; $($operands:tt)*) => {{
-        #[cfg(feature = "inject-delay")]
-        asm!(
-            rseq_fast_section!(@text $exit ; [$($body),+]),
-            dl = out(reg) _,
-            dsym = sym DELAY_LOOPS,
-            aborts = sym ABORTS,
-            shift = const REGION_SHIFT,
-            sig = const crate::abi::RSEQ_SIG,
-            $($operands)*
-            options(nostack),
-        );
-        #[cfg(not(feature = "inject-delay"))]
-        asm!(
-            rseq_fast_section!(@text $exit ; [$($body),+]),
-            aborts = sym ABORTS,
-            shift = const REGION_SHIFT,
-            sig = const crate::abi::RSEQ_SIG,
-            $($operands)*
-            options(nostack),
-        );
-    }};
-    (@text $exit:expr ; [$($body:expr),+]) => {
-        concat!(
-            "lea {tmp}, [rip + 3f]\n",                     // tmp = &descriptor
-            "mov qword ptr fs:[{off} + 8], {tmp}\n",       // rseq->rseq_cs = tmp (arm)
-            "4:\n",                                        // start_ip
-            "mov {tmp:e}, dword ptr fs:[{off} + 4]\n",     // tmp = rseq->cpu_id
-            "test {tmp:e}, {tmp:e}\n",                     // if (s32)tmp < 0
-            "js 7f\n",                                     //     goto exit (unregistered)
-            $($body,)+
-            "5:\n",                                        // post-commit
-            ".pushsection __rseq_abort, \"ax\"\n",
-            "7:\n",                                        // exit (unregistered, miss)
-            $exit,
-            ".byte 0x0f, 0xb9, 0x3d\n",
-            ".long {sig}\n",
-            "6:\n",                                        // abort_ip
-            "mov {tmp}, qword ptr [rip + {aborts}@GOTPCREL]\n", // tmp = &ABORTS
-            "lock inc qword ptr [{tmp}]\n",                // ABORTS += 1
-            "jmp 7b\n",                                    // exit: the slow path retries
-            ".popsection\n",
-            ".pushsection __rseq_cs, \"awR\"\n",
-            ".balign 32\n",
-            "3:\n",
-            ".long 0, 0\n",                                // version, flags
-            ".quad 4b, 5b - 4b, 6b\n",                     // start_ip, post_commit_offset, abort_ip
-            ".popsection\n",
-            ".pushsection __rseq_cs_ptr_array, \"awR\"\n",
-            ".balign 8\n",
-            ".quad 3b\n",
-            ".popsection\n",
-            ".pushsection __rseq_exit_point_array, \"awR\"\n",
-            ".balign 8\n",
-            ".quad 4b, 7b\n",                              // (start_ip, exit_ip)
-            ".popsection\n",
-        )
-    };
 }
 
 /// The fast pop: the top item of `class`'s stack in the current CPU's (or
@@ -361,16 +351,7 @@ pub unsafe fn pop_or_null(base: *mut u8, class: usize, off: isize, idx: isize) -
                 "xor {item:e}, {item:e}\n",                 // item = null
                 "jmp 5b\n",
             );
-            "mov {tmp:e}, dword ptr fs:[{idx}]\n",              // tmp = rseq->(cpu_id | mm_cid)
-            "shl {tmp}, {shift}\n",                             // tmp = base + (tmp << SHIFT)
-            "add {tmp}, {base}\n",
-            "movzx {h:e}, word ptr [{tmp} + {class}*8]\n",      // cur = hdr[class].current
-            "cmp {h:x}, word ptr [{tmp} + {class}*8 + 4]\n",    // if cur <= hdr[class].begin
-            "jbe 7f\n",                                         //     goto exit (empty)
-            "mov {item}, qword ptr [{tmp} + {h}*8 - 8]\n",      // item = region[cur - 1]
-            "dec {h:e}\n",                                      // cur -= 1
-            delay!(),
-            "mov word ptr [{tmp} + {class}*8], {h:x}\n";        // commit: hdr[class].current = cur
+            pop_body!();
             off = in(reg) off,
             idx = in(reg) idx,
             base = in(reg) base,
@@ -403,16 +384,7 @@ pub unsafe fn push_or_miss(
     unsafe {
         rseq_fast_section!(
             "jmp {miss}\n";
-            "mov {tmp:e}, dword ptr fs:[{idx}]\n",              // tmp = rseq->(cpu_id | mm_cid)
-            "shl {tmp}, {shift}\n",                             // tmp = base + (tmp << SHIFT)
-            "add {tmp}, {base}\n",
-            "movzx {h:e}, word ptr [{tmp} + {class}*8]\n",      // cur = hdr[class].current
-            "cmp {h:x}, word ptr [{tmp} + {class}*8 + 2]\n",    // if cur >= hdr[class].end
-            "jae 7f\n",                                         //     goto exit (full)
-            "mov qword ptr [{tmp} + {h}*8], {item}\n",          // region[cur] = item
-            "inc {h:e}\n",                                      // cur += 1
-            delay!(),
-            "mov word ptr [{tmp} + {class}*8], {h:x}\n";        // commit: hdr[class].current = cur
+            push_body!();
             off = in(reg) off,
             idx = in(reg) idx,
             base = in(reg) base,
