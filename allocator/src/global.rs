@@ -312,11 +312,10 @@ pub(crate) enum Block<'a> {
 pub(crate) fn classify(p: *mut u8, who: &str) -> Block<'static> {
     let addr = p as usize;
     if let Some((_, entry)) = HEAP.map.lookup(addr) {
-        let (class_idx, page_in_span) = PageMap::small_of(entry);
+        let class_idx = PageMap::entry_class(entry);
         if let Some(class) = SizeClass::from_index(class_idx) {
             // A page of small objects: the entry alone gives the class, the
             // offset from the span start and the page's object-start limit.
-            let _ = page_in_span;
             match PageMap::small_offset(entry, addr) {
                 Some(off) if crate::fast::FAST.divides(class_idx, off) => {
                     return Block::Small(class)
@@ -341,7 +340,7 @@ fn classify_span(p: *mut u8, id: u32, who: &str) -> Block<'static> {
                 if let Some(class) = SizeClass::from_index(s.class() as usize) {
                     let off = addr.wrapping_sub(start);
                     if off < s.pages() << PAGE_SHIFT
-                        && class.index_of_offset(off) * class.size_bytes() == off
+                        && crate::fast::FAST.divides(class.index(), off)
                     {
                         return Block::Small(class);
                     }

@@ -279,10 +279,7 @@ impl PageMap {
     /// means "not a page of small objects".
     #[inline(always)]
     pub fn small_of(entry: u64) -> (usize, usize) {
-        (
-            ((entry >> 40) & 0xff) as usize,
-            ((entry >> 32) & 0xff) as usize,
-        )
+        (Self::entry_class(entry), ((entry >> 32) & 0xff) as usize)
     }
 }
 

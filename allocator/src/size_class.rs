@@ -254,8 +254,7 @@ pub const CPU_CACHE_TOTAL_SLOTS: usize = total_capacity();
 const _: () = assert!(NUM_CLASSES <= rseq_sys::percpu::MAX_CLASSES);
 const _: () = assert!(CPU_CACHE_TOTAL_SLOTS <= rseq_sys::percpu::MAX_SLOTS);
 
-const SMALL_LOOKUP_MAX: usize = 1024;
-const SMALL_LOOKUP_LEN: usize = SMALL_LOOKUP_MAX / 8 + 1;
+const SMALL_LOOKUP_LEN: usize = fast_table_len(3);
 const LARGE_LOOKUP_LEN: usize = MAX_SMALL_BYTES / 128 + 1;
 
 const fn smallest_class_at_least(s: usize) -> u8 {
@@ -269,38 +268,18 @@ const fn smallest_class_at_least(s: usize) -> u8 {
     0
 }
 
-const fn build_small_lookup() -> [u8; SMALL_LOOKUP_LEN] {
-    let mut t = [0u8; SMALL_LOOKUP_LEN];
-    let mut i = 0;
-    while i < SMALL_LOOKUP_LEN {
-        t[i] = smallest_class_at_least(i * 8);
-        i += 1;
-    }
-    t
-}
-
-const fn build_large_lookup() -> [u8; LARGE_LOOKUP_LEN] {
-    let mut t = [0u8; LARGE_LOOKUP_LEN];
-    let mut i = 0;
-    while i < LARGE_LOOKUP_LEN {
-        t[i] = smallest_class_at_least(i * 128);
-        i += 1;
-    }
-    t
-}
-
-/// `(size + 7) / 8` -> class, for sizes up to 1 KiB (all classes up to 1 KiB
-/// are multiples of 8).
-static SMALL_LOOKUP: [u8; SMALL_LOOKUP_LEN] = build_small_lookup();
+/// `(size + 7) / 8` -> class, for sizes up to `FAST_MAX_BYTES` (the same
+/// table the front end keeps in `FAST`).
+static SMALL_LOOKUP: [u8; SMALL_LOOKUP_LEN] = fast_table::<SMALL_LOOKUP_LEN>(3);
 /// `(size + 127) / 128` -> class, for sizes up to 256 KiB (all classes above
 /// 1 KiB are multiples of 128).
-static LARGE_LOOKUP: [u8; LARGE_LOOKUP_LEN] = build_large_lookup();
+static LARGE_LOOKUP: [u8; LARGE_LOOKUP_LEN] = fast_table::<LARGE_LOOKUP_LEN>(7);
 
 /// The class index of the smallest class >= `size`; `size <= MAX_SMALL_BYTES`.
 #[inline(always)]
 fn lookup(size: usize) -> u8 {
     debug_assert!(size <= MAX_SMALL_BYTES);
-    if size <= SMALL_LOOKUP_MAX {
+    if size <= FAST_MAX_BYTES {
         SMALL_LOOKUP[(size + 7) >> 3]
     } else {
         // `size <= MAX_SMALL_BYTES` keeps the index in bounds; `.get` makes
@@ -319,9 +298,9 @@ pub(crate) const fn fast_table_len(shift: u32) -> usize {
     (FAST_MAX_BYTES >> shift) + 1
 }
 
-/// `(size + g - 1) >> shift` -> class for sizes up to `FAST_MAX_BYTES`,
-/// where `g = 1 << shift` is the alignment the class must honour (8 or 16;
-/// every class above 8 B is a multiple of 16).
+/// `(size + g - 1) >> shift` -> class for the `N` steps of `g = 1 << shift`
+/// bytes; with `g >= 16` the class honours 16-byte alignment (every class
+/// above 8 B is a multiple of 16).
 pub(crate) const fn fast_table<const N: usize>(shift: u32) -> [u8; N] {
     let mut t = [0u8; N];
     let mut i = 0;
