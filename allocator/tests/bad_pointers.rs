@@ -3,14 +3,10 @@
 //! case runs in a child process (this test executable, selected by an
 //! environment variable).
 
-use std::os::unix::process::ExitStatusExt;
-use std::process::Command;
+mod common;
+use common::announce;
 
 const CASE_VAR: &str = "RSEQ_ALLOC_BAD_CASE";
-
-fn announce(p: *const u8) {
-    eprintln!("child-addr={:x}", p as usize);
-}
 
 fn case_body(case: &str) {
     use rseq_alloc::raw;
@@ -92,28 +88,7 @@ fn case_body(case: &str) {
 }
 
 fn expect_abort(case: &str, who: &str) {
-    let exe = std::env::current_exe().unwrap();
-    let out = Command::new(exe)
-        .args(["child_entry", "--exact", "--nocapture", "--test-threads=1"])
-        .env(CASE_VAR, case)
-        .output()
-        .unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(
-        out.status.signal(),
-        Some(libc::SIGABRT),
-        "case {case}: {stderr}"
-    );
-    let addr_line = stderr
-        .lines()
-        .find(|l| l.starts_with("child-addr="))
-        .unwrap_or_else(|| panic!("case {case}: no address line: {stderr}"));
-    let addr = &addr_line["child-addr=".len()..];
-    let want = format!("rseq-malloc: {who}: invalid pointer 0x{addr}");
-    assert!(
-        stderr.lines().any(|l| l == want),
-        "case {case}: want `{want}` in:\n{stderr}"
-    );
+    common::expect_pointer_abort(CASE_VAR, case, None, who, "invalid pointer");
 }
 
 #[test]

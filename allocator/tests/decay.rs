@@ -8,6 +8,8 @@
 //! `RSEQ_MALLOC_CONF` under test. The test harness itself allocates through
 //! glibc; the measured allocations go through `raw`.
 
+mod common;
+use common::*;
 use rseq_alloc::raw;
 use std::time::{Duration, Instant};
 
@@ -39,35 +41,6 @@ fn run_child(name: &str, conf: &str) {
     eprintln!("{text}");
     assert!(out.status.success(), "child {name} ({conf}) failed");
     assert!(text.contains("1 passed"), "child {name} ran no test");
-}
-
-fn rss_bytes() -> usize {
-    let s = std::fs::read_to_string("/proc/self/statm").unwrap();
-    let pages: usize = s.split_whitespace().nth(1).unwrap().parse().unwrap();
-    pages * 4096
-}
-
-fn mapped(addr: usize) -> bool {
-    let maps = std::fs::read_to_string("/proc/self/maps").unwrap();
-    maps.lines().any(|l| {
-        let range = l.split_whitespace().next().unwrap();
-        let (a, b) = range.split_once('-').unwrap();
-        let a = usize::from_str_radix(a, 16).unwrap();
-        let b = usize::from_str_radix(b, 16).unwrap();
-        a <= addr && addr < b
-    })
-}
-
-/// Writes one byte per 4 KiB page and the last byte.
-fn touch(p: *mut u8, len: usize, v: u8) {
-    let mut i = 0;
-    while i < len {
-        // SAFETY: i < len inside the block.
-        unsafe { *p.add(i) = v };
-        i += 4096;
-    }
-    // SAFETY: last byte of the block.
-    unsafe { *p.add(len - 1) = v };
 }
 
 struct Rng(u64);
@@ -464,25 +437,7 @@ fn fork_with_background_thread() {
             // SAFETY: leave without the parent's atexit handlers or harness.
             unsafe { libc::_exit(if ok { 0 } else { 3 }) };
         }
-        let deadline = Instant::now() + Duration::from_secs(20);
-        let mut status = 0;
-        loop {
-            // SAFETY: waiting for our own child.
-            let r = unsafe { libc::waitpid(pid, &mut status, libc::WNOHANG) };
-            if r == pid {
-                break;
-            }
-            if Instant::now() > deadline {
-                // SAFETY: killing our own child.
-                unsafe { libc::kill(pid, libc::SIGKILL) };
-                panic!("child {pid} hung after fork");
-            }
-            std::thread::sleep(Duration::from_millis(5));
-        }
-        assert!(
-            libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0,
-            "child status {status:#x}"
-        );
+        common::wait_forked_child(pid, "hung after fork");
     }
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     for w in workers {

@@ -7,9 +7,9 @@
 //! in a child process (this test executable, selected by an environment
 //! variable).
 
+mod common;
+use common::announce;
 use std::alloc::{GlobalAlloc, Layout};
-use std::os::unix::process::ExitStatusExt;
-use std::process::Command;
 
 const CASE_VAR: &str = "RSEQ_ALLOC_DF_CASE";
 
@@ -24,10 +24,6 @@ fn class_sizes() -> Vec<usize> {
         }
     }
     v
-}
-
-fn announce(p: *const u8) {
-    eprintln!("child-addr={:x}", p as usize);
 }
 
 fn pin(cpu: usize) {
@@ -117,32 +113,11 @@ fn case_body(case: &str) {
 }
 
 fn run_child(case: &str, conf: &str) -> std::process::Output {
-    let exe = std::env::current_exe().unwrap();
-    Command::new(exe)
-        .args(["child_entry", "--exact", "--nocapture", "--test-threads=1"])
-        .env(CASE_VAR, case)
-        .env("RSEQ_MALLOC_CONF", conf)
-        .output()
-        .unwrap()
+    common::run_case(CASE_VAR, case, Some(conf))
 }
 
 fn expect_double_free(case: &str, conf: &str, who: &str) {
-    let out = run_child(case, conf);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(
-        out.status.signal(),
-        Some(libc::SIGABRT),
-        "case {case} ({conf}): want SIGABRT:\n{stderr}"
-    );
-    let addr = stderr
-        .lines()
-        .find_map(|l| l.strip_prefix("child-addr="))
-        .unwrap_or_else(|| panic!("case {case}: no address line: {stderr}"));
-    let want = format!("rseq-malloc: {who}: double free 0x{addr}");
-    assert!(
-        stderr.lines().any(|l| l == want),
-        "case {case} ({conf}): want `{want}` in:\n{stderr}"
-    );
+    common::expect_pointer_abort(CASE_VAR, case, Some(conf), who, "double free");
 }
 
 #[test]

@@ -8,9 +8,9 @@
 #[global_allocator]
 static GLOBAL: rseq_alloc::RseqAlloc = rseq_alloc::RseqAlloc;
 
+mod common;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
 
 extern "C" fn prepare() {
     rseq_alloc::raw::fork_prepare();
@@ -143,25 +143,7 @@ fn fork_body(register: bool) {
             // handlers or test harness.
             unsafe { libc::_exit(if ok { 0 } else { 3 }) };
         }
-        let deadline = Instant::now() + Duration::from_secs(20);
-        let mut status = 0;
-        loop {
-            // SAFETY: waiting for our own child.
-            let r = unsafe { libc::waitpid(pid, &mut status, libc::WNOHANG) };
-            if r == pid {
-                break;
-            }
-            if Instant::now() > deadline {
-                // SAFETY: killing our own child.
-                unsafe { libc::kill(pid, libc::SIGKILL) };
-                panic!("child {pid} hung after fork (a lock was left held)");
-            }
-            std::thread::sleep(Duration::from_millis(5));
-        }
-        assert!(
-            libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0,
-            "status {status:#x}"
-        );
+        common::wait_forked_child(pid, "hung after fork (a lock was left held)");
     }
     stop.store(true, Ordering::Relaxed);
     for w in workers {

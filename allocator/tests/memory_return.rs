@@ -7,40 +7,14 @@
 //! One test per binary process state: the tests here run sequentially in
 //! one function so that no other test's memory disturbs the RSS figures.
 
+mod common;
+use common::*;
 use rseq_alloc::raw;
 
 /// Allowed resident growth after free + trim: metadata that stays (page-map
 /// entries, span records, the per-CPU regions' slot arrays) plus slack for
 /// the test harness itself.
 const RSS_BOUND_BYTES: usize = 16 << 20;
-
-fn rss_bytes() -> usize {
-    let s = std::fs::read_to_string("/proc/self/statm").unwrap();
-    let pages: usize = s.split_whitespace().nth(1).unwrap().parse().unwrap();
-    pages * 4096
-}
-
-fn mapped(addr: usize) -> bool {
-    let maps = std::fs::read_to_string("/proc/self/maps").unwrap();
-    maps.lines().any(|l| {
-        let range = l.split_whitespace().next().unwrap();
-        let (a, b) = range.split_once('-').unwrap();
-        let a = usize::from_str_radix(a, 16).unwrap();
-        let b = usize::from_str_radix(b, 16).unwrap();
-        a <= addr && addr < b
-    })
-}
-
-fn touch(p: *mut u8, len: usize, v: u8) {
-    let mut i = 0;
-    while i < len {
-        // SAFETY: i < len inside the block.
-        unsafe { *p.add(i) = v };
-        i += 4096;
-    }
-    // SAFETY: last byte of the block.
-    unsafe { *p.add(len - 1) = v };
-}
 
 fn one_gib_round_trip() {
     raw::init();
