@@ -4,7 +4,7 @@
 //! malloc(size)              C ABI, raw::malloc          (ffi: malloc)
 //! └─ size <= 4 KiB ? class = FAST.t16[(size+15)>>4]  : refill::malloc_big  (tail call)
 //!    └─ malloc_small(class)
-//!       ├─ FAST.ready == READY_RSEQ ?                  : refill::malloc_slow (tail call)
+//!       ├─ FAST.ready == Ready::Rseq ?                 : refill::malloc_slow (tail call)
 //!       ├─ p = pop_or_null(region of this cpu/cid)     : null -> refill::malloc_slow
 //!       └─ byte 7 of p = 0 (clear the free mark); return p
 //! alloc(size, align)        GlobalAlloc::alloc
@@ -15,7 +15,7 @@
 //! │  from e, divisibility by one multiplication with FAST.divm[class])
 //! │                                                     : global::free_any
 //! └─ free_known(p, class)
-//!    ├─ byte 7 of p == FAST.key >> 56 ? (maybe freed)  : refill::free_small_slow
+//!    ├─ byte 7 of p == FAST.mark ? (maybe freed)        : refill::free_small_slow
 //!    ├─ p[0] = FAST.key (the free mark)
 //!    └─ push_or_miss(region of this cpu/cid, p)         : refill::free_overflow
 //! dealloc(p, size, align)   GlobalAlloc::dealloc: class from the size, then free_known
@@ -45,16 +45,21 @@
 
 use crate::pagemap::PageMap;
 use crate::size_class::{self, SizeClass, FAST_MAX_BYTES};
-use core::sync::atomic::{AtomicIsize, AtomicPtr, AtomicU32, AtomicU64, Ordering};
+use core::sync::atomic::{AtomicIsize, AtomicPtr, AtomicU32, AtomicU64, AtomicU8, Ordering};
 
-/// `FAST.ready`: the rseq fast path is not usable (not initialised, CAS
-/// discipline, counting statistics, or a fork child without caches).
-pub(crate) const NOT_READY: u32 = 0;
-/// `FAST.ready`: per-CPU caches on rseq; `base`, `cs_off`, `idx_off` valid.
-pub(crate) const READY_RSEQ: u32 = 1;
-/// `FAST.ready`: per-CPU caches on the CAS fallback (`refill` tries its
-/// quick pop/push first).
-pub(crate) const READY_CAS: u32 = 2;
+/// What `FAST.ready` says: which quick paths are usable.
+#[repr(u32)]
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub(crate) enum Ready {
+    /// The rseq fast path is not usable (not initialised, counting
+    /// statistics, or a fork child without caches).
+    Off = 0,
+    /// Per-CPU caches on rseq; `base`, `cs_off`, `idx_off` valid.
+    Rseq = 1,
+    /// Per-CPU caches on the CAS fallback (`refill` tries its quick
+    /// pop/push first).
+    Cas = 2,
+}
 
 const T8_LEN: usize = size_class::fast_table_len(3);
 const T16_LEN: usize = size_class::fast_table_len(4);
@@ -62,8 +67,8 @@ const T16_LEN: usize = size_class::fast_table_len(4);
 /// Everything the fast paths read, in one cache-line-aligned static.
 #[repr(C, align(64))]
 pub(crate) struct Fast {
-    /// `NOT_READY` or `READY_RSEQ`: the one readiness check.
-    pub(crate) ready: AtomicU32,
+    /// A [`Ready`] value: the one readiness check.
+    ready: AtomicU32,
     /// Region 0 of the per-CPU slabs.
     base: AtomicPtr<u8>,
     /// Thread-pointer offset of the rseq area (glibc's or ours).
@@ -72,6 +77,9 @@ pub(crate) struct Fast {
     idx_off: AtomicIsize,
     /// The free mark (see the module doc); set once at init.
     key: AtomicU64,
+    /// The mark's top byte (`key >> 56`), compared by `free` in one
+    /// instruction.
+    mark: AtomicU8,
 
     /// Per class byte, the divisibility multiplier
     /// (`size_class::divisibility_table`; 0 for non-classes).
@@ -83,11 +91,12 @@ pub(crate) struct Fast {
 }
 
 pub(crate) static FAST: Fast = Fast {
-    ready: AtomicU32::new(NOT_READY),
+    ready: AtomicU32::new(Ready::Off as u32),
     base: AtomicPtr::new(core::ptr::null_mut()),
     cs_off: AtomicIsize::new(0),
     idx_off: AtomicIsize::new(0),
     key: AtomicU64::new(0),
+    mark: AtomicU8::new(0),
     divm: size_class::divisibility_table(),
     t16: size_class::fast_table::<T16_LEN>(4),
     t8: size_class::fast_table::<T8_LEN>(3),
@@ -109,28 +118,35 @@ impl Fast {
         self.base.store(base, Ordering::Relaxed);
         self.cs_off.store(cs_off, Ordering::Relaxed);
         self.idx_off.store(idx_off, Ordering::Relaxed);
-        self.ready.store(READY_RSEQ, Ordering::Release);
+        self.ready.store(Ready::Rseq as u32, Ordering::Release);
     }
 
     /// Turns on the CAS fallback's quick paths.
     pub(crate) fn enable_cas(&self) {
-        self.ready.store(READY_CAS, Ordering::Release);
+        self.ready.store(Ready::Cas as u32, Ordering::Release);
     }
 
     /// Turns every quick path off (a fork child that stops using the caches).
     pub(crate) fn disable(&self) {
-        self.ready.store(NOT_READY, Ordering::Release);
+        self.ready.store(Ready::Off as u32, Ordering::Release);
     }
 
     /// Whether the CAS fallback's quick paths are on.
     #[inline(always)]
     pub(crate) fn cas_ready(&self) -> bool {
-        self.ready.load(Ordering::Acquire) == READY_CAS
+        self.ready.load(Ordering::Acquire) == Ready::Cas as u32
+    }
+
+    /// Whether the rseq fast path is on (`enable`'s stores are visible).
+    #[inline(always)]
+    fn rseq_ready(&self) -> bool {
+        self.ready.load(Ordering::Acquire) == Ready::Rseq as u32
     }
 
     /// Sets the free mark; called once, before any object is handed out.
     pub(crate) fn set_key(&self, key: u64) {
         self.key.store(key, Ordering::Relaxed);
+        self.mark.store((key >> 56) as u8, Ordering::Relaxed);
     }
 
     /// The free mark.
@@ -192,8 +208,8 @@ pub(crate) unsafe fn clear_mark(p: *mut u8) {
 #[inline(always)]
 pub(crate) fn malloc_small(class: SizeClass) -> *mut u8 {
     let f = fast();
-    if f.ready.load(Ordering::Acquire) == READY_RSEQ {
-        // SAFETY: READY_RSEQ means `enable` published the parameters of
+    if f.rseq_ready() {
+        // SAFETY: `Ready::Rseq` means `enable` published the parameters of
         // SLABS, initialised with the rseq discipline over a region for
         // every index the kernel can report; `class` is a valid header.
         let p = unsafe {
@@ -250,10 +266,9 @@ pub(crate) unsafe fn free_known(p: *mut u8, class: SizeClass, who: &'static str)
     let f = fast();
     // SAFETY: `p` is an object start of `class`: at least 8 bytes, 8-aligned.
     let b = unsafe { mark_byte_of(p).read() };
-    let key = f.key();
-    if f.ready.load(Ordering::Acquire) == READY_RSEQ && b != (key >> 56) as u8 {
+    if f.rseq_ready() && b != f.mark.load(Ordering::Relaxed) {
         // SAFETY: as above; the object is ours to mark.
-        unsafe { p.cast::<u64>().write(key) };
+        unsafe { p.cast::<u64>().write(f.key()) };
         // SAFETY: as in `malloc_small`; `p` is a free object of `class`.
         if unsafe {
             rseq_sys::arch::push_or_miss(

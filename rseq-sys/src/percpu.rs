@@ -7,7 +7,7 @@
 //!
 //! ```text
 //! region = base + (index << REGION_SHIFT)
-//! header[class] = { current: u16, end: u16, begin: u16, lock: u16 }   (8 bytes)
+//! header[class] = { current: u16, lock: u16, end: u16, begin: u16 }   (8 bytes)
 //! items of class = region[begin .. current]   (8-byte slots)
 //! header[126] = region control { init: u32, lock: u32 };  header[127] = CAS op counter
 //! ```
@@ -351,9 +351,9 @@ impl PerCpuSlabs {
         unsafe {
             [
                 AtomicU16::from_ptr(h),
-                AtomicU16::from_ptr(h.add(1)),
                 AtomicU16::from_ptr(h.add(2)),
                 AtomicU16::from_ptr(h.add(3)),
+                AtomicU16::from_ptr(h.add(1)),
             ]
         }
     }
