@@ -21,8 +21,8 @@
 //! dealloc(p, size, align)   GlobalAlloc::dealloc: class from the size, then free_known
 //! ```
 //!
-//! Cost (release build; the golden table `tests/golden/fastpath.txt` is the
-//! source of truth, checked by `tests/tests/golden_fastpath.rs`): one
+//! Cost (release build; the golden table `ffi/tests/golden/fastpath.txt` is the
+//! source of truth, checked by `ffi/tests/golden_fastpath.rs`): one
 //! readiness load decides everything; `FAST` is reached RIP-relative, never
 //! through the GOT, also from `librseq_malloc.so`; no stack frame, no spill;
 //! every miss is a tail call.

@@ -11,28 +11,19 @@
 mod common;
 use common::*;
 use rseq_alloc::raw;
+use rseq_test_support::{in_child, run_in_child};
 use std::time::{Duration, Instant};
 
-const BODY_VAR: &str = "RSEQ_ALLOC_TEST_BODY";
 const MIB: usize = 1 << 20;
 /// Decay used by the RSS tests (short, to keep CI short).
 const DECAY_MS: u64 = 1000;
 /// RSS bound after the decay (the target).
 const RSS_AFTER_BYTES: usize = 32 << 20;
 
-fn in_child() -> bool {
-    std::env::var_os(BODY_VAR).is_some()
-}
-
 /// Re-runs test `name` of this binary in a child with `conf`; asserts that
 /// it passed and echoes its output.
 fn run_child(name: &str, conf: &str) {
-    let out = std::process::Command::new(std::env::current_exe().unwrap())
-        .args([name, "--exact", "--test-threads=1", "--nocapture"])
-        .env(BODY_VAR, "1")
-        .env("RSEQ_MALLOC_CONF", conf)
-        .output()
-        .unwrap();
+    let out = run_in_child(name, Some(conf));
     let text = format!(
         "{}{}",
         String::from_utf8_lossy(&out.stdout),

@@ -9,22 +9,10 @@
 
 mod common;
 use common::announce;
+use rseq_test_support::class_sizes;
 use std::alloc::{GlobalAlloc, Layout};
 
 const CASE_VAR: &str = "RSEQ_ALLOC_DF_CASE";
-
-/// The class sizes (8 B, 16..128 by 16, then four steps per power of two up
-/// to 256 KiB), written out here so the test does not depend on internals.
-fn class_sizes() -> Vec<usize> {
-    let mut v = vec![8];
-    v.extend((16..=128).step_by(16));
-    for k in 7..18 {
-        for j in 1..=4 {
-            v.push((1 << k) + j * (1 << (k - 2)));
-        }
-    }
-    v
-}
 
 fn pin(cpu: usize) {
     // SAFETY: a zeroed cpu_set_t is valid; sched_setaffinity reads it.
@@ -122,11 +110,7 @@ fn expect_double_free(case: &str, conf: &str, who: &str) {
 
 #[test]
 fn child_entry() {
-    let Ok(case) = std::env::var(CASE_VAR) else {
-        return;
-    };
-    case_body(&case);
-    eprintln!("case {case} did not abort");
+    common::case_entry(CASE_VAR, case_body);
 }
 
 const MODES: [&str; 2] = ["", "rseq=off"];

@@ -9,6 +9,7 @@
 static GLOBAL: rseq_alloc::RseqAlloc = rseq_alloc::RseqAlloc;
 
 mod common;
+use rseq_test_support::{assert_child_ok, in_child, run_in_child};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
@@ -41,8 +42,6 @@ fn child_work() -> bool {
     ok
 }
 
-const BODY_VAR: &str = "RSEQ_ALLOC_TEST_BODY";
-
 #[test]
 fn fork_while_threads_allocate() {
     fork_body(true);
@@ -53,50 +52,28 @@ fn fork_while_threads_allocate() {
 /// manual registration from another test is in force).
 #[test]
 fn fork_handlers_registered_by_constructor() {
-    if std::env::var_os(BODY_VAR).is_some() {
+    if in_child() {
         fork_body(false);
         return;
     }
-    let out = std::process::Command::new(std::env::current_exe().unwrap())
-        .args([
-            "fork_handlers_registered_by_constructor",
-            "--exact",
-            "--test-threads=1",
-        ])
-        .env(BODY_VAR, "1")
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_child_ok(&run_in_child(
+        "fork_handlers_registered_by_constructor",
+        None,
+    ));
 }
 
 /// The same in forced CAS mode (a child process, as config is read once).
 #[test]
 fn fork_while_threads_allocate_cas() {
-    if std::env::var_os(BODY_VAR).is_some() {
+    if in_child() {
         assert_eq!(rseq_alloc::mode_name(), "cmpxchg");
         fork_body(true);
         return;
     }
-    let out = std::process::Command::new(std::env::current_exe().unwrap())
-        .args([
-            "fork_while_threads_allocate_cas",
-            "--exact",
-            "--test-threads=1",
-        ])
-        .env(BODY_VAR, "1")
-        .env("RSEQ_MALLOC_CONF", "rseq=off")
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stdout)
-    );
+    assert_child_ok(&run_in_child(
+        "fork_while_threads_allocate_cas",
+        Some("rseq=off"),
+    ));
 }
 
 fn fork_body(register: bool) {

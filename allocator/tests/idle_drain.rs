@@ -5,8 +5,7 @@
 //! with `RSEQ_MALLOC_CONF=index=cpu` so that regions are CPU numbers.
 
 use rseq_alloc::raw;
-
-const BODY_VAR: &str = "RSEQ_ALLOC_TEST_BODY";
+use rseq_test_support::{assert_child_ok, in_child, run_in_child};
 
 fn pin(cpu: usize) -> bool {
     // SAFETY: a zeroed cpu_set_t is valid; CPU_SET writes inside it;
@@ -60,25 +59,12 @@ fn body() {
 
 #[test]
 fn idle_cpu_cache_is_drained() {
-    if std::env::var_os(BODY_VAR).is_some() {
+    if in_child() {
         body();
         return;
     }
-    let out = std::process::Command::new(std::env::current_exe().unwrap())
-        .args([
-            "idle_cpu_cache_is_drained",
-            "--exact",
-            "--nocapture",
-            "--test-threads=1",
-        ])
-        .env(BODY_VAR, "1")
-        .env("RSEQ_MALLOC_CONF", "index=cpu")
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}\n{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_child_ok(&run_in_child(
+        "idle_cpu_cache_is_drained",
+        Some("index=cpu"),
+    ));
 }

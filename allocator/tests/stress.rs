@@ -8,12 +8,12 @@
 //! CAS mode in a child process.
 
 use rseq_alloc::raw;
+use rseq_test_support::{assert_child_ok, in_child, run_in_child};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 const THREADS: usize = 6;
 const OPS: usize = 150_000;
-const BODY_VAR: &str = "RSEQ_ALLOC_TEST_BODY";
 
 struct Block {
     p: usize,
@@ -180,25 +180,13 @@ fn stress_rseq_mode_with_concurrent_trim() {
 
 #[test]
 fn stress_cas_mode_with_concurrent_trim() {
-    if std::env::var_os(BODY_VAR).is_some() {
+    if in_child() {
         assert_eq!(rseq_alloc::mode_name(), "cmpxchg");
         body();
         return;
     }
-    let out = std::process::Command::new(std::env::current_exe().unwrap())
-        .args([
-            "stress_cas_mode_with_concurrent_trim",
-            "--exact",
-            "--test-threads=1",
-        ])
-        .env(BODY_VAR, "1")
-        .env("RSEQ_MALLOC_CONF", "rseq=off")
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}\n{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_child_ok(&run_in_child(
+        "stress_cas_mode_with_concurrent_trim",
+        Some("rseq=off"),
+    ));
 }

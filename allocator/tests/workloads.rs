@@ -8,12 +8,10 @@
 #[global_allocator]
 static GLOBAL: rseq_alloc::RseqAlloc = rseq_alloc::RseqAlloc;
 
+use rseq_test_support::{assert_child_ok, child_command, in_child};
 use std::collections::{BTreeMap, HashMap, VecDeque};
-use std::process::Command;
 use std::sync::mpsc;
 use std::thread;
-
-const BODY_VAR: &str = "RSEQ_ALLOC_TEST_BODY";
 
 fn collections() {
     let mut m: HashMap<String, Vec<u32>> = HashMap::new();
@@ -167,18 +165,11 @@ fn run_child(test_name: &str, conf: &str) -> (String, String) {
 }
 
 fn run_child_env(test_name: &str, conf: &str, env: &[(&str, &str)]) -> (String, String) {
-    let exe = std::env::current_exe().unwrap();
-    let out = Command::new(exe)
-        .args([test_name, "--exact", "--nocapture", "--test-threads=1"])
-        .env(BODY_VAR, "1")
-        .env("RSEQ_MALLOC_CONF", conf)
+    let out = child_command(test_name, Some(conf))
         .envs(env.iter().copied())
         .output()
         .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
-    assert!(out.status.success(), "child failed: {stdout}\n{stderr}");
-    (stdout, stderr)
+    assert_child_ok(&out)
 }
 
 #[test]
@@ -188,7 +179,7 @@ fn workloads_default_mode() {
 
 #[test]
 fn workloads_forced_cas_mode() {
-    if std::env::var_os(BODY_VAR).is_some() {
+    if in_child() {
         assert_eq!(rseq_alloc::mode_name(), "cmpxchg");
         all_bodies();
         let st = rseq_alloc::raw::stats();
@@ -212,7 +203,7 @@ fn workloads_forced_cas_mode() {
 /// area per thread (mode rseq-own), including 2000 short-lived threads.
 #[test]
 fn workloads_rseq_own_mode() {
-    if std::env::var_os(BODY_VAR).is_some() {
+    if in_child() {
         let mode = rseq_alloc::mode_name();
         assert!(mode == "rseq-own" || mode == "cmpxchg", "{mode}");
         all_bodies();
@@ -229,7 +220,7 @@ fn workloads_rseq_own_mode() {
 /// Caches indexed by CPU number instead of mm_cid.
 #[test]
 fn workloads_index_cpu() {
-    if std::env::var_os(BODY_VAR).is_some() {
+    if in_child() {
         assert_eq!(rseq_alloc::index_name(), "cpu");
         all_bodies();
         return;
@@ -239,7 +230,7 @@ fn workloads_index_cpu() {
 
 #[test]
 fn verbose_and_stats_lines() {
-    if std::env::var_os(BODY_VAR).is_some() {
+    if in_child() {
         let v: Vec<Box<u64>> = (0..1000).map(Box::new).collect();
         assert_eq!(v.iter().map(|b| **b).sum::<u64>(), 499_500);
         drop(v);

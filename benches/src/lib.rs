@@ -7,56 +7,8 @@
 
 use std::io::Read;
 
-/// Xorshift64* — a fixed-seed, allocation-free PRNG so every run of a workload
-/// sees the same sequence of sizes and slots (no `rand` dependency needed).
-#[derive(Clone, Debug)]
-pub struct XorShift(u64);
-
-impl XorShift {
-    /// A generator from `seed` (0 is remapped: xorshift must not start at 0).
-    pub fn new(seed: u64) -> Self {
-        XorShift(if seed == 0 {
-            0x9E37_79B9_7F4A_7C15
-        } else {
-            seed
-        })
-    }
-
-    /// The next 64 random bits.
-    #[inline]
-    pub fn next_u64(&mut self) -> u64 {
-        let mut x = self.0;
-        x ^= x >> 12;
-        x ^= x << 25;
-        x ^= x >> 27;
-        self.0 = x;
-        x.wrapping_mul(0x2545_F491_4F6C_DD1D)
-    }
-
-    /// A value in `0..n` (n > 0); the modulo bias is irrelevant here.
-    #[inline]
-    pub fn below(&mut self, n: u64) -> u64 {
-        self.next_u64() % n
-    }
-
-    /// A value in `lo..=hi`.
-    #[inline]
-    pub fn range(&mut self, lo: usize, hi: usize) -> usize {
-        lo + self.below((hi - lo + 1) as u64) as usize
-    }
-
-    /// A "small-object heavy" size in `16..=max`: a log-uniform draw, so that
-    /// every size class gets traffic but small ones get most of it, like real
-    /// programs.
-    #[inline]
-    pub fn log_size(&mut self, min: usize, max: usize) -> usize {
-        let lo = usize::BITS - 1 - min.leading_zeros();
-        let hi = usize::BITS - 1 - max.leading_zeros();
-        let shift = lo + self.below(u64::from(hi - lo + 1)) as u32;
-        let base = 1usize << shift;
-        (base + self.below(base as u64) as usize).clamp(min, max)
-    }
-}
+/// Xorshift64* — a fixed-seed, allocation-free PRNG, shared with the tests.
+pub use rseq_test_support::Rng as XorShift;
 
 /// Pins the calling thread to `cpu`. Returns false if the kernel refused.
 pub fn pin_to_cpu(cpu: usize) -> bool {
@@ -127,42 +79,9 @@ fn field_kib(text: &[u8], key: &[u8]) -> u64 {
         .fold(0u64, |acc, &b| acc * 10 + u64::from(b - b'0'))
 }
 
-/// An anonymous, private, read-write mapping of `len` bytes whose start is
-/// aligned to `align` (a power of two): maps `len + align` and trims the ends.
-/// Zero-filled by the kernel, committed lazily. Returns null on failure.
-/// The mapping is never unmapped here: benches keep it for the process's life.
-pub fn mmap_aligned(len: usize, align: usize) -> *mut u8 {
-    assert!(align.is_power_of_two() && align >= 4096);
-    let total = len + align;
-    // SAFETY: a fresh anonymous mapping; no existing memory is affected.
-    let raw = unsafe {
-        libc::mmap(
-            std::ptr::null_mut(),
-            total,
-            libc::PROT_READ | libc::PROT_WRITE,
-            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE,
-            -1,
-            0,
-        )
-    };
-    if raw == libc::MAP_FAILED {
-        return std::ptr::null_mut();
-    }
-    let start = raw as usize;
-    let aligned = (start + align - 1) & !(align - 1);
-    let head = aligned - start;
-    let tail = total - head - len;
-    // SAFETY: both ranges lie inside the mapping we just made and are not used by anyone.
-    unsafe {
-        if head > 0 {
-            libc::munmap(raw, head);
-        }
-        if tail > 0 {
-            libc::munmap((aligned + len) as *mut libc::c_void, tail);
-        }
-    }
-    aligned as *mut u8
-}
+/// An aligned anonymous mapping (for per-CPU regions), shared with the tests;
+/// benches keep it for the process's life.
+pub use rseq_test_support::mmap_aligned;
 
 #[cfg(test)]
 mod tests {

@@ -5,10 +5,10 @@
 //! allocate memory in static TLS block" was the failure), and it shares
 //! the rseq area glibc registered.
 
-mod ffi_common;
-
-use ffi_common::*;
-use std::path::PathBuf;
+use rseq_test_support::process::{
+    compile, require_tool, run, scratch, scratch_path, workspace_root,
+};
+use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::OnceLock;
 use std::time::Duration;
@@ -64,6 +64,7 @@ fn dlopen_from_c() {
     let dir = scratch("cdylib-c");
     let exe = compile(
         "cc",
+        &Path::new(env!("CARGO_MANIFEST_DIR")).join("c"),
         &["dlopen_rust.c"],
         &dir,
         "dlopen_rust",

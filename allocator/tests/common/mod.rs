@@ -70,14 +70,21 @@ pub fn announce(p: *const u8) {
 /// Re-runs this test executable's `child_entry` test with `case` in the
 /// environment variable `case_var` (and `RSEQ_MALLOC_CONF=conf` if given).
 pub fn run_case(case_var: &str, case: &str, conf: Option<&str>) -> std::process::Output {
-    let exe = std::env::current_exe().unwrap();
-    let mut cmd = std::process::Command::new(exe);
-    cmd.args(["child_entry", "--exact", "--nocapture", "--test-threads=1"])
-        .env(case_var, case);
-    if let Some(conf) = conf {
-        cmd.env("RSEQ_MALLOC_CONF", conf);
-    }
-    cmd.output().unwrap()
+    rseq_test_support::child_command("child_entry", conf)
+        .env(case_var, case)
+        .output()
+        .unwrap()
+}
+
+/// The body of a `child_entry` test: in a child started by [`run_case`],
+/// runs `body` on the case named by `case_var` (a case that should abort
+/// and did not says so on stderr); does nothing in the parent.
+pub fn case_entry(case_var: &str, body: impl FnOnce(&str)) {
+    let Ok(case) = std::env::var(case_var) else {
+        return;
+    };
+    body(&case);
+    eprintln!("case {case} did not abort");
 }
 
 /// Runs `case` in a child and asserts it died by SIGABRT after printing

@@ -1,6 +1,6 @@
 //! The fast-path golden test: instruction, branch, load and store counts of
 //! the small-size fast paths, counted from `objdump -d`, against the
-//! committed table `tests/golden/fastpath.txt`.
+//! committed table `ffi/tests/golden/fastpath.txt`.
 //!
 //! Measured: `malloc` and `free` of `librseq_malloc.so` (release build, as
 //! shipped), and `RseqAlloc::alloc` / `dealloc` inlined into a user's crate
@@ -13,7 +13,7 @@
 //!
 //! To change the table on purpose (a cheaper path, or a cost you decided
 //! to pay), run `RSEQ_GOLDEN_UPDATE=1 cargo test --release -p
-//! rseq-alloc-tests --test golden_fastpath` and commit the new table with
+//! rseq-malloc --test golden_fastpath` and commit the new table with
 //! the reason in the message.
 
 mod ffi_common;
@@ -39,7 +39,7 @@ struct Path_ {
 }
 
 fn golden_file() -> PathBuf {
-    ffi_common::workspace_root().join("tests/golden/fastpath.txt")
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/golden/fastpath.txt")
 }
 
 /// Splits AT&T operands at top-level commas.
@@ -268,9 +268,9 @@ fn read_table() -> BTreeMap<String, Counts> {
 fn write_table(t: &BTreeMap<String, Counts>) {
     let mut s = String::from(
         "# Fast-path golden table: straight-line cost of the small-size hit,\n\
-         # counted from objdump by tests/tests/golden_fastpath.rs. A count may\n\
+         # counted from objdump by ffi/tests/golden_fastpath.rs. A count may\n\
          # only grow on purpose: RSEQ_GOLDEN_UPDATE=1 cargo test --release -p\n\
-         # rseq-alloc-tests --test golden_fastpath, then commit with the reason.\n",
+         # rseq-malloc --test golden_fastpath, then commit with the reason.\n",
     );
     for (k, c) in t {
         s.push_str(&format!(
@@ -354,7 +354,7 @@ fn fast_paths_match_the_golden_table() {
     assert!(
         failures.is_empty(),
         "{}\n\nIf this change is meant, update the table: RSEQ_GOLDEN_UPDATE=1 cargo test \
-         --release -p rseq-alloc-tests --test golden_fastpath (and commit tests/golden/fastpath.txt \
+         --release -p rseq-malloc --test golden_fastpath (and commit ffi/tests/golden/fastpath.txt \
          with the reason)",
         failures.join("\n\n")
     );

@@ -5,10 +5,17 @@
 //! widens the race windows. At the end every token must be found exactly
 //! once, and the per-thread counters must add up exactly to what the stacks
 //! still hold. Each test runs with rseq and with the CAS fallback.
+//!
+//! The delay loop exists only in a build with `--cfg rseq_inject_delay`
+//! (never in a shipped one), so this file runs in its own invocation
+//! (`scripts/test.sh` does it):
+//! `RUSTFLAGS="--cfg rseq_inject_delay" cargo test --release -p rseq-sys
+//! --target-dir target/inject --test rseq_stress`.
+#![cfg(rseq_inject_delay)]
 
-use rseq_alloc_tests::{gettid, Regions, Rng};
-use rseq_sys::percpu::{self, Discipline, Index, OpError, PerCpuSlabs};
+use rseq_sys::percpu::{self, Discipline, Index, OpError, PerCpuSlabs, REGION_BYTES};
 use rseq_sys::registration;
+use rseq_test_support::{gettid, Regions, Rng};
 use std::ptr::NonNull;
 use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU64, Ordering};
 use std::sync::{Arc, Barrier, Mutex};
@@ -53,7 +60,7 @@ struct Fixture {
 
 fn fixture(discipline: Discipline, index: Index) -> Arc<Fixture> {
     let n = registration::possible_cpus();
-    let mem = Regions::new(n);
+    let mem = Regions::new(n, REGION_BYTES);
     let slabs = PerCpuSlabs::new();
     // SAFETY: fresh zeroed memory for n aligned regions, owned by the same
     // fixture, so it outlives the structure.

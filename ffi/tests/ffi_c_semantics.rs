@@ -1,7 +1,7 @@
 //! C semantics of issue 9 (items 6-9) under LD_PRELOAD of `librseq_malloc`:
 //! `free` keeps `errno` (also when munmap fails at the map-count limit),
 //! `malloc_stats` prints its report under a pending cancellation request,
-//! `aligned_alloc(65, 64)` is NULL with EINVAL (tests/c/errno_cancel_align.c);
+//! `aligned_alloc(65, 64)` is NULL with EINVAL (ffi/tests/c/errno_cancel_align.c);
 //! and under valgrind `verbose=1` prints exactly one init line, the
 //! program's, in `mode=cmpxchg`.
 

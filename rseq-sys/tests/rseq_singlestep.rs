@@ -1,12 +1,16 @@
 //! A debugger single-stepping through critical sections aborts them on
 //! every step; without a bound on restarts it would never get through.
-//! A ptrace parent single-steps the probe through push/pop pairs: the child
-//! must finish within a bounded number of steps, and must report that its
-//! sections aborted and gave up ("retry exhausted") rather than looping.
+//! The test forks a child that asks to be traced and runs the probe
+//! (`probe::singlestep`); as its ptrace parent, the test single-steps it
+//! through push/pop pairs: the child must finish within a bounded number of
+//! steps, and must report that its sections aborted and gave up ("retry
+//! exhausted") rather than looping.
 
+mod probe;
+
+use std::fs::File;
 use std::io::Read;
-use std::os::unix::process::CommandExt;
-use std::process::{Command, Stdio};
+use std::os::fd::FromRawFd;
 
 const PAIRS: usize = 20;
 const STEP_LIMIT: u64 = 2_000_000;
@@ -34,12 +38,19 @@ fn ptrace(req: libc::c_uint, pid: libc::pid_t, sig: libc::c_int) {
 
 #[test]
 fn single_stepping_terminates_and_aborts() {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_rseq-probe"));
-    cmd.args(["singlestep", &PAIRS.to_string()])
-        .stdout(Stdio::piped());
-    // SAFETY: the closure only calls ptrace, which is async-signal-safe.
-    unsafe {
-        cmd.pre_exec(|| {
+    let mut fds = [0; 2];
+    // SAFETY: pipe writes two descriptors into the array.
+    assert_eq!(unsafe { libc::pipe(fds.as_mut_ptr()) }, 0, "pipe");
+    let [read_fd, write_fd] = fds;
+    // SAFETY: this file's only test: no other test thread runs; the child
+    // calls ptrace, then the probe, which ends in `_exit`.
+    let pid = unsafe { libc::fork() };
+    assert!(pid >= 0, "fork: {}", std::io::Error::last_os_error());
+    if pid == 0 {
+        // SAFETY: the child asks its parent (this test) to trace it; on
+        // failure it leaves at once.
+        unsafe {
+            libc::close(read_fd);
             if libc::ptrace(
                 libc::PTRACE_TRACEME,
                 0,
@@ -47,13 +58,17 @@ fn single_stepping_terminates_and_aborts() {
                 std::ptr::null_mut::<libc::c_void>(),
             ) != 0
             {
-                return Err(std::io::Error::last_os_error());
+                libc::_exit(2);
             }
-            Ok(())
-        });
+        }
+        probe::singlestep(PAIRS, write_fd);
     }
-    let mut child = cmd.spawn().expect("spawn rseq-probe");
-    let pid = child.id() as libc::pid_t;
+    // SAFETY: the write end belongs to the child now; the read end is ours
+    // alone and owned by the File from here.
+    let mut result = unsafe {
+        libc::close(write_fd);
+        File::from_raw_fd(read_fd)
+    };
 
     // Run freely (forwarding signals) until the probe stops itself.
     loop {
@@ -79,9 +94,9 @@ fn single_stepping_terminates_and_aborts() {
         }
         steps += 1;
         if steps > STEP_LIMIT {
-            // SAFETY: kill our own child.
+            // SAFETY: kill and reap our own child.
             unsafe { libc::kill(pid, libc::SIGKILL) };
-            let _ = child.wait();
+            wait(pid);
             panic!("still running after {STEP_LIMIT} single steps: restarts are not bounded");
         }
     };
@@ -90,13 +105,7 @@ fn single_stepping_terminates_and_aborts() {
         "probe failed: status {status:#x}"
     );
     let mut out = String::new();
-    child
-        .stdout
-        .take()
-        .unwrap()
-        .read_to_string(&mut out)
-        .unwrap();
-    let _ = child.wait();
+    result.read_to_string(&mut out).unwrap();
     eprintln!("{steps} single steps: {}", out.trim());
     let field = |name: &str| -> u64 {
         out.split_whitespace()

@@ -1,4 +1,4 @@
-//! Bad input to `librseq_malloc` (tests/c/bad_input.c), each case in its own
+//! Bad input to `librseq_malloc` (ffi/tests/c/bad_input.c), each case in its own
 //! child process: the exact `rseq-malloc: <who>: invalid pointer 0x...`
 //! message naming the pointer the program passed, death by SIGABRT, and the
 //! program's own check, printed just before the bad call, that its other
@@ -14,6 +14,7 @@ use std::sync::OnceLock;
 use std::time::Duration;
 
 use ffi_common::*;
+use rseq_test_support::class_sizes;
 
 fn bad_input_exe() -> &'static PathBuf {
     static EXE: OnceLock<PathBuf> = OnceLock::new();
@@ -174,19 +175,6 @@ fn ffi_bad_realloc_to_zero_of_stack_pointer() {
 #[test]
 fn ffi_bad_malloc_usable_size_of_stack_pointer() {
     check_case("usable_stack", "malloc_usable_size()");
-}
-
-/// The class sizes, written out (8 B, 16..128 by 16, four steps per power
-/// of two up to 256 KiB).
-fn class_sizes() -> Vec<usize> {
-    let mut v = vec![8];
-    v.extend((16..=128).step_by(16));
-    for k in 7..18 {
-        for j in 1..=4 {
-            v.push((1 << k) + j * (1 << (k - 2)));
-        }
-    }
-    v
 }
 
 /// A small block freed twice at once, at every size class: the block sits

@@ -1,24 +1,34 @@
 //! Registration in child processes: the default (glibc owns the area),
 //! glibc's registration switched off (we register our own), rseq blocked by
 //! seccomp (ENOSYS or SIGSYS: unavailable, and the CAS path does the work),
-//! and valgrind (which does not implement rseq).
+//! and valgrind (which does not implement rseq). The probe (`probe/`) is
+//! this test binary's `probe_entry` test, re-run in a child process.
+
+mod probe;
 
 use std::process::Command;
 
 fn probe(args: &[&str], env: &[(&str, &str)]) -> String {
-    let out = Command::new(env!("CARGO_BIN_EXE_rseq-probe"))
-        .args(args)
+    let out = probe::command(args)
         .envs(env.iter().copied())
         .output()
-        .expect("spawn rseq-probe");
+        .expect("spawn the probe");
     let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
     assert!(
         out.status.success(),
-        "rseq-probe {args:?} {env:?} failed: {:?}\nstdout: {stdout}\nstderr: {}",
+        "probe {args:?} {env:?} failed: {:?}\nstdout: {stdout}\nstderr: {}",
         out.status,
         String::from_utf8_lossy(&out.stderr)
     );
-    stdout.trim().to_string()
+    probe::result(&stdout)
+        .unwrap_or_else(|| panic!("probe {args:?} {env:?}: no result line in {stdout}"))
+        .to_string()
+}
+
+/// Where the probe runs (a no-op unless `RSEQ_PROBE_ARGS` is set).
+#[test]
+fn probe_entry() {
+    probe::entry();
 }
 
 const NO_GLIBC_RSEQ: (&str, &str) = ("GLIBC_TUNABLES", "glibc.pthread.rseq=0");
@@ -101,13 +111,12 @@ fn valgrind_makes_rseq_unavailable() {
         .map(|o| o.status.success())
         .unwrap_or(false);
     assert!(have, "valgrind is not installed: apt-get install valgrind");
+    let probe = probe::command(&["mode"]);
     let out = Command::new("valgrind")
-        .args([
-            "-q",
-            "--error-exitcode=99",
-            env!("CARGO_BIN_EXE_rseq-probe"),
-            "mode",
-        ])
+        .args(["-q", "--error-exitcode=99"])
+        .arg(probe.get_program())
+        .args(probe.get_args())
+        .envs(probe.get_envs().filter_map(|(k, v)| Some((k, v?))))
         .output()
         .expect("spawn valgrind");
     let stdout = String::from_utf8_lossy(&out.stdout);
@@ -118,7 +127,7 @@ fn valgrind_makes_rseq_unavailable() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert_eq!(
-        stdout.trim(),
+        probe::result(&stdout).unwrap_or(&stdout),
         format!(
             "mode=Unavailable errno={} discipline=Cas roundtrip=ok",
             libc::ENOSYS

@@ -1,5 +1,5 @@
 /* Allocation under an address-space limit (RLIMIT_AS), for
- * tests/tests/ffi_as_limit.rs. Run with and without LD_PRELOAD; the test
+ * ffi/tests/ffi_as_limit.rs. Run with and without LD_PRELOAD; the test
  * compares the totals.
  *
  *   as_limit fill LIMIT_MIB BLOCK_BYTES

@@ -1,27 +1,40 @@
-//! A small program the registration and single-step tests run in child
-//! processes (under GLIBC_TUNABLES, seccomp filters, valgrind, ptrace).
+//! The probe the registration and single-step tests run in child processes
+//! (under GLIBC_TUNABLES, seccomp filters, valgrind, ptrace): a test binary
+//! that says `mod probe;` re-runs its `probe_entry` test (see [`command`])
+//! with the probe's arguments in `RSEQ_PROBE_ARGS`, and reads the result
+//! line with [`result`].
 //!
-//! `rseq-probe mode [errno|trap]`: optionally installs a seccomp filter that
-//! makes `rseq(2)` fail with ENOSYS (`errno`) or raise SIGSYS (`trap`), then
-//! prints `mode=<Glibc|Own|Unavailable> errno=N discipline=<Rseq|Cas>
+//! `mode [errno|trap]`: optionally installs a seccomp filter that makes
+//! `rseq(2)` fail with ENOSYS (`errno`) or raise SIGSYS (`trap`), then
+//! reports `mode=<Glibc|Own|Unavailable> errno=N discipline=<Rseq|Cas>
 //! roundtrip=ok` after pushing and popping 1000 items through a per-CPU
 //! structure created with the rseq discipline requested.
 //!
-//! `rseq-probe threads N`: N short-lived threads push items through one
-//! structure; prints `threads=N mode=<..> roundtrip=ok`.
+//! `threads N`: N short-lived threads push items through one structure;
+//! reports `threads=N mode=<..> roundtrip=ok`.
 //!
 //! With `RSEQ_PROBE_POOL=1` the process behaves as with a libc without rseq
 //! symbols (per-thread areas from rseq-sys's pool), and `threads` adds
 //! `pool=<created>/<free>` (areas created / unregistered and reusable).
 //!
-//! `rseq-probe singlestep N`: prepares a structure, stops itself with SIGSTOP
-//! (the tracer then single-steps it), runs N push+pop pairs and prints
-//! `ops=N ok=A exhausted=E aborts=B`, then `_exit(0)`s.
+//! [`singlestep`]`(n, fd)` runs in a forked, traced child: prepares a
+//! structure, stops itself with SIGSTOP (the tracer then single-steps it),
+//! runs n push+pop pairs, writes `ops=N ok=A exhausted=E aborts=B` to `fd`,
+//! then `_exit(0)`s.
 
-use rseq_alloc_tests::Regions;
+#![allow(dead_code)] // each test binary uses a different part
+
+use rseq_sys::percpu::REGION_BYTES;
 use rseq_sys::percpu::{self, Discipline, Index, OpError, PerCpuSlabs};
 use rseq_sys::registration;
+use rseq_test_support::Regions;
+use std::process::Command;
 use std::ptr::NonNull;
+
+/// The probe's arguments (space-separated) in the child's environment.
+pub const ARGS_VAR: &str = "RSEQ_PROBE_ARGS";
+/// What precedes the probe's result line on its stdout.
+const RESULT_PREFIX: &str = "probe-result: ";
 
 fn install_seccomp(action: u32) {
     const AUDIT_ARCH_X86_64: u32 = 0xC000_003E;
@@ -73,14 +86,18 @@ fn install_seccomp(action: u32) {
         len: filter.len() as u16,
         filter: filter.as_ptr() as *mut _,
     };
-    // SAFETY: prctl with a valid, live BPF program.
+    // The probe runs in a test thread: the filter goes on every thread of
+    // the process (TSYNC), as in a program filtered from its start (and as
+    // `/proc/self/status`, the main thread's, then says).
+    // SAFETY: prctl and seccomp with a valid, live BPF program.
     unsafe {
         assert_eq!(libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0), 0);
         assert_eq!(
-            libc::prctl(
-                libc::PR_SET_SECCOMP,
-                libc::SECCOMP_MODE_FILTER,
-                &prog as *const _
+            libc::syscall(
+                libc::SYS_seccomp,
+                libc::SECCOMP_SET_MODE_FILTER,
+                libc::SECCOMP_FILTER_FLAG_TSYNC,
+                &prog as *const libc::sock_fprog
             ),
             0,
             "seccomp filter refused"
@@ -90,7 +107,7 @@ fn install_seccomp(action: u32) {
 
 fn fixture() -> (Regions, PerCpuSlabs) {
     let n = registration::possible_cpus();
-    let mem = Regions::new(n);
+    let mem = Regions::new(n, REGION_BYTES);
     let slabs = PerCpuSlabs::new();
     // SAFETY: fresh zeroed aligned memory for n regions, returned together
     // with the structure (and the caller keeps both alive together).
@@ -100,7 +117,7 @@ fn fixture() -> (Regions, PerCpuSlabs) {
     (mem, slabs)
 }
 
-fn mode(seccomp: Option<&str>) {
+fn mode(seccomp: Option<&str>) -> String {
     match seccomp {
         Some("errno") => install_seccomp(0x0005_0000 | libc::ENOSYS as u32),
         Some("trap") => install_seccomp(0x0003_0000),
@@ -132,17 +149,17 @@ fn mode(seccomp: Option<&str>) {
     popped.sort();
     assert!(!pushed.is_empty());
     assert_eq!(pushed, popped, "items lost or duplicated");
-    println!(
+    format!(
         "mode={m:?} errno={} discipline={:?} roundtrip=ok",
         registration::unavailable_errno(),
         slabs.discipline()
-    );
+    )
 }
 
 /// Many short-lived threads each move their own items through the shared
 /// structure (each thread registers lazily, on its first operation, when we
 /// own the area); every item must come back exactly once.
-fn threads(n: usize) {
+fn threads(n: usize) -> String {
     let (_mem, slabs) = fixture();
     let slabs = &slabs;
     let modes: Vec<registration::Mode> = std::thread::scope(|s| {
@@ -186,13 +203,14 @@ fn threads(n: usize) {
     );
     if std::env::var_os("RSEQ_PROBE_POOL").is_some() {
         let (created, free) = registration::pool_counts();
-        println!("threads={n} mode={first:?} roundtrip=ok pool={created}/{free}");
+        format!("threads={n} mode={first:?} roundtrip=ok pool={created}/{free}")
     } else {
-        println!("threads={n} mode={first:?} roundtrip=ok");
+        format!("threads={n} mode={first:?} roundtrip=ok")
     }
 }
 
-fn singlestep(n: usize) {
+/// The body of the traced child: never returns.
+pub fn singlestep(n: usize, fd: libc::c_int) -> ! {
     let (_mem, slabs) = fixture();
     // Touch the region of every CPU first so the stepped loop runs the
     // critical sections, not the lazy initialisation.
@@ -217,26 +235,45 @@ fn singlestep(n: usize) {
         "ops={} ok={ok} exhausted={exhausted} aborts={aborts}\n",
         2 * n
     );
-    // SAFETY: writes a live buffer to stdout, then exits without running
-    // atexit handlers (fewer instructions for the tracer to step through).
+    // SAFETY: writes a live buffer to the caller's descriptor, then exits
+    // without running atexit handlers (fewer instructions for the tracer to
+    // step through).
     unsafe {
-        libc::write(1, line.as_ptr().cast(), line.len());
+        libc::write(fd, line.as_ptr().cast(), line.len());
         libc::_exit(0);
     }
 }
 
-fn main() {
-    let args: Vec<String> = std::env::args().collect();
+/// The command that runs the probe with `args` in a child: test
+/// `probe_entry` of this test binary (see [`entry`]).
+pub fn command(args: &[&str]) -> Command {
+    let mut cmd = rseq_test_support::child_command("probe_entry", None);
+    cmd.env(ARGS_VAR, args.join(" "));
+    cmd
+}
+
+/// The probe's result line in a child's stdout.
+pub fn result(stdout: &str) -> Option<&str> {
+    stdout
+        .lines()
+        .find_map(|l| l.split_once(RESULT_PREFIX).map(|(_, r)| r.trim()))
+}
+
+/// The body of the `probe_entry` test: runs the probe named by
+/// `RSEQ_PROBE_ARGS` and prints its result line; does nothing without it.
+pub fn entry() {
+    let Some(args) = std::env::var_os(ARGS_VAR) else {
+        return;
+    };
+    let args = args.into_string().expect("probe arguments");
+    let args: Vec<&str> = args.split_whitespace().collect();
     if std::env::var_os("RSEQ_PROBE_POOL").is_some() {
         registration::force_own_pool();
     }
-    match args.get(1).map(String::as_str) {
-        Some("mode") => mode(args.get(2).map(String::as_str)),
-        Some("threads") => threads(args.get(2).and_then(|s| s.parse().ok()).unwrap_or(64)),
-        Some("singlestep") => singlestep(args.get(2).and_then(|s| s.parse().ok()).unwrap_or(20)),
-        _ => {
-            eprintln!("usage: rseq-probe mode [errno|trap] | singlestep N");
-            std::process::exit(2);
-        }
-    }
+    let line = match args.first().copied() {
+        Some("mode") => mode(args.get(1).copied()),
+        Some("threads") => threads(args.get(1).and_then(|s| s.parse().ok()).unwrap_or(64)),
+        _ => panic!("usage: {ARGS_VAR}='mode [errno|trap]' or 'threads N'"),
+    };
+    println!("{RESULT_PREFIX}{line}");
 }

@@ -1,5 +1,5 @@
 //! `librseq_malloc` under an address-space limit (`RLIMIT_AS`), against
-//! glibc's malloc under the same limit (tests/c/as_limit.c, run with and
+//! glibc's malloc under the same limit (ffi/tests/c/as_limit.c, run with and
 //! without LD_PRELOAD; the program sets the limit itself, or the test sets
 //! it before exec like `ulimit -v`):
 //! - fill with 64 B, 64 KiB and 4 MiB blocks at 30 MiB, 200 MiB and 1 GiB:

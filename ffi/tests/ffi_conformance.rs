@@ -1,4 +1,4 @@
-//! C conformance of `librseq_malloc` (tests/c/conformance.c): every exported
+//! C conformance of `librseq_malloc` (ffi/tests/c/conformance.c): every exported
 //! symbol and glibc edge case, run four ways (LD_PRELOAD default,
 //! LD_PRELOAD with `rseq=off`, linked against the cdylib, linked against the
 //! staticlib) and once under valgrind, where rseq is unavailable and the

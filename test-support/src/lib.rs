@@ -1,0 +1,41 @@
+//! Helpers shared by the tests of every crate of the workspace and by the
+//! benches. Nothing here knows the allocator: the crate depends on `libc`
+//! only, so that `rseq-sys`'s own tests can use it.
+//!
+//! - [`Rng`]: a fixed-seed PRNG (xorshift64*), so runs are reproducible;
+//! - [`Regions`], [`mmap_aligned`]: anonymous memory aligned to a per-CPU
+//!   region size, for per-CPU structures built outside the allocator;
+//! - [`run_in_child`], [`in_child`]: re-run one test of the current test
+//!   binary in a child process (own configuration, own address space);
+//! - [`process`]: run a program with a timeout, compile C test programs,
+//!   scratch directories under the target directory.
+#![warn(missing_docs, clippy::undocumented_unsafe_blocks)]
+
+mod child;
+pub mod process;
+mod regions;
+mod rng;
+
+pub use child::{assert_child_ok, child_command, in_child, run_in_child, CHILD_VAR};
+pub use regions::{mmap_aligned, Regions};
+pub use rng::Rng;
+
+/// The calling thread's kernel thread id.
+pub fn gettid() -> libc::pid_t {
+    // SAFETY: gettid has no preconditions.
+    unsafe { libc::gettid() }
+}
+
+/// The allocator's size classes (8 B, 16..128 by 16, then four steps per
+/// power of two up to 256 KiB), written out here so that the tests do not
+/// depend on the allocator's internals.
+pub fn class_sizes() -> Vec<usize> {
+    let mut v = vec![8];
+    v.extend((16..=128).step_by(16));
+    for k in 7..18 {
+        for j in 1..=4 {
+            v.push((1 << k) + j * (1 << (k - 2)));
+        }
+    }
+    v
+}
