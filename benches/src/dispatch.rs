@@ -98,6 +98,32 @@ fn backend() -> u8 {
     }
 }
 
+/// Code to run monomorphised over one backend: `visit` is called with the
+/// backend's allocator itself, so its calls are as direct as through a
+/// program's own `#[global_allocator]` (inlined where the backend is Rust,
+/// a plain call into the C library for the peers) instead of going through
+/// [`Dispatch`]'s per-call branch and out-of-line forwarding, which costs
+/// more than a whole malloc/free pair and would hide the differences a
+/// micro benchmark exists to show.
+pub trait Visit {
+    /// What the visit returns.
+    type Out;
+    /// Runs with the backend's allocator.
+    fn visit<A: GlobalAlloc>(self, a: &'static A) -> Self::Out;
+}
+
+/// Runs `v` with the allocator of this process's backend (the one
+/// [`Dispatch`] forwards to, so blocks may pass between the two).
+pub fn visit_backend<V: Visit>(v: V) -> V::Out {
+    match backend() {
+        JEMALLOC => v.visit(&JE),
+        MIMALLOC => v.visit(&MI),
+        #[cfg(feature = "ours")]
+        RSEQ => v.visit(&OURS),
+        _ => v.visit(&System),
+    }
+}
+
 /// The name of the backend in use ("system", "jemalloc", "mimalloc", "rseq"),
 /// or `None` if the variable named one this binary does not have.
 pub fn backend_name() -> Option<&'static str> {

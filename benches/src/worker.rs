@@ -12,8 +12,9 @@
 //! then, last, `PEAK hwm_kib=<n> rss_kib=<n>`; `SKIP <reason>` when the workload
 //! cannot run on this machine.
 
+use crate::dispatch;
 use rseq_alloc_bench::{allowed_cpus, current_cpu, pin_to_cpu, rss_kib, XorShift};
-use std::alloc::{alloc, dealloc, realloc, Layout};
+use std::alloc::{alloc, dealloc, realloc, GlobalAlloc, Layout};
 use std::collections::HashMap;
 use std::hint::black_box;
 use std::sync::atomic::{AtomicPtr, AtomicU64, Ordering};
@@ -139,9 +140,9 @@ fn reset_peak_rss() -> bool {
 }
 
 #[inline(always)]
-fn pair_once(layout: Layout) {
+fn pair_once<A: GlobalAlloc>(a: &A, layout: Layout) {
     // SAFETY: layout has a non-zero size.
-    let p = unsafe { alloc(layout) };
+    let p = unsafe { a.alloc(layout) };
     if p.is_null() {
         std::alloc::handle_alloc_error(layout);
     }
@@ -149,7 +150,7 @@ fn pair_once(layout: Layout) {
     // black_box keep the compiler from eliding the pair.
     unsafe {
         p.write_volatile(1);
-        dealloc(black_box(p), layout);
+        a.dealloc(black_box(p), layout);
     }
 }
 
@@ -173,17 +174,30 @@ fn best_chunk_ns(total_iters: usize, mut body: impl FnMut(usize)) -> f64 {
         .fold(f64::INFINITY, f64::min)
 }
 
-/// The `pair` workload (see `crate::workloads`).
+/// The `pair` workload (see `crate::workloads`). The calls go straight to
+/// the backend's allocator, monomorphised (see `dispatch::Visit`), as in a
+/// program whose `#[global_allocator]` it is.
 pub fn pair(p: &Params) {
+    struct Run<'a>(&'a Params);
+    impl dispatch::Visit for Run<'_> {
+        type Out = ();
+        fn visit<A: GlobalAlloc>(self, a: &'static A) {
+            pair_with(a, self.0)
+        }
+    }
+    dispatch::visit_backend(Run(p))
+}
+
+fn pair_with<A: GlobalAlloc>(a: &A, p: &Params) {
     let iters = p.usize("iters", 2_000_000);
     for size in p.list("sizes", &[16, 64, 256, 1024, 4096]) {
         let layout = Layout::from_size_align(size, 8).expect("layout");
         for _ in 0..iters / 20 {
-            pair_once(layout);
+            pair_once(a, layout);
         }
         let ns = best_chunk_ns(iters, |n| {
             for _ in 0..n {
-                pair_once(layout);
+                pair_once(a, layout);
             }
         });
         emit(&format!("pair/{size}B"), ns, "ns/pair", "lower");
@@ -199,7 +213,7 @@ pub fn pair(p: &Params) {
             for (slot, &s) in ptrs.iter_mut().zip(&sizes) {
                 let layout = Layout::from_size_align(s, 8).expect("layout");
                 // SAFETY: s >= 16.
-                let q = unsafe { alloc(layout) };
+                let q = unsafe { a.alloc(layout) };
                 if q.is_null() {
                     std::alloc::handle_alloc_error(layout);
                 }
@@ -209,7 +223,7 @@ pub fn pair(p: &Params) {
             }
             for (&q, &s) in ptrs.iter().zip(&sizes) {
                 // SAFETY: q was allocated above with this layout and is freed once.
-                unsafe { dealloc(black_box(q), Layout::from_size_align_unchecked(s, 8)) };
+                unsafe { a.dealloc(black_box(q), Layout::from_size_align_unchecked(s, 8)) };
             }
         }
     }) / 1000.0;
