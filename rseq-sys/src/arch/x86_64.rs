@@ -1,29 +1,22 @@
 //! x86_64 critical sections and the few machine-level helpers registration
 //! needs. This is the only file with assembly for this architecture.
 //!
-//! # Per-CPU region layout (shared with `percpu.rs`)
-//!
-//! Each region (one per CPU or per concurrency id) is `1 << REGION_SHIFT`
-//! bytes at `base + (index << REGION_SHIFT)`. It starts with one 8-byte
-//! header per class, then the pointer slots of all classes. Slot and header
-//! positions are counted in 8-byte units from the region start:
-//!
-//! ```text
-//! header[class] = { current: u16 @0, end: u16 @2, begin: u16 @4, lock: u16 @6 }
-//! slots of class = region[begin .. end], live items = region[begin .. current]
-//! ```
+//! The sections work on the region layout of `percpu/layout.rs`: region
+//! `idx` at `base + (idx << REGION_SHIFT)`, the 8-byte [`Header`] of class
+//! `class` at `region + class * 8`, slot `i` at `region + i * 8`, live
+//! items of a class at slots `begin .. current`. Field offsets (of
+//! [`Header`] and [`BatchArgs`]) and status codes (of [`Status`]) reach the
+//! asm as `const` operands; the `*8` scales are the header's and a slot's
+//! size (checked in `layout.rs`).
 //!
 //! A section reads `current` and `begin`/`end` with separate 16-bit loads
 //! (a wider load would miss store-to-load forwarding from the previous
 //! operation's 16-bit commit, about 5 ns per operation). A section may thus
 //! read `current` while a drain has the header stopped and the bounds after
 //! the drain restored them; the drain therefore fences a second time, after
-//! resetting `current` and before restoring the bounds (see `percpu.rs`).
-//!
-//! Only `current` is written by the critical sections (the commit store).
-//! `begin`/`end` are written by initialisation and by a drain, which first
-//! "stops" the header (`begin = 0xffff`, `end = 0`: every pop sees it empty,
-//! every push sees it full) and then fences.
+//! resetting `current` and before restoring the bounds (see
+//! `percpu/drain.rs`). Only `current` is written by the critical sections
+//! (the commit store).
 //!
 //! # Anatomy of a section
 //!
@@ -45,52 +38,18 @@
 //! debuggers look for them. Numeric labels only, because inlining duplicates
 //! the asm; never labels made only of 0s and 1s (read as binary literals).
 
+use super::{BatchArgs, Status, ABORTS, MAX_RETRIES, REGION_SHIFT};
+use crate::percpu::layout::Header;
 use core::arch::asm;
-use core::sync::atomic::AtomicU64;
+use core::mem::offset_of;
 
-/// Process-wide count of rseq aborts, incremented by every abort handler.
-pub static ABORTS: AtomicU64 = AtomicU64::new(0);
+// `status = OK` is written as `xor st, st`.
+const _: () = assert!(Status::Ok as u32 == 0);
 
-/// Number of consecutive aborts after which an operation gives up with
-/// [`STATUS_EXHAUSTED`]. A debugger that single-steps a section aborts it on
-/// every step; this bound makes stepping through malloc terminate.
-pub const MAX_RETRIES: u32 = 64;
-
-/// log2 of a region's size.
-pub const REGION_SHIFT: u32 = 18;
-
-/// The operation committed.
-pub const STATUS_OK: u32 = 0;
-/// Pop found the stack empty, or push found it full.
-pub const STATUS_MISS: u32 = 1;
-/// `cpu_id` is negative: this thread is not registered.
-pub const STATUS_UNREGISTERED: u32 = 2;
-/// [`MAX_RETRIES`] consecutive aborts.
-pub const STATUS_EXHAUSTED: u32 = 3;
-
-/// Iterations of the delay loop injected inside every critical section
-/// (feature `inject-delay`, tests only).
-#[cfg(feature = "inject-delay")]
-pub static DELAY_LOOPS: AtomicU64 = AtomicU64::new(0);
-
-/// Operands of the batch sections, read from memory so that a restart can
-/// reload them (the sections use more registers than x86_64 has to spare).
-#[repr(C)]
-pub struct BatchArgs {
-    /// Base of region 0.
-    pub base: *mut u8,
-    /// Header index of the class.
-    pub class: usize,
-    /// Pop: destination array. Push: source array.
-    pub buf: *mut *mut u8,
-    /// Maximum number of items to move (>= 1).
-    pub max: usize,
-}
-
-// The delay loop (feature `inject-delay`) sits just before the commit store,
-// where a preemption or signal does the most damage; without the feature it
-// is an empty string and costs nothing.
-#[cfg(feature = "inject-delay")]
+// The delay loop (`--cfg rseq_inject_delay`, stress tests only) sits just
+// before the commit store, where a preemption or signal does the most
+// damage; in every other build it is an empty string and costs nothing.
+#[cfg(rseq_inject_delay)]
 macro_rules! delay {
     () => {
         concat!(
@@ -105,7 +64,7 @@ macro_rules! delay {
         )
     };
 }
-#[cfg(not(feature = "inject-delay"))]
+#[cfg(not(rseq_inject_delay))]
 macro_rules! delay {
     () => {
         ""
@@ -113,32 +72,35 @@ macro_rules! delay {
 }
 
 // Emits one asm! block with the operands every section uses (`aborts`,
-// `shift`, `sig`, and the delay loop's under `inject-delay`).
+// `shift`, `sig`, and the delay loop's under `rseq_inject_delay`).
 macro_rules! rseq_asm {
     ($text:expr ; $($operands:tt)*) => {{
-        #[cfg(feature = "inject-delay")]
+        #[cfg(rseq_inject_delay)]
         asm!(
             $text,
             dl = out(reg) _,
-            dsym = sym DELAY_LOOPS,
+            dsym = sym super::DELAY_LOOPS,
             aborts = sym ABORTS,
             shift = const REGION_SHIFT,
+            rseq_cs = const crate::abi::offset::RSEQ_CS,
+            cpu_id = const crate::abi::offset::CPU_ID,
             sig = const crate::abi::RSEQ_SIG,
             $($operands)*
             options(nostack),
         );
-        #[cfg(not(feature = "inject-delay"))]
+        #[cfg(not(rseq_inject_delay))]
         asm!(
             $text,
             aborts = sym ABORTS,
             shift = const REGION_SHIFT,
+            rseq_cs = const crate::abi::offset::RSEQ_CS,
+            cpu_id = const crate::abi::offset::CPU_ID,
             sig = const crate::abi::RSEQ_SIG,
             $($operands)*
             options(nostack),
         );
     }};
 }
-
 // The text of one section, the anatomy in the module doc: `pre` runs before
 // arming, `body` is the section from start_ip (label 4) to the commit store
 // inclusive and may jump to 7 (unregistered) and 8 (miss), `post` follows
@@ -151,9 +113,9 @@ macro_rules! section_text {
             $($pre,)*
             "2:\n",
             "lea {tmp}, [rip + 3f]\n",                     // tmp = &descriptor
-            "mov qword ptr fs:[{off} + 8], {tmp}\n",       // rseq->rseq_cs = tmp (arm)
+            "mov qword ptr fs:[{off} + {rseq_cs}], {tmp}\n", // rseq->rseq_cs = tmp (arm)
             "4:\n",                                        // start_ip
-            "mov {tmp:e}, dword ptr fs:[{off} + 4]\n",     // tmp = rseq->cpu_id
+            "mov {tmp:e}, dword ptr fs:[{off} + {cpu_id}]\n", // tmp = rseq->cpu_id
             "test {tmp:e}, {tmp:e}\n",                     // if (s32)tmp < 0
             "js 7f\n",                                     //     goto unregistered
             $($body,)+
@@ -192,7 +154,7 @@ macro_rules! section_text {
     };
 }
 
-// A section that reports a status in `{st}` and retries aborts itself:
+// A section that reports a [`Status`] in `{st}` and retries aborts itself:
 // `{st}` counts retries until an exit sets the status, and must not be
 // touched by the body.
 macro_rules! rseq_section {
@@ -204,21 +166,24 @@ macro_rules! rseq_section {
                 ["xor {st:e}, {st:e}\n", "9:\n"]          // status = OK
                 [
                     "7:\n",                                // unregistered:
-                    "mov {st:e}, 2\n",                     // status = UNREGISTERED
+                    "mov {st:e}, {unregistered}\n",        // status = UNREGISTERED
                     "jmp 9b\n",
                     "8:\n",                                // miss:
-                    "mov {st:e}, 1\n",                     // status = MISS
+                    "mov {st:e}, {miss}\n",                // status = MISS
                     "jmp 9b\n"
                 ]
                 [
                     "inc {st:e}\n",                        // retries += 1
                     "cmp {st:e}, {max}\n",                 // if retries < MAX
                     "jb 2b\n",                             //     goto arm again
-                    "mov {st:e}, 3\n",                     // status = EXHAUSTED
+                    "mov {st:e}, {exhausted}\n",           // status = EXHAUSTED
                     "jmp 9b\n"
                 ]
             );
             max = const MAX_RETRIES,
+            unregistered = const Status::Unregistered as u32,
+            miss = const Status::Miss as u32,
+            exhausted = const Status::Exhausted as u32,
             $($operands)*
         )
     };
@@ -242,20 +207,21 @@ macro_rules! rseq_fast_section {
     };
 }
 
-// The single-item bodies, shared by the full and the fast sections.
+// The single-item bodies, shared by the full and the fast sections. They
+// read the header fields `current` and `begin` (pop) or `end` (push).
 macro_rules! pop_body {
     () => {
         concat!(
             "mov {tmp:e}, dword ptr fs:[{idx}]\n", // tmp = rseq->(cpu_id | mm_cid)
             "shl {tmp}, {shift}\n",                // tmp = base + (tmp << SHIFT)
             "add {tmp}, {base}\n",
-            "movzx {h:e}, word ptr [{tmp} + {class}*8]\n", // cur = hdr[class].current
-            "cmp {h:x}, word ptr [{tmp} + {class}*8 + 4]\n", // if cur <= hdr[class].begin
+            "movzx {h:e}, word ptr [{tmp} + {class}*8 + {current}]\n", // cur = hdr[class].current
+            "cmp {h:x}, word ptr [{tmp} + {class}*8 + {begin}]\n", // if cur <= hdr[class].begin
             "jbe 8f\n",                                    //     goto miss (empty)
             "mov {item}, qword ptr [{tmp} + {h}*8 - 8]\n", // item = region[cur - 1]
             "dec {h:e}\n",                                 // cur -= 1
             delay!(),
-            "mov word ptr [{tmp} + {class}*8], {h:x}\n", // commit: hdr[class].current = cur
+            "mov word ptr [{tmp} + {class}*8 + {current}], {h:x}\n", // commit: hdr[class].current = cur
         )
     };
 }
@@ -265,74 +231,89 @@ macro_rules! push_body {
             "mov {tmp:e}, dword ptr fs:[{idx}]\n", // tmp = rseq->(cpu_id | mm_cid)
             "shl {tmp}, {shift}\n",                // tmp = base + (tmp << SHIFT)
             "add {tmp}, {base}\n",
-            "movzx {h:e}, word ptr [{tmp} + {class}*8]\n", // cur = hdr[class].current
-            "cmp {h:x}, word ptr [{tmp} + {class}*8 + 2]\n", // if cur >= hdr[class].end
+            "movzx {h:e}, word ptr [{tmp} + {class}*8 + {current}]\n", // cur = hdr[class].current
+            "cmp {h:x}, word ptr [{tmp} + {class}*8 + {end}]\n", // if cur >= hdr[class].end
             "jae 8f\n",                                    //     goto miss (full)
             "mov qword ptr [{tmp} + {h}*8], {item}\n",     // region[cur] = item
             "inc {h:e}\n",                                 // cur += 1
             delay!(),
-            "mov word ptr [{tmp} + {class}*8], {h:x}\n", // commit: hdr[class].current = cur
+            "mov word ptr [{tmp} + {class}*8 + {current}], {h:x}\n", // commit: hdr[class].current = cur
+        )
+    };
+}
+
+// Runs a single-item body in `$section` (`rseq_section` or
+// `rseq_fast_section`) with the operands the bodies name: the caller's
+// parameters, the item, the scratch registers `tmp` and `h`, and the offsets
+// of `current` and of the bound `$bound` (`begin` or `end`) in [`Header`].
+// `$rest` adds the section's own outputs.
+macro_rules! item_section {
+    ($section:ident!($($text:tt)*) $bound:ident: $off:expr, $idx:expr, $base:expr, $class:expr,
+     item = $dir:ident(reg) $item:expr, $($rest:tt)*) => {
+        $section!(
+            $($text)*
+            off = in(reg) $off,
+            idx = in(reg) $idx,
+            base = in(reg) $base,
+            class = in(reg) $class,
+            item = $dir(reg) $item,
+            tmp = out(reg) _,
+            h = out(reg) _,
+            current = const offset_of!(Header, current),
+            $bound = const offset_of!(Header, $bound),
+            $($rest)*
         )
     };
 }
 
 /// Pops the top item of `class`'s stack in the current CPU's (or cid's)
 /// region. Returns `(item, status)`; `item` is meaningful only when status
-/// is [`STATUS_OK`].
+/// is [`Status::Ok`].
 ///
 /// # Safety
 /// `off` is the thread-pointer offset of this thread's rseq area (or of an
 /// area whose `cpu_id` is negative); `idx` is `off + 4` (cpu) or `off + 24`
-/// (mm_cid); `base` is a region array laid out as in the module docs, with a
-/// region for every index the kernel can report, and `class` is a valid header.
+/// (mm_cid); `base` is a region array laid out as in `percpu/layout.rs`,
+/// with a region for every index the kernel can report, and `class` is a
+/// valid header.
 #[inline(always)]
-pub unsafe fn pop(base: *mut u8, class: usize, off: isize, idx: isize) -> (*mut u8, u32) {
+pub unsafe fn pop(base: *mut u8, class: usize, off: isize, idx: isize) -> (*mut u8, Status) {
     let item: *mut u8;
     let status: u32;
     // SAFETY: the asm touches only the caller's rseq area (through fs) and the
     // region memory the caller vouched for; it writes slot memory only below
     // `current` bounds checked against the header, and commits with one store.
     unsafe {
-        rseq_section!(
-            pop_body!();
-            off = in(reg) off,
-            idx = in(reg) idx,
-            base = in(reg) base,
-            class = in(reg) class,
+        item_section!(
+            rseq_section!(pop_body!();)
+            begin: off, idx, base, class,
             item = out(reg) item,
-            tmp = out(reg) _,
-            h = out(reg) _,
             st = out(reg) status,
         );
     }
-    (item, status)
+    (item, Status::from_u32(status))
 }
 
 /// Pushes `item` onto `class`'s stack in the current CPU's (or cid's) region.
-/// Returns the status ([`STATUS_MISS`] when the stack is full).
+/// Returns the status ([`Status::Miss`] when the stack is full).
 ///
 /// # Safety
 /// As for [`pop`].
 #[inline(always)]
-pub unsafe fn push(base: *mut u8, class: usize, off: isize, idx: isize, item: *mut u8) -> u32 {
+pub unsafe fn push(base: *mut u8, class: usize, off: isize, idx: isize, item: *mut u8) -> Status {
     let status: u32;
     // SAFETY: as in `pop`; the slot written is `region[cur]` with
     // `cur < end`, a free slot of this class, and nothing is published until
     // the commit store.
     unsafe {
-        rseq_section!(
-            push_body!();
-            off = in(reg) off,
-            idx = in(reg) idx,
-            base = in(reg) base,
-            class = in(reg) class,
+        item_section!(
+            rseq_section!(push_body!();)
+            end: off, idx, base, class,
             item = in(reg) item,
-            tmp = out(reg) _,
-            h = out(reg) _,
             st = out(reg) status,
         );
     }
-    status
+    Status::from_u32(status)
 }
 
 /// The fast pop: the top item of `class`'s stack in the current CPU's (or
@@ -346,19 +327,16 @@ pub unsafe fn pop_or_null(base: *mut u8, class: usize, off: isize, idx: isize) -
     let item: *mut u8;
     // SAFETY: as in `pop`.
     unsafe {
-        rseq_fast_section!(
-            concat!(
-                "xor {item:e}, {item:e}\n",                 // item = null
-                "jmp 5b\n",
-            );
-            pop_body!();
-            off = in(reg) off,
-            idx = in(reg) idx,
-            base = in(reg) base,
-            class = in(reg) class,
+        item_section!(
+            rseq_fast_section!(
+                concat!(
+                    "xor {item:e}, {item:e}\n",             // item = null
+                    "jmp 5b\n",
+                );
+                pop_body!();
+            )
+            begin: off, idx, base, class,
             item = out(reg) item,
-            tmp = out(reg) _,
-            h = out(reg) _,
         );
     }
     item
@@ -382,20 +360,52 @@ pub unsafe fn push_or_miss(
 ) -> bool {
     // SAFETY: as in `push`.
     unsafe {
-        rseq_fast_section!(
-            "jmp {miss}\n";
-            push_body!();
-            off = in(reg) off,
-            idx = in(reg) idx,
-            base = in(reg) base,
-            class = in(reg) class,
+        item_section!(
+            rseq_fast_section!("jmp {miss}\n"; push_body!();)
+            end: off, idx, base, class,
             item = in(reg) item,
-            tmp = out(reg) _,
-            h = out(reg) _,
             miss = label { return false; },
         );
     }
     true
+}
+
+// The start of both batch sections: the region, the class and its
+// `current`, from the `BatchArgs` at `{a}`.
+macro_rules! batch_head {
+    () => {
+        concat!(
+            "mov {tmp:e}, dword ptr fs:[{idx}]\n", // tmp = rseq->(cpu_id | mm_cid)
+            "shl {tmp}, {shift}\n",                // region = args.base + (tmp << SHIFT)
+            "add {tmp}, qword ptr [{a} + {a_base}]\n",
+            "mov {cls}, qword ptr [{a} + {a_class}]\n", // cls = args.class
+            "movzx {cur:e}, word ptr [{tmp} + {cls}*8 + {current}]\n", // cur = hdr.current
+        )
+    };
+}
+
+// Runs a batch body (after `batch_head!`) in `rseq_section` with the
+// operands both batch bodies name; `$bound` is the header bound it reads
+// (`begin` or `end`), `$rest` the status and the `rep movsq` registers.
+macro_rules! batch_section {
+    ($($body:expr),+ ; $bound:ident: $off:expr, $idx:expr, $args:expr, $($rest:tt)*) => {
+        rseq_section!(
+            batch_head!(), $($body),+ ;
+            off = in(reg) $off,
+            idx = in(reg) $idx,
+            a = in(reg) $args as *const BatchArgs,
+            cls = out(reg) _,
+            tmp = out(reg) _,
+            cur = out(reg) _,
+            a_base = const offset_of!(BatchArgs, base),
+            a_class = const offset_of!(BatchArgs, class),
+            a_buf = const offset_of!(BatchArgs, buf),
+            a_max = const offset_of!(BatchArgs, max),
+            current = const offset_of!(Header, current),
+            $bound = const offset_of!(Header, $bound),
+            $($rest)*
+        )
+    };
 }
 
 /// Pops up to `args.max` items (the top of the stack, in stack order from
@@ -404,49 +414,35 @@ pub unsafe fn push_or_miss(
 /// # Safety
 /// As for [`pop`]; `args.buf` is valid for `args.max` writes, `args.max >= 1`.
 #[inline]
-pub unsafe fn pop_batch(args: &BatchArgs, off: isize, idx: isize) -> (usize, u32) {
+pub unsafe fn pop_batch(args: &BatchArgs, off: isize, idx: isize) -> (usize, Status) {
     let end: *mut *mut u8;
     let status: u32;
     // SAFETY: as in `pop`; the copy writes only the caller's buffer, which is
     // harmless to redo after an abort; the commit is the single store of the
     // lowered `current`.
     unsafe {
-        rseq_section!(
-            "mov {tmp:e}, dword ptr fs:[{idx}]\n",              // tmp = rseq->(cpu_id | mm_cid)
-            "shl {tmp}, {shift}\n",                                // region = args.base + (tmp << SHIFT)
-            "add {tmp}, qword ptr [{a}]\n",
-            "mov {cls}, qword ptr [{a} + 8]\n",                 // cls = args.class
-            "movzx {cur:e}, word ptr [{tmp} + {cls}*8]\n",      // cur = hdr.current
-            "movzx ecx, word ptr [{tmp} + {cls}*8 + 4]\n",      // n = hdr.begin
+        batch_section!(
+            "movzx ecx, word ptr [{tmp} + {cls}*8 + {begin}]\n", // n = hdr.begin
             "sub rcx, {cur}\n",                                 // n = begin - cur
             "jge 8f\n",                                         // if begin >= cur goto miss (empty)
             "neg rcx\n",                                        // n = cur - begin
-            "cmp rcx, qword ptr [{a} + 24]\n",                  // n = min(n, args.max)
-            "cmova rcx, qword ptr [{a} + 24]\n",
+            "cmp rcx, qword ptr [{a} + {a_max}]\n",             // n = min(n, args.max)
+            "cmova rcx, qword ptr [{a} + {a_max}]\n",
             "sub {cur}, rcx\n",                                 // cur -= n
             "lea rsi, [{tmp} + {cur}*8]\n",                     // src = &region[cur]
-            "mov rdi, qword ptr [{a} + 16]\n",                  // dst = args.buf
+            "mov rdi, qword ptr [{a} + {a_buf}]\n",             // dst = args.buf
             "rep movsq\n",                                      // copy n items (dst advances)
             delay!(),
-            "mov word ptr [{tmp} + {cls}*8], {cur:x}\n";        // commit: hdr.current = cur
-            off = in(reg) off,
-            idx = in(reg) idx,
-            a = in(reg) args as *const BatchArgs,
-            cls = out(reg) _,
-            tmp = out(reg) _,
-            cur = out(reg) _,
+            "mov word ptr [{tmp} + {cls}*8 + {current}], {cur:x}\n"; // commit: hdr.current = cur
+            begin: off, idx, args,
             st = out(reg) status,
             out("rcx") _,
             out("rsi") _,
             out("rdi") end,
         );
     }
-    if status == STATUS_OK {
-        // SAFETY: `rep movsq` advanced `rdi` from `args.buf` by the count.
-        (unsafe { end.offset_from(args.buf) } as usize, status)
-    } else {
-        (0, status)
-    }
+    // SAFETY: `rep movsq` advanced `rdi` from `args.buf` by the count.
+    batch_result(status, || unsafe { end.offset_from(args.buf) })
 }
 
 /// Pushes up to `args.max` items from `args.buf` (a prefix of it). Returns
@@ -455,49 +451,42 @@ pub unsafe fn pop_batch(args: &BatchArgs, off: isize, idx: isize) -> (usize, u32
 /// # Safety
 /// As for [`pop`]; `args.buf` is valid for `args.max` reads, `args.max >= 1`.
 #[inline]
-pub unsafe fn push_batch(args: &BatchArgs, off: isize, idx: isize) -> (usize, u32) {
+pub unsafe fn push_batch(args: &BatchArgs, off: isize, idx: isize) -> (usize, Status) {
     let end: *mut *mut u8;
     let status: u32;
     // SAFETY: as in `push`; the copy writes only free slots of this class
     // (`cur .. cur + n <= end`), which nothing reads until the commit.
     unsafe {
-        rseq_section!(
-            "mov {tmp:e}, dword ptr fs:[{idx}]\n",              // tmp = rseq->(cpu_id | mm_cid)
-            "shl {tmp}, {shift}\n",                                // region = args.base + (tmp << SHIFT)
-            "add {tmp}, qword ptr [{a}]\n",
-            "mov {cls}, qword ptr [{a} + 8]\n",                 // cls = args.class
-            "movzx {cur:e}, word ptr [{tmp} + {cls}*8]\n",      // cur = hdr.current
-            "movzx ecx, word ptr [{tmp} + {cls}*8 + 2]\n",      // n = hdr.end
+        batch_section!(
+            "movzx ecx, word ptr [{tmp} + {cls}*8 + {end}]\n",  // n = hdr.end
             "sub rcx, {cur}\n",                                 // n = end - cur
             "jle 8f\n",                                         // if end <= cur goto miss (full)
-            "cmp rcx, qword ptr [{a} + 24]\n",                  // n = min(n, args.max)
-            "cmova rcx, qword ptr [{a} + 24]\n",
+            "cmp rcx, qword ptr [{a} + {a_max}]\n",             // n = min(n, args.max)
+            "cmova rcx, qword ptr [{a} + {a_max}]\n",
             "lea rdi, [{tmp} + {cur}*8]\n",                     // dst = &region[cur]
             "add {cur}, rcx\n",                                 // cur += n
-            "mov rsi, qword ptr [{a} + 16]\n",                  // src = args.buf
+            "mov rsi, qword ptr [{a} + {a_buf}]\n",             // src = args.buf
             "rep movsq\n",                                      // copy n items (src advances)
             delay!(),
-            "mov word ptr [{tmp} + {cls}*8], {cur:x}\n";        // commit: hdr.current = cur
-            off = in(reg) off,
-            idx = in(reg) idx,
-            a = in(reg) args as *const BatchArgs,
-            cls = out(reg) _,
-            tmp = out(reg) _,
-            cur = out(reg) _,
+            "mov word ptr [{tmp} + {cls}*8 + {current}], {cur:x}\n"; // commit: hdr.current = cur
+            end: off, idx, args,
             st = out(reg) status,
             out("rcx") _,
             out("rsi") end,
             out("rdi") _,
         );
     }
-    if status == STATUS_OK {
-        // SAFETY: `rep movsq` advanced `rsi` from `args.buf` by the count.
-        (
-            unsafe { end.offset_from(args.buf.cast_const()) } as usize,
-            status,
-        )
-    } else {
-        (0, status)
+    // SAFETY: `rep movsq` advanced `rsi` from `args.buf` by the count.
+    batch_result(status, || unsafe { end.offset_from(args.buf.cast_const()) })
+}
+
+/// `(count, status)` of a batch section: the count is `moved()` (how far
+/// `rep movsq` advanced the buffer pointer) when it committed, else 0.
+#[inline(always)]
+fn batch_result(status: u32, moved: impl FnOnce() -> isize) -> (usize, Status) {
+    match Status::from_u32(status) {
+        Status::Ok => (moved() as usize, Status::Ok),
+        st => (0, st),
     }
 }
 
