@@ -49,6 +49,7 @@ const _: () = assert!(Status::Ok as u32 == 0);
 // The delay loop (`--cfg rseq_inject_delay`, stress tests only) sits just
 // before the commit store, where a preemption or signal does the most
 // damage; in every other build it is an empty string and costs nothing.
+// `rseq_asm!` gives it its operands (`dl`, `dsym`) in that build only.
 #[cfg(rseq_inject_delay)]
 macro_rules! delay {
     () => {
@@ -64,43 +65,43 @@ macro_rules! delay {
         )
     };
 }
+#[cfg(rseq_inject_delay)]
+macro_rules! rseq_asm {
+    ($text:expr ; $($operands:tt)*) => {
+        rseq_asm_common!($text; dl = out(reg) _, dsym = sym super::DELAY_LOOPS, $($operands)*)
+    };
+}
+
 #[cfg(not(rseq_inject_delay))]
 macro_rules! delay {
     () => {
         ""
     };
 }
+#[cfg(not(rseq_inject_delay))]
+macro_rules! rseq_asm {
+    ($text:expr ; $($operands:tt)*) => {
+        rseq_asm_common!($text; $($operands)*)
+    };
+}
 
 // Emits one asm! block with the operands every section uses (`aborts`,
-// `shift`, `sig`, and the delay loop's under `rseq_inject_delay`).
-macro_rules! rseq_asm {
-    ($text:expr ; $($operands:tt)*) => {{
-        #[cfg(rseq_inject_delay)]
+// `shift`, `sig`, the `rseq` field offsets).
+macro_rules! rseq_asm_common {
+    ($text:expr ; $($operands:tt)*) => {
         asm!(
             $text,
-            dl = out(reg) _,
-            dsym = sym super::DELAY_LOOPS,
+            $($operands)*
             aborts = sym ABORTS,
             shift = const REGION_SHIFT,
             rseq_cs = const crate::abi::offset::RSEQ_CS,
             cpu_id = const crate::abi::offset::CPU_ID,
             sig = const crate::abi::RSEQ_SIG,
-            $($operands)*
             options(nostack),
-        );
-        #[cfg(not(rseq_inject_delay))]
-        asm!(
-            $text,
-            aborts = sym ABORTS,
-            shift = const REGION_SHIFT,
-            rseq_cs = const crate::abi::offset::RSEQ_CS,
-            cpu_id = const crate::abi::offset::CPU_ID,
-            sig = const crate::abi::RSEQ_SIG,
-            $($operands)*
-            options(nostack),
-        );
-    }};
+        )
+    };
 }
+
 // The text of one section, the anatomy in the module doc: `pre` runs before
 // arming, `body` is the section from start_ip (label 4) to the commit store
 // inclusive and may jump to 7 (unregistered) and 8 (miss), `post` follows
@@ -156,9 +157,10 @@ macro_rules! section_text {
 
 // A section that reports a [`Status`] in `{st}` and retries aborts itself:
 // `{st}` counts retries until an exit sets the status, and must not be
-// touched by the body.
+// touched by the body. Evaluates to the status.
 macro_rules! rseq_section {
-    ($($body:expr),+ ; $($operands:tt)*) => {
+    ($($body:expr),+ ; $($operands:tt)*) => {{
+        let status: u32;
         rseq_asm!(
             section_text!(
                 ["xor {st:e}, {st:e}\n"]                  // retries = 0 (st doubles as the counter)
@@ -185,8 +187,10 @@ macro_rules! rseq_section {
             miss = const Status::Miss as u32,
             exhausted = const Status::Exhausted as u32,
             $($operands)*
-        )
-    };
+            st = out(reg) status,
+        );
+        Status::from_u32(status)
+    }};
 }
 
 // The fast sections (`pop_or_null`, `push_or_miss`) report differently, so
@@ -208,36 +212,46 @@ macro_rules! rseq_fast_section {
 }
 
 // The single-item bodies, shared by the full and the fast sections. They
-// read the header fields `current` and `begin` (pop) or `end` (push).
-macro_rules! pop_body {
+// read the header fields `current` and `{bound}`: `begin` (pop) or `end`
+// (push); `item_head!` and `item_commit!` are what both do.
+macro_rules! item_head {
     () => {
         concat!(
             "mov {tmp:e}, dword ptr fs:[{idx}]\n", // tmp = rseq->(cpu_id | mm_cid)
             "shl {tmp}, {shift}\n",                // tmp = base + (tmp << SHIFT)
             "add {tmp}, {base}\n",
             "movzx {h:e}, word ptr [{tmp} + {class}*8 + {current}]\n", // cur = hdr[class].current
-            "cmp {h:x}, word ptr [{tmp} + {class}*8 + {begin}]\n", // if cur <= hdr[class].begin
-            "jbe 8f\n",                                    //     goto miss (empty)
-            "mov {item}, qword ptr [{tmp} + {h}*8 - 8]\n", // item = region[cur - 1]
-            "dec {h:e}\n",                                 // cur -= 1
+            "cmp {h:x}, word ptr [{tmp} + {class}*8 + {bound}]\n", // compare cur, hdr[class].(begin | end)
+        )
+    };
+}
+macro_rules! item_commit {
+    () => {
+        concat!(
             delay!(),
             "mov word ptr [{tmp} + {class}*8 + {current}], {h:x}\n", // commit: hdr[class].current = cur
+        )
+    };
+}
+macro_rules! pop_body {
+    () => {
+        concat!(
+            item_head!(),                                  // cur vs hdr[class].begin:
+            "jbe 8f\n",                                    // if cur <= begin goto miss (empty)
+            "mov {item}, qword ptr [{tmp} + {h}*8 - 8]\n", // item = region[cur - 1]
+            "dec {h:e}\n",                                 // cur -= 1
+            item_commit!(),
         )
     };
 }
 macro_rules! push_body {
     () => {
         concat!(
-            "mov {tmp:e}, dword ptr fs:[{idx}]\n", // tmp = rseq->(cpu_id | mm_cid)
-            "shl {tmp}, {shift}\n",                // tmp = base + (tmp << SHIFT)
-            "add {tmp}, {base}\n",
-            "movzx {h:e}, word ptr [{tmp} + {class}*8 + {current}]\n", // cur = hdr[class].current
-            "cmp {h:x}, word ptr [{tmp} + {class}*8 + {end}]\n", // if cur >= hdr[class].end
-            "jae 8f\n",                                    //     goto miss (full)
-            "mov qword ptr [{tmp} + {h}*8], {item}\n",     // region[cur] = item
-            "inc {h:e}\n",                                 // cur += 1
-            delay!(),
-            "mov word ptr [{tmp} + {class}*8 + {current}], {h:x}\n", // commit: hdr[class].current = cur
+            item_head!(),                              // cur vs hdr[class].end:
+            "jae 8f\n",                                // if cur >= end goto miss (full)
+            "mov qword ptr [{tmp} + {h}*8], {item}\n", // region[cur] = item
+            "inc {h:e}\n",                             // cur += 1
+            item_commit!(),
         )
     };
 }
@@ -245,7 +259,7 @@ macro_rules! push_body {
 // Runs a single-item body in `$section` (`rseq_section` or
 // `rseq_fast_section`) with the operands the bodies name: the caller's
 // parameters, the item, the scratch registers `tmp` and `h`, and the offsets
-// of `current` and of the bound `$bound` (`begin` or `end`) in [`Header`].
+// of `current` and (as `bound`) of `$bound` (`begin` or `end`) in [`Header`].
 // `$rest` adds the section's own outputs.
 macro_rules! item_section {
     ($section:ident!($($text:tt)*) $bound:ident: $off:expr, $idx:expr, $base:expr, $class:expr,
@@ -260,7 +274,7 @@ macro_rules! item_section {
             tmp = out(reg) _,
             h = out(reg) _,
             current = const offset_of!(Header, current),
-            $bound = const offset_of!(Header, $bound),
+            bound = const offset_of!(Header, $bound),
             $($rest)*
         )
     };
@@ -279,19 +293,13 @@ macro_rules! item_section {
 #[inline(always)]
 pub unsafe fn pop(base: *mut u8, class: usize, off: isize, idx: isize) -> (*mut u8, Status) {
     let item: *mut u8;
-    let status: u32;
     // SAFETY: the asm touches only the caller's rseq area (through fs) and the
     // region memory the caller vouched for; it writes slot memory only below
     // `current` bounds checked against the header, and commits with one store.
-    unsafe {
-        item_section!(
-            rseq_section!(pop_body!();)
-            begin: off, idx, base, class,
-            item = out(reg) item,
-            st = out(reg) status,
-        );
-    }
-    (item, Status::from_u32(status))
+    let status = unsafe {
+        item_section!(rseq_section!(pop_body!();) begin: off, idx, base, class, item = out(reg) item,)
+    };
+    (item, status)
 }
 
 /// Pushes `item` onto `class`'s stack in the current CPU's (or cid's) region.
@@ -301,19 +309,12 @@ pub unsafe fn pop(base: *mut u8, class: usize, off: isize, idx: isize) -> (*mut 
 /// As for [`pop`].
 #[inline(always)]
 pub unsafe fn push(base: *mut u8, class: usize, off: isize, idx: isize, item: *mut u8) -> Status {
-    let status: u32;
     // SAFETY: as in `pop`; the slot written is `region[cur]` with
     // `cur < end`, a free slot of this class, and nothing is published until
     // the commit store.
     unsafe {
-        item_section!(
-            rseq_section!(push_body!();)
-            end: off, idx, base, class,
-            item = in(reg) item,
-            st = out(reg) status,
-        );
+        item_section!(rseq_section!(push_body!();) end: off, idx, base, class, item = in(reg) item,)
     }
-    Status::from_u32(status)
 }
 
 /// The fast pop: the top item of `class`'s stack in the current CPU's (or
@@ -370,8 +371,47 @@ pub unsafe fn push_or_miss(
     true
 }
 
-// The start of both batch sections: the region, the class and its
-// `current`, from the `BatchArgs` at `{a}`.
+// A batch section: `batch_head!`, the body, `batch_commit!`, with the
+// operands they name; `$bound` is the header bound the head reads (`begin`
+// for pop, `end` for push). Evaluates to `(count, status)`: the count is how
+// far `rep movsq` advanced its destination (pop: `rdi`, from `args.buf`) or
+// source (push: `rsi`) pointer.
+macro_rules! batch_section {
+    ($pop:literal, $bound:ident: $off:expr, $idx:expr, $args:expr; $($body:expr),+ $(,)?) => {{
+        let src: *const *mut u8;
+        let dst: *mut *mut u8;
+        let status = rseq_section!(
+            batch_head!(), $($body,)+ batch_commit!() ;
+            off = in(reg) $off,
+            idx = in(reg) $idx,
+            a = in(reg) $args as *const BatchArgs,
+            cls = out(reg) _,
+            tmp = out(reg) _,
+            cur = out(reg) _,
+            out("rcx") _,
+            out("rsi") src,
+            out("rdi") dst,
+            a_base = const offset_of!(BatchArgs, base),
+            a_class = const offset_of!(BatchArgs, class),
+            a_buf = const offset_of!(BatchArgs, buf),
+            a_max = const offset_of!(BatchArgs, max),
+            current = const offset_of!(Header, current),
+            bound = const offset_of!(Header, $bound),
+        );
+        match status {
+            Status::Ok => {
+                let advanced = if $pop { dst.cast_const() } else { src };
+                // SAFETY: `rep movsq` advanced that pointer from `args.buf`
+                // by the count, inside the caller's buffer.
+                (advanced.offset_from($args.buf) as usize, Status::Ok)
+            }
+            st => (0, st),
+        }
+    }};
+}
+
+// The start of both batch sections: the region, the class, its `current`
+// and `n = bound - current`, from the `BatchArgs` at `{a}`.
 macro_rules! batch_head {
     () => {
         concat!(
@@ -380,30 +420,18 @@ macro_rules! batch_head {
             "add {tmp}, qword ptr [{a} + {a_base}]\n",
             "mov {cls}, qword ptr [{a} + {a_class}]\n", // cls = args.class
             "movzx {cur:e}, word ptr [{tmp} + {cls}*8 + {current}]\n", // cur = hdr.current
+            "movzx ecx, word ptr [{tmp} + {cls}*8 + {bound}]\n", // n = hdr.(begin | end)
+            "sub rcx, {cur}\n",                         // n = bound - cur
         )
     };
 }
 
-// Runs a batch body (after `batch_head!`) in `rseq_section` with the
-// operands both batch bodies name; `$bound` is the header bound it reads
-// (`begin` or `end`), `$rest` the status and the `rep movsq` registers.
-macro_rules! batch_section {
-    ($($body:expr),+ ; $bound:ident: $off:expr, $idx:expr, $args:expr, $($rest:tt)*) => {
-        rseq_section!(
-            batch_head!(), $($body),+ ;
-            off = in(reg) $off,
-            idx = in(reg) $idx,
-            a = in(reg) $args as *const BatchArgs,
-            cls = out(reg) _,
-            tmp = out(reg) _,
-            cur = out(reg) _,
-            a_base = const offset_of!(BatchArgs, base),
-            a_class = const offset_of!(BatchArgs, class),
-            a_buf = const offset_of!(BatchArgs, buf),
-            a_max = const offset_of!(BatchArgs, max),
-            current = const offset_of!(Header, current),
-            $bound = const offset_of!(Header, $bound),
-            $($rest)*
+// The end of both batch sections: the delay loop and the commit store.
+macro_rules! batch_commit {
+    () => {
+        concat!(
+            delay!(),
+            "mov word ptr [{tmp} + {cls}*8 + {current}], {cur:x}\n", // commit: hdr.current = cur
         )
     };
 }
@@ -415,34 +443,22 @@ macro_rules! batch_section {
 /// As for [`pop`]; `args.buf` is valid for `args.max` writes, `args.max >= 1`.
 #[inline]
 pub unsafe fn pop_batch(args: &BatchArgs, off: isize, idx: isize) -> (usize, Status) {
-    let end: *mut *mut u8;
-    let status: u32;
     // SAFETY: as in `pop`; the copy writes only the caller's buffer, which is
     // harmless to redo after an abort; the commit is the single store of the
     // lowered `current`.
     unsafe {
         batch_section!(
-            "movzx ecx, word ptr [{tmp} + {cls}*8 + {begin}]\n", // n = hdr.begin
-            "sub rcx, {cur}\n",                                 // n = begin - cur
-            "jge 8f\n",                                         // if begin >= cur goto miss (empty)
-            "neg rcx\n",                                        // n = cur - begin
-            "cmp rcx, qword ptr [{a} + {a_max}]\n",             // n = min(n, args.max)
+            true, begin: off, idx, args;
+            "jge 8f\n",                             // if begin >= cur goto miss (empty)
+            "neg rcx\n",                            // n = cur - begin
+            "cmp rcx, qword ptr [{a} + {a_max}]\n", // n = min(n, args.max)
             "cmova rcx, qword ptr [{a} + {a_max}]\n",
-            "sub {cur}, rcx\n",                                 // cur -= n
-            "lea rsi, [{tmp} + {cur}*8]\n",                     // src = &region[cur]
-            "mov rdi, qword ptr [{a} + {a_buf}]\n",             // dst = args.buf
-            "rep movsq\n",                                      // copy n items (dst advances)
-            delay!(),
-            "mov word ptr [{tmp} + {cls}*8 + {current}], {cur:x}\n"; // commit: hdr.current = cur
-            begin: off, idx, args,
-            st = out(reg) status,
-            out("rcx") _,
-            out("rsi") _,
-            out("rdi") end,
-        );
+            "sub {cur}, rcx\n",                     // cur -= n
+            "lea rsi, [{tmp} + {cur}*8]\n",         // src = &region[cur]
+            "mov rdi, qword ptr [{a} + {a_buf}]\n", // dst = args.buf
+            "rep movsq\n",                          // copy n items (dst advances)
+        )
     }
-    // SAFETY: `rep movsq` advanced `rdi` from `args.buf` by the count.
-    batch_result(status, || unsafe { end.offset_from(args.buf) })
 }
 
 /// Pushes up to `args.max` items from `args.buf` (a prefix of it). Returns
@@ -452,41 +468,19 @@ pub unsafe fn pop_batch(args: &BatchArgs, off: isize, idx: isize) -> (usize, Sta
 /// As for [`pop`]; `args.buf` is valid for `args.max` reads, `args.max >= 1`.
 #[inline]
 pub unsafe fn push_batch(args: &BatchArgs, off: isize, idx: isize) -> (usize, Status) {
-    let end: *mut *mut u8;
-    let status: u32;
     // SAFETY: as in `push`; the copy writes only free slots of this class
     // (`cur .. cur + n <= end`), which nothing reads until the commit.
     unsafe {
         batch_section!(
-            "movzx ecx, word ptr [{tmp} + {cls}*8 + {end}]\n",  // n = hdr.end
-            "sub rcx, {cur}\n",                                 // n = end - cur
-            "jle 8f\n",                                         // if end <= cur goto miss (full)
-            "cmp rcx, qword ptr [{a} + {a_max}]\n",             // n = min(n, args.max)
+            false, end: off, idx, args;
+            "jle 8f\n",                             // if end <= cur goto miss (full)
+            "cmp rcx, qword ptr [{a} + {a_max}]\n", // n = min(n, args.max)
             "cmova rcx, qword ptr [{a} + {a_max}]\n",
-            "lea rdi, [{tmp} + {cur}*8]\n",                     // dst = &region[cur]
-            "add {cur}, rcx\n",                                 // cur += n
-            "mov rsi, qword ptr [{a} + {a_buf}]\n",             // src = args.buf
-            "rep movsq\n",                                      // copy n items (src advances)
-            delay!(),
-            "mov word ptr [{tmp} + {cls}*8 + {current}], {cur:x}\n"; // commit: hdr.current = cur
-            end: off, idx, args,
-            st = out(reg) status,
-            out("rcx") _,
-            out("rsi") end,
-            out("rdi") _,
-        );
-    }
-    // SAFETY: `rep movsq` advanced `rsi` from `args.buf` by the count.
-    batch_result(status, || unsafe { end.offset_from(args.buf.cast_const()) })
-}
-
-/// `(count, status)` of a batch section: the count is `moved()` (how far
-/// `rep movsq` advanced the buffer pointer) when it committed, else 0.
-#[inline(always)]
-fn batch_result(status: u32, moved: impl FnOnce() -> isize) -> (usize, Status) {
-    match Status::from_u32(status) {
-        Status::Ok => (moved() as usize, Status::Ok),
-        st => (0, st),
+            "lea rdi, [{tmp} + {cur}*8]\n",         // dst = &region[cur]
+            "add {cur}, rcx\n",                     // cur += n
+            "mov rsi, qword ptr [{a} + {a_buf}]\n", // src = args.buf
+            "rep movsq\n",                          // copy n items (src advances)
+        )
     }
 }
 
