@@ -659,7 +659,7 @@ impl SigsysGuard {
         // SAFETY: an all-zero sigaction is a valid value to fill in.
         let mut new: libc::sigaction = unsafe { core::mem::zeroed() };
         new.sa_sigaction = on_sigsys as extern "C" fn(libc::c_int) as usize;
-        // SAFETY: same as above.
+        // SAFETY: an all-zero sigaction is a valid value to be overwritten.
         let mut old: libc::sigaction = unsafe { core::mem::zeroed() };
         // SAFETY: valid pointers to sigaction structs; the handler only
         // stores to an atomic (async-signal-safe).

@@ -309,7 +309,8 @@ pub unsafe fn pop(base: *mut u8, class: usize, off: isize, idx: isize) -> (*mut 
 /// As for [`pop`].
 #[inline(always)]
 pub unsafe fn push(base: *mut u8, class: usize, off: isize, idx: isize, item: *mut u8) -> Status {
-    // SAFETY: as in `pop`; the slot written is `region[cur]` with
+    // SAFETY: the caller's contract (see `pop`) confines the asm to its rseq
+    // area and the region array; the slot written is `region[cur]` with
     // `cur < end`, a free slot of this class, and nothing is published until
     // the commit store.
     unsafe {
@@ -326,7 +327,9 @@ pub unsafe fn push(base: *mut u8, class: usize, off: isize, idx: isize, item: *m
 #[inline(always)]
 pub unsafe fn pop_or_null(base: *mut u8, class: usize, off: isize, idx: isize) -> *mut u8 {
     let item: *mut u8;
-    // SAFETY: as in `pop`.
+    // SAFETY: the caller's contract (see `pop`) confines the asm to its rseq
+    // area and the region array; it writes only the commit store, below the
+    // bounds it checked.
     unsafe {
         item_section!(
             rseq_fast_section!(
@@ -359,7 +362,9 @@ pub unsafe fn push_or_miss(
     idx: isize,
     item: *mut u8,
 ) -> bool {
-    // SAFETY: as in `push`.
+    // SAFETY: the caller's contract (see `pop`) confines the asm to its rseq
+    // area and the region array; it writes the free slot `region[cur]`
+    // (`cur < end`) and then commits.
     unsafe {
         item_section!(
             rseq_fast_section!("jmp {miss}\n"; push_body!();)
@@ -443,9 +448,10 @@ macro_rules! batch_commit {
 /// As for [`pop`]; `args.buf` is valid for `args.max` writes, `args.max >= 1`.
 #[inline]
 pub unsafe fn pop_batch(args: &BatchArgs, off: isize, idx: isize) -> (usize, Status) {
-    // SAFETY: as in `pop`; the copy writes only the caller's buffer, which is
-    // harmless to redo after an abort; the commit is the single store of the
-    // lowered `current`.
+    // SAFETY: the caller's contract (see `pop`) confines the asm to its rseq
+    // area, the region array and `args.buf` (`args.max` writes); the copy
+    // writes only that buffer, which is harmless to redo after an abort; the
+    // commit is the single store of the lowered `current`.
     unsafe {
         batch_section!(
             true, begin: off, idx, args;
@@ -468,8 +474,10 @@ pub unsafe fn pop_batch(args: &BatchArgs, off: isize, idx: isize) -> (usize, Sta
 /// As for [`pop`]; `args.buf` is valid for `args.max` reads, `args.max >= 1`.
 #[inline]
 pub unsafe fn push_batch(args: &BatchArgs, off: isize, idx: isize) -> (usize, Status) {
-    // SAFETY: as in `push`; the copy writes only free slots of this class
-    // (`cur .. cur + n <= end`), which nothing reads until the commit.
+    // SAFETY: the caller's contract (see `pop`) confines the asm to its rseq
+    // area, the region array and `args.buf` (`args.max` reads); the copy
+    // writes only free slots of this class (`cur .. cur + n <= end`), which
+    // nothing reads until the commit.
     unsafe {
         batch_section!(
             false, end: off, idx, args;

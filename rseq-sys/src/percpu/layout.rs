@@ -102,7 +102,9 @@ impl Region {
 
     /// The control word.
     pub(super) fn control(&self) -> &Control {
-        // SAFETY: as in `header`; the control slot is reserved for it.
+        // SAFETY: `Region::new`'s contract: header slot 126 (reserved for
+        // the control word) lies inside the live region, 8-aligned; its
+        // fields are atomics.
         unsafe { &*self.0.cast::<Control>().add(CONTROL_SLOT) }
     }
 
@@ -113,7 +115,9 @@ impl Region {
 
     /// The try-lock discipline's operation counter.
     pub(super) fn counter(&self) -> &AtomicU64 {
-        // SAFETY: as in `header`; the counter slot is reserved for it.
+        // SAFETY: `Region::new`'s contract: header slot 127 (reserved for
+        // the counter) lies inside the live region, 8-aligned; it is an
+        // atomic.
         unsafe { &*self.0.cast::<AtomicU64>().add(COUNTER_SLOT) }
     }
 

@@ -508,38 +508,28 @@ impl PerCpuSlabs {
 mod tests {
     use super::*;
 
-    /// Anonymous zeroed memory aligned to REGION_BYTES, unmapped on drop.
+    use std::alloc::{alloc_zeroed, dealloc, Layout};
+
+    /// Zeroed memory for `n` regions, aligned to REGION_BYTES, freed on drop.
     struct Regions {
-        map: *mut u8,
-        len: usize,
         base: *mut u8,
+        layout: Layout,
     }
 
     impl Regions {
         fn new(n: usize) -> Regions {
-            let len = (n + 1) * REGION_BYTES;
-            // SAFETY: anonymous private mapping, no address hint.
-            let map = unsafe {
-                libc::mmap(
-                    core::ptr::null_mut(),
-                    len,
-                    libc::PROT_READ | libc::PROT_WRITE,
-                    libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE,
-                    -1,
-                    0,
-                )
-            };
-            assert_ne!(map, libc::MAP_FAILED);
-            let map = map.cast::<u8>();
-            let base = ((map as usize + REGION_BYTES - 1) & !(REGION_BYTES - 1)) as *mut u8;
-            Regions { map, len, base }
+            let layout = Layout::from_size_align(n * REGION_BYTES, REGION_BYTES).unwrap();
+            // SAFETY: the layout has a non-zero size (n >= 1).
+            let base = unsafe { alloc_zeroed(layout) };
+            assert!(!base.is_null(), "out of memory");
+            Regions { base, layout }
         }
     }
 
     impl Drop for Regions {
         fn drop(&mut self) {
-            // SAFETY: unmaps exactly the mapping made in `new`.
-            unsafe { libc::munmap(self.map.cast(), self.len) };
+            // SAFETY: `base` came from `alloc_zeroed` with this layout.
+            unsafe { dealloc(self.base, self.layout) };
         }
     }
 

@@ -54,7 +54,8 @@ impl PerCpuSlabs {
     #[inline(always)]
     fn push_section(&self, class: usize, item: NonNull<u8>) -> ((), Status) {
         let (base, off, idx) = self.params();
-        // SAFETY: as in `pop_section`.
+        // SAFETY: rseq discipline (module docs): `off`/`idx` name the
+        // process's rseq area and `base` covers every index.
         ((), unsafe {
             arch::push(base, class, off, idx, item.as_ptr())
         })
@@ -64,7 +65,8 @@ impl PerCpuSlabs {
     #[inline(always)]
     pub(super) fn pop_fast_rseq(&self, class: usize) -> *mut u8 {
         let (base, off, idx) = self.params();
-        // SAFETY: as in `pop_section`.
+        // SAFETY: rseq discipline (module docs): `off`/`idx` name the
+        // process's rseq area and `base` covers every index.
         unsafe { arch::pop_or_null(base, class, off, idx) }
     }
 
@@ -72,7 +74,8 @@ impl PerCpuSlabs {
     #[inline(always)]
     pub(super) fn push_fast_rseq(&self, class: usize, item: NonNull<u8>) -> bool {
         let (base, off, idx) = self.params();
-        // SAFETY: as in `pop_section`.
+        // SAFETY: rseq discipline (module docs): `off`/`idx` name the
+        // process's rseq area and `base` covers every index.
         unsafe { arch::push_or_miss(base, class, off, idx, item.as_ptr()) }
     }
 
