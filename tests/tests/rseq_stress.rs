@@ -323,6 +323,10 @@ fn run_tokens(discipline: Discipline, index: Index, drainer: bool) -> (u64, u64,
 }
 
 #[test]
+#[cfg_attr(
+    not(rseq_inject_delay),
+    ignore = "asserts rseq aborts: needs the delay of RUSTFLAGS=\"--cfg rseq_inject_delay\""
+)]
 fn tokens_rseq_cpu() {
     let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let (aborts, cas, _, _) = run_tokens(Discipline::Rseq, Index::Cpu, false);
@@ -334,6 +338,10 @@ fn tokens_rseq_cpu() {
 }
 
 #[test]
+#[cfg_attr(
+    not(rseq_inject_delay),
+    ignore = "asserts rseq aborts: needs the delay of RUSTFLAGS=\"--cfg rseq_inject_delay\""
+)]
 fn tokens_rseq_cid() {
     let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let (aborts, _, _, _) = run_tokens(Discipline::Rseq, Index::Cid, false);
@@ -351,6 +359,10 @@ fn tokens_cas() {
 }
 
 #[test]
+#[cfg_attr(
+    not(rseq_inject_delay),
+    ignore = "asserts rseq aborts: needs the delay of RUSTFLAGS=\"--cfg rseq_inject_delay\""
+)]
 fn drain_races_rseq_cpu() {
     let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let (aborts, _, _, drained) = run_tokens(Discipline::Rseq, Index::Cpu, true);
@@ -385,6 +397,10 @@ fn drain_races_cas() {
 /// there: a worker pinned to the last CPU spins in long sections (large
 /// injected delay) while this thread fences that CPU.
 #[test]
+#[cfg_attr(
+    not(rseq_inject_delay),
+    ignore = "asserts rseq aborts: needs the delay of RUSTFLAGS=\"--cfg rseq_inject_delay\""
+)]
 fn fence_restarts_running_sections() {
     let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let ncpu = std::thread::available_parallelism()
