@@ -9,14 +9,11 @@ cd "$(dirname "$0")/.."
 
 cargo test --workspace --release
 
-# Until rseq-sys reads the cfg (the percpu change), its delay loop is still
-# behind the `inject-delay` feature: TRANSITION, drop `--features
-# inject-delay` when that feature is gone.
 log=$(mktemp)
 trap 'rm -f "$log"' EXIT
 RUSTFLAGS="${RUSTFLAGS:-} --cfg rseq_inject_delay" \
   cargo test --release -p rseq-sys --target-dir target/inject \
-  --features inject-delay --test rseq_stress 2>&1 | tee "$log"
+  --test rseq_stress 2>&1 | tee "$log"
 passed=$(sed -n 's/^test result: ok\. \([0-9][0-9]*\) passed.*/\1/p' "$log" | awk '{s += $1} END {print s + 0}')
 if [ "$passed" -eq 0 ]; then
   echo "scripts/test.sh: the injected stress run ran no test (is rseq_stress.rs gated on a cfg the build does not set?)" >&2

@@ -53,7 +53,7 @@ pub(crate) fn init(cfg: &Config) -> bool {
         return false;
     };
     let discipline = if cfg.rseq_off {
-        Discipline::Cas
+        Discipline::TryLock
     } else {
         Discipline::Rseq
     };

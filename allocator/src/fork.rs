@@ -190,7 +190,7 @@ pub(crate) fn child() {
     // re-creates it on its first slow path.
     crate::decay::fork_child();
     crate::double_free::reset_after_fork();
-    let cas = global::cache_ready() && SLABS.discipline() == rseq_sys::percpu::Discipline::Cas;
+    let cas = global::cache_ready() && SLABS.discipline() == rseq_sys::percpu::Discipline::TryLock;
     if FORK_SINGLE.load(Ordering::Relaxed) {
         FORK_OWNER.store(0, Ordering::Relaxed);
         let drain = FORK_DRAIN_HELD.load(Ordering::Relaxed);

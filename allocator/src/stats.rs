@@ -92,8 +92,7 @@ pub fn snapshot() -> Counters {
         fast_hits: global::FAST_HITS.load(Ordering::Relaxed),
         fast_misses: global::FAST_MISSES.load(Ordering::Relaxed),
         rseq_aborts: rseq_sys::percpu::abort_count(),
-        fallback_ops: rseq_sys::percpu::cas_op_count()
-            + global::SLOW_DIRECT_OPS.load(Ordering::Relaxed),
+        fallback_ops: SLABS.fallback_ops() + global::SLOW_DIRECT_OPS.load(Ordering::Relaxed),
     }
 }
 

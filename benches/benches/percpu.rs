@@ -1,6 +1,6 @@
 //! rseq-sys per-CPU stacks, single thread: a pop+push pair through a real rseq
 //! critical section (`Discipline::Rseq`), the same pair through the
-//! compare-and-swap fallback (`Discipline::Cas`), and an uncontended
+//! try-lock fallback (`Discipline::TryLock`), and an uncontended
 //! `Mutex<Vec<_>>` stack as the baseline every lock-based cache pays.
 //!
 //! `cargo bench -p rseq-alloc-bench --bench percpu`
@@ -104,7 +104,7 @@ fn bench(c: &mut Criterion) {
             g.bench_function("rseq_cid", |b| b.iter(|| pair(s)));
         }
     }
-    if let Some(s) = slabs(Discipline::Cas, Index::Cpu) {
+    if let Some(s) = slabs(Discipline::TryLock, Index::Cpu) {
         g.bench_function("cas", |b| b.iter(|| pair(s)));
     }
     // The baseline: a plain stack behind an uncontended mutex, one lock per op.

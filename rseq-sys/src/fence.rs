@@ -5,18 +5,26 @@
 //! never-merged `cpu_opv` was meant to play): write the change, fence, and
 //! after the fence no section that read the old state can still commit.
 
-use core::sync::atomic::{AtomicU8, Ordering};
+use core::sync::atomic::{AtomicI32, AtomicU8, Ordering};
 
 const MEMBARRIER_CMD_QUERY: libc::c_int = 0;
 const MEMBARRIER_CMD_PRIVATE_EXPEDITED_RSEQ: libc::c_int = 1 << 7;
 const MEMBARRIER_CMD_REGISTER_PRIVATE_EXPEDITED_RSEQ: libc::c_int = 1 << 8;
 const MEMBARRIER_CMD_FLAG_CPU: libc::c_uint = 1 << 0;
 
-const UNKNOWN: u8 = 0;
-const READY: u8 = 1;
-const FAILED: u8 = 2;
-static STATE: AtomicU8 = AtomicU8::new(UNKNOWN);
-static FAILED_ERRNO: core::sync::atomic::AtomicI32 = core::sync::atomic::AtomicI32::new(0);
+/// Whether the process is registered for RSEQ fences (`STATE` holds its
+/// `u8`).
+#[repr(u8)]
+enum State {
+    /// Not tried yet.
+    Unknown = 0,
+    /// Registered: fences work.
+    Ready = 1,
+    /// Registration failed with `FAILED_ERRNO`.
+    Failed = 2,
+}
+static STATE: AtomicU8 = AtomicU8::new(State::Unknown as u8);
+static FAILED_ERRNO: AtomicI32 = AtomicI32::new(0);
 
 fn membarrier(
     cmd: libc::c_int,
@@ -38,8 +46,8 @@ fn membarrier(
 /// (or a sandbox) lacks the command.
 pub fn register() -> Result<(), i32> {
     match STATE.load(Ordering::Acquire) {
-        READY => return Ok(()),
-        FAILED => return Err(FAILED_ERRNO.load(Ordering::Relaxed)),
+        v if v == State::Ready as u8 => return Ok(()),
+        v if v == State::Failed as u8 => return Err(FAILED_ERRNO.load(Ordering::Relaxed)),
         _ => {}
     }
     let result = membarrier(MEMBARRIER_CMD_QUERY, 0, 0).and_then(|mask| {
@@ -49,10 +57,10 @@ pub fn register() -> Result<(), i32> {
         membarrier(MEMBARRIER_CMD_REGISTER_PRIVATE_EXPEDITED_RSEQ, 0, 0).map(|_| ())
     });
     match result {
-        Ok(()) => STATE.store(READY, Ordering::Release),
+        Ok(()) => STATE.store(State::Ready as u8, Ordering::Release),
         Err(e) => {
             FAILED_ERRNO.store(e, Ordering::Relaxed);
-            STATE.store(FAILED, Ordering::Release);
+            STATE.store(State::Failed as u8, Ordering::Release);
         }
     }
     result

@@ -7,15 +7,18 @@
 //!   glibc registered one (`Glibc`), registering our own otherwise (`Own`),
 //!   or reporting `Unavailable`.
 //! - [`percpu`]: per-CPU bounded pointer stacks driven by rseq critical
-//!   sections (x86_64 assembly in `arch/`), or by compare-and-swap when rseq
-//!   is unavailable; bounded restarts; safe remote drains.
+//!   sections (x86_64 assembly in `arch/`), or under a per-stack try-lock
+//!   when rseq is unavailable; bounded restarts; safe remote drains.
 //! - [`fence`]: membarrier RSEQ fences, to touch another CPU's data safely.
+//! - [`arch`]: the one place the architecture is chosen; the sections'
+//!   shared status codes, region stride and batch operands.
 //!
 //! ```text
-//!  percpu::PerCpuSlabs ──► arch::{pop, push, pop_batch, push_batch}  (rseq sections)
-//!        │                 └► compare-and-swap discipline            (fallback)
-//!        ├──► registration (where the rseq area is, who owns it)
-//!        └──► fence (drain a remote region)
+//!  percpu::PerCpuSlabs ─┬► percpu/rseq.rs ──► arch::{pop, push, pop_batch, push_batch}
+//!    (mod.rs)           ├► percpu/trylock.rs  (fallback: per-stack try-lock)
+//!                       ├► percpu/drain.rs ──► fence (drain a remote region)
+//!                       └► registration (where the rseq area is, who owns it)
+//!  percpu/layout.rs: the region layout; its Header offsets are the asm's const operands
 //! ```
 //!
 //! Nothing here allocates or panics on an operation path.

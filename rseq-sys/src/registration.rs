@@ -18,7 +18,7 @@
 //!     an `mmap`ed pool ([`own_area_layout`] bytes, aligned as the kernel
 //!     asks). Its address has no fixed offset from the thread pointer, so
 //!     [`tp_offset`] is `None` and per-CPU structures run the
-//!     compare-and-swap discipline; the registration still gives
+//!     try-lock discipline; the registration still gives
 //!     [`cpu_id`], [`mm_cid`] and [`node_id`]. A pthread key destructor
 //!     unregisters the area at thread exit, and only then returns it to the
 //!     pool (an area the kernel may still write is never reused).
@@ -46,35 +46,45 @@ pub enum Mode {
     Glibc,
     /// We registered our own area.
     Own,
-    /// No rseq for this thread: use the compare-and-swap fallback.
+    /// No rseq for this thread: use the try-lock fallback.
     Unavailable,
 }
 
-impl Mode {
-    /// The name used in `verbose=1` lines.
-    pub fn name(self) -> &'static str {
-        match self {
-            Mode::Glibc => "rseq-glibc",
-            Mode::Own => "rseq-own",
-            Mode::Unavailable => "cmpxchg",
+/// Process-wide state: which kind of area this process uses (`PROCESS`
+/// holds its `u8`).
+#[repr(u8)]
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Process {
+    /// Not decided yet.
+    Unknown = 0,
+    /// glibc registered its area in every thread.
+    Glibc = 1,
+    /// Our registration of glibc's reserved (unregistered) area.
+    Own = 2,
+    /// No thread can use rseq (`NONE_ERRNO` says why).
+    None = 3,
+    /// Our registration of a per-thread area from the pool.
+    OwnPool = 4,
+}
+
+impl Process {
+    fn from_u8(v: u8) -> Process {
+        match v {
+            1 => Process::Glibc,
+            2 => Process::Own,
+            3 => Process::None,
+            4 => Process::OwnPool,
+            _ => Process::Unknown,
         }
     }
 }
 
-// Process-wide state: which kind of area this process uses.
-const P_UNKNOWN: u8 = 0;
-const P_GLIBC: u8 = 1;
-/// Our registration of glibc's reserved (unregistered) area.
-const P_OWN: u8 = 2;
-const P_NONE: u8 = 3;
-/// Our registration of a per-thread area from the pool.
-const P_OWN_POOL: u8 = 4;
-static PROCESS: AtomicU8 = AtomicU8::new(P_UNKNOWN);
-/// Thread-pointer offset of the area; meaningful once PROCESS is GLIBC/OWN.
+static PROCESS: AtomicU8 = AtomicU8::new(Process::Unknown as u8);
+/// Thread-pointer offset of the area; meaningful once PROCESS is Glibc/Own.
 static TP_OFFSET: AtomicIsize = AtomicIsize::new(0);
 /// `__rseq_size` as glibc published it (0 without glibc's symbols).
 static LIBC_RSEQ_SIZE: AtomicU32 = AtomicU32::new(0);
-/// Why the process is `P_NONE` (an errno), or 0.
+/// Why the process is `Process::None` (an errno), or 0.
 static NONE_ERRNO: AtomicU32 = AtomicU32::new(0);
 static FEATURE_SIZE: AtomicU32 = AtomicU32::new(0);
 static POSSIBLE_CPUS: AtomicUsize = AtomicUsize::new(0);
@@ -87,14 +97,20 @@ static FORCED_POOL: AtomicBool = AtomicBool::new(false);
 // Per-thread state, only for `Own` (glibc registers every thread itself).
 // A const-initialised `thread_local!` without destructor: plain
 // general-dynamic TLS in a shared library, which `dlopen` accepts.
-const T_UNKNOWN: u8 = 0;
-const T_UNAVAILABLE: u8 = 1;
-/// Registration in progress (a re-entrant call sees "unavailable").
-const T_BUSY: u8 = 2;
-const T_REGISTERED: u8 = 3;
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Thread {
+    /// Not tried yet (or unregistered at thread exit).
+    Unknown,
+    /// Registration failed: do not try again.
+    Unavailable,
+    /// Registration in progress (a re-entrant call sees "unavailable").
+    Busy,
+    /// This thread's area is registered.
+    Registered,
+}
 thread_local! {
-    static THREAD: Cell<u8> = const { Cell::new(T_UNKNOWN) };
-    /// This thread's pool area (`P_OWN_POOL`), or 0.
+    static THREAD: Cell<Thread> = const { Cell::new(Thread::Unknown) };
+    /// This thread's pool area (`Process::OwnPool`), or 0.
     static POOL_AREA: Cell<usize> = const { Cell::new(0) };
 }
 
@@ -285,25 +301,30 @@ pub fn force_own_pool() {
 /// Decides, once per process, which area the process uses; returns the
 /// process state. Racing first callers compute the same answer (the first
 /// one's registration of its own thread is kept either way).
-fn process_state() -> u8 {
-    let p = PROCESS.load(Ordering::Acquire);
-    if p != P_UNKNOWN {
+fn process_state() -> Process {
+    let p = Process::from_u8(PROCESS.load(Ordering::Acquire));
+    if p != Process::Unknown {
         return p;
     }
     let (p, off) = decide_process();
-    if p == P_GLIBC || p == P_OWN {
+    if p == Process::Glibc || p == Process::Own {
         TP_OFFSET.store(off, Ordering::Relaxed);
     }
-    match PROCESS.compare_exchange(P_UNKNOWN, p, Ordering::AcqRel, Ordering::Acquire) {
+    match PROCESS.compare_exchange(
+        Process::Unknown as u8,
+        p as u8,
+        Ordering::AcqRel,
+        Ordering::Acquire,
+    ) {
         Ok(_) => p,
-        Err(existing) => existing,
+        Err(existing) => Process::from_u8(existing),
     }
 }
 
-fn decide_process() -> (u8, isize) {
+fn decide_process() -> (Process, isize) {
     if !arch::HAS_RSEQ || FORCED_OFF.load(Ordering::Relaxed) {
         NONE_ERRNO.store(libc::ENOSYS as u32, Ordering::Relaxed);
-        return (P_NONE, 0);
+        return (Process::None, 0);
     }
     let (offp, sizep) = arch::glibc_rseq_symbols();
     if !offp.is_null() && !sizep.is_null() {
@@ -314,29 +335,29 @@ fn decide_process() -> (u8, isize) {
         if size > 0 {
             // glibc owns the area in every thread (registration may still
             // have failed in some: their cpu_id is -2, checked per call).
-            return (P_GLIBC, off);
+            return (Process::Glibc, off);
         }
         if !FORCED_POOL.load(Ordering::Relaxed) {
             // glibc reserved its area in every thread but did not register
             // it: we do, at the same fixed offset.
             return match register_reserved(off) {
-                Ok(()) => (P_OWN, off),
+                Ok(()) => (Process::Own, off),
                 Err(e) => {
                     NONE_ERRNO.store(e as u32, Ordering::Relaxed);
-                    (P_NONE, 0)
+                    (Process::None, 0)
                 }
             };
         }
     }
     if !pool::init_key() {
         NONE_ERRNO.store(libc::EAGAIN as u32, Ordering::Relaxed);
-        return (P_NONE, 0);
+        return (Process::None, 0);
     }
     match pool::register_thread() {
-        Ok(()) => (P_OWN_POOL, 0),
+        Ok(()) => (Process::OwnPool, 0),
         Err(e) => {
             NONE_ERRNO.store(e as u32, Ordering::Relaxed);
-            (P_NONE, 0)
+            (Process::None, 0)
         }
     }
 }
@@ -358,8 +379,19 @@ mod pool {
     static LEN: AtomicU32 = AtomicU32::new(0);
     /// Bytes per area (a power of two, at least the registered length).
     static STRIDE: AtomicUsize = AtomicUsize::new(0);
-    static KEY_READY: AtomicU8 = AtomicU8::new(0);
+    /// Whether the key exists (`KeyState` as `u8`).
+    static KEY_READY: AtomicU8 = AtomicU8::new(KeyState::Unknown as u8);
     static KEY: AtomicU32 = AtomicU32::new(0);
+
+    #[repr(u8)]
+    enum KeyState {
+        /// Not created yet.
+        Unknown = 0,
+        /// Created (`KEY`).
+        Ready = 1,
+        /// `pthread_key_create` failed: the pool case is unavailable.
+        Failed = 2,
+    }
     /// Unregistered areas ready for reuse, linked through their first word.
     static FREE: AtomicPtr<u8> = AtomicPtr::new(core::ptr::null_mut());
     /// Protects FREE and the current chunk (a spin lock: held for a few
@@ -375,8 +407,8 @@ mod pool {
     /// thread's area. Idempotent; false when no key is available.
     pub(super) fn init_key() -> bool {
         match KEY_READY.load(Ordering::Acquire) {
-            1 => return true,
-            2 => return false,
+            v if v == KeyState::Ready as u8 => return true,
+            v if v == KeyState::Failed as u8 => return false,
             _ => {}
         }
         let mut key: libc::pthread_key_t = 0;
@@ -386,7 +418,12 @@ mod pool {
         if ok {
             KEY.store(key, Ordering::Relaxed);
         }
-        KEY_READY.store(if ok { 1 } else { 2 }, Ordering::Release);
+        let state = if ok {
+            KeyState::Ready
+        } else {
+            KeyState::Failed
+        };
+        KEY_READY.store(state as u8, Ordering::Release);
         ok
     }
 
@@ -482,21 +519,21 @@ mod pool {
 
     /// Registers a pool area for the calling thread.
     pub(super) fn register_thread() -> Result<(), i32> {
-        THREAD.with(|t| t.set(T_BUSY));
+        THREAD.with(|t| t.set(Thread::Busy));
         let (len, stride) = layout();
         let area = take(stride);
         if area.is_null() {
-            THREAD.with(|t| t.set(T_UNAVAILABLE));
+            THREAD.with(|t| t.set(Thread::Unavailable));
             return Err(libc::ENOMEM);
         }
         // The key's value is what the destructor unregisters. glibc stores
         // keys below 32 inline; a higher key may make this allocate once
-        // per thread, which re-enters us as T_BUSY (answered "unavailable").
+        // per thread, which re-enters us as Thread::Busy (answered "unavailable").
         // SAFETY: the key was created by init_key.
         if unsafe { libc::pthread_setspecific(key(), area.cast()) } != 0 {
             // SAFETY: never registered.
             unsafe { put(area) };
-            THREAD.with(|t| t.set(T_UNAVAILABLE));
+            THREAD.with(|t| t.set(Thread::Unavailable));
             return Err(libc::ENOMEM);
         }
         let mut r = rseq_syscall(area as usize, len, 0);
@@ -509,7 +546,7 @@ mod pool {
         match r {
             Ok(()) => {
                 POOL_AREA.with(|a| a.set(area as usize));
-                THREAD.with(|t| t.set(T_REGISTERED));
+                THREAD.with(|t| t.set(Thread::Registered));
                 Ok(())
             }
             Err(e) => {
@@ -519,7 +556,7 @@ mod pool {
                     libc::pthread_setspecific(key(), core::ptr::null());
                     put(area);
                 }
-                THREAD.with(|t| t.set(T_UNAVAILABLE));
+                THREAD.with(|t| t.set(Thread::Unavailable));
                 Err(e)
             }
         }
@@ -541,7 +578,7 @@ mod pool {
         POOL_AREA.with(|a| a.set(0));
         // A later destructor that allocates registers again (and sets the
         // key again, so this runs again).
-        THREAD.with(|t| t.set(T_UNKNOWN));
+        THREAD.with(|t| t.set(Thread::Unknown));
         if ok {
             // SAFETY: from `take`, and the kernel just forgot it.
             unsafe { put(area.cast()) };
@@ -622,7 +659,7 @@ impl SigsysGuard {
         // SAFETY: an all-zero sigaction is a valid value to fill in.
         let mut new: libc::sigaction = unsafe { core::mem::zeroed() };
         new.sa_sigaction = on_sigsys as extern "C" fn(libc::c_int) as usize;
-        // SAFETY: same as above.
+        // SAFETY: an all-zero sigaction is a valid value to be overwritten.
         let mut old: libc::sigaction = unsafe { core::mem::zeroed() };
         // SAFETY: valid pointers to sigaction structs; the handler only
         // stores to an atomic (async-signal-safe).
@@ -648,31 +685,33 @@ impl SigsysGuard {
 /// and returns how it can use rseq.
 pub fn current_mode() -> Mode {
     match process_state() {
-        P_GLIBC => {
+        Process::Glibc => {
             if cpu_id_raw() >= 0 {
                 Mode::Glibc
             } else {
                 Mode::Unavailable
             }
         }
-        P_OWN => {
+        Process::Own => {
             if cpu_id_raw() >= 0 {
                 return Mode::Own;
             }
-            if THREAD.with(|t| t.get()) == T_UNAVAILABLE || FORCED_OFF.load(Ordering::Relaxed) {
+            if THREAD.with(|t| t.get()) == Thread::Unavailable || FORCED_OFF.load(Ordering::Relaxed)
+            {
                 return Mode::Unavailable;
             }
             match register_reserved(TP_OFFSET.load(Ordering::Relaxed)) {
                 Ok(()) if cpu_id_raw() >= 0 => Mode::Own,
                 _ => {
-                    THREAD.with(|t| t.set(T_UNAVAILABLE));
+                    THREAD.with(|t| t.set(Thread::Unavailable));
                     Mode::Unavailable
                 }
             }
         }
-        P_OWN_POOL => match THREAD.with(|t| t.get()) {
-            T_REGISTERED => Mode::Own,
-            T_UNKNOWN if !FORCED_OFF.load(Ordering::Relaxed) => match pool::register_thread() {
+        Process::OwnPool => match THREAD.with(|t| t.get()) {
+            Thread::Registered => Mode::Own,
+            Thread::Unknown if !FORCED_OFF.load(Ordering::Relaxed) => match pool::register_thread()
+            {
                 Ok(()) => Mode::Own,
                 Err(_) => Mode::Unavailable,
             },
@@ -691,8 +730,8 @@ pub fn unavailable_errno() -> i32 {
 /// `Unavailable` when no thread can use rseq.
 pub fn process_mode() -> Mode {
     match process_state() {
-        P_GLIBC => Mode::Glibc,
-        P_OWN | P_OWN_POOL => Mode::Own,
+        Process::Glibc => Mode::Glibc,
+        Process::Own | Process::OwnPool => Mode::Own,
         _ => Mode::Unavailable,
     }
 }
@@ -703,7 +742,7 @@ pub fn process_mode() -> Mode {
 /// is somewhere else): critical sections must then not be used.
 pub fn tp_offset() -> Option<isize> {
     match process_state() {
-        P_GLIBC | P_OWN => Some(TP_OFFSET.load(Ordering::Relaxed)),
+        Process::Glibc | Process::Own => Some(TP_OFFSET.load(Ordering::Relaxed)),
         _ => None,
     }
 }
@@ -713,10 +752,10 @@ fn read_field(field: usize) -> u32 {
     match process_state() {
         // SAFETY: in the GLIBC/OWN states TP_OFFSET is the offset of a live
         // 32-byte rseq area in every thread.
-        P_GLIBC | P_OWN => unsafe {
+        Process::Glibc | Process::Own => unsafe {
             arch::read_tp_u32(TP_OFFSET.load(Ordering::Relaxed) + field as isize)
         },
-        P_OWN_POOL => {
+        Process::OwnPool => {
             let area = pool::current();
             if area.is_null() {
                 abi::CPU_ID_UNINITIALIZED as u32

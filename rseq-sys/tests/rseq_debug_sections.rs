@@ -44,7 +44,7 @@ fn use_the_sections() {
     let slabs = rseq_sys::percpu::PerCpuSlabs::new();
     // SAFETY: fresh zeroed aligned memory, outliving the structure.
     assert!(unsafe {
-        slabs.init_unregistered(
+        slabs.init(
             mem.base,
             rseq_sys::registration::possible_cpus(),
             &[4],

@@ -24,6 +24,7 @@ const THREADS: usize = 32;
 const TOKENS_PER_THREAD: usize = 64;
 const ITERS: usize = 10_000;
 const CAPS: [u16; 3] = [8, 64, 1024];
+#[cfg(rseq_inject_delay)]
 const DELAY_LOOPS: u64 = 1000;
 
 /// Serialises the tests of this file: they share the injected delay and the
@@ -64,7 +65,7 @@ fn fixture(discipline: Discipline, index: Index) -> Arc<Fixture> {
     let slabs = PerCpuSlabs::new();
     // SAFETY: fresh zeroed memory for n aligned regions, owned by the same
     // fixture, so it outlives the structure.
-    assert!(unsafe { slabs.init_unregistered(mem.base, n, &CAPS, discipline, index) });
+    assert!(unsafe { slabs.init(mem.base, n, &CAPS, discipline, index) });
     assert_eq!(
         slabs.discipline(),
         discipline,
@@ -239,6 +240,7 @@ fn run_tokens(discipline: Discipline, index: Index, drainer: bool) -> (u64, u64,
     let tids: Arc<Vec<AtomicI32>> = Arc::new((0..THREADS).map(|_| AtomicI32::new(0)).collect());
     let stop = Arc::new(AtomicBool::new(false));
     let start = Arc::new(Barrier::new(THREADS + 1));
+    #[cfg(rseq_inject_delay)]
     percpu::set_injected_delay(DELAY_LOOPS);
     let aborts_before = percpu::abort_count();
     let workers: Vec<_> = (0..THREADS)
@@ -282,6 +284,7 @@ fn run_tokens(discipline: Discipline, index: Index, drainer: bool) -> (u64, u64,
     let results: Vec<WorkerResult> = workers.into_iter().map(|w| w.join().unwrap()).collect();
     stop.store(true, Ordering::Relaxed);
     let signals = inj.join().unwrap();
+    #[cfg(rseq_inject_delay)]
     percpu::set_injected_delay(0);
     let aborts = percpu::abort_count() - aborts_before;
 
@@ -321,12 +324,16 @@ fn run_tokens(discipline: Discipline, index: Index, drainer: bool) -> (u64, u64,
     );
     eprintln!(
         "{discipline:?}/{index:?} drainer={drainer}: pushes {pushed}, pops {popped}, aborts {aborts}, cas ops {}, signals {signals}, drained {drained_total}",
-        fx.slabs.cas_ops()
+        fx.slabs.fallback_ops()
     );
-    (aborts, fx.slabs.cas_ops(), signals, drained_total)
+    (aborts, fx.slabs.fallback_ops(), signals, drained_total)
 }
 
 #[test]
+#[cfg_attr(
+    not(rseq_inject_delay),
+    ignore = "asserts rseq aborts: needs the delay of RUSTFLAGS=\"--cfg rseq_inject_delay\""
+)]
 fn tokens_rseq_cpu() {
     let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let (aborts, cas, _, _) = run_tokens(Discipline::Rseq, Index::Cpu, false);
@@ -338,6 +345,10 @@ fn tokens_rseq_cpu() {
 }
 
 #[test]
+#[cfg_attr(
+    not(rseq_inject_delay),
+    ignore = "asserts rseq aborts: needs the delay of RUSTFLAGS=\"--cfg rseq_inject_delay\""
+)]
 fn tokens_rseq_cid() {
     let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let (aborts, _, _, _) = run_tokens(Discipline::Rseq, Index::Cid, false);
@@ -350,11 +361,15 @@ fn tokens_rseq_cid() {
 #[test]
 fn tokens_cas() {
     let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
-    let (_, cas, _, _) = run_tokens(Discipline::Cas, Index::Cpu, false);
+    let (_, cas, _, _) = run_tokens(Discipline::TryLock, Index::Cpu, false);
     assert!(cas > 0, "the CAS discipline did no operation");
 }
 
 #[test]
+#[cfg_attr(
+    not(rseq_inject_delay),
+    ignore = "asserts rseq aborts: needs the delay of RUSTFLAGS=\"--cfg rseq_inject_delay\""
+)]
 fn drain_races_rseq_cpu() {
     let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let (aborts, _, _, drained) = run_tokens(Discipline::Rseq, Index::Cpu, true);
@@ -378,7 +393,7 @@ fn drain_races_rseq_cid() {
 #[test]
 fn drain_races_cas() {
     let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
-    let (_, _, _, drained) = run_tokens(Discipline::Cas, Index::Cpu, true);
+    let (_, _, _, drained) = run_tokens(Discipline::TryLock, Index::Cpu, true);
     assert!(
         drained > 0,
         "the drainer never took anything: no race was tested"
@@ -389,6 +404,10 @@ fn drain_races_cas() {
 /// there: a worker pinned to the last CPU spins in long sections (large
 /// injected delay) while this thread fences that CPU.
 #[test]
+#[cfg_attr(
+    not(rseq_inject_delay),
+    ignore = "asserts rseq aborts: needs the delay of RUSTFLAGS=\"--cfg rseq_inject_delay\""
+)]
 fn fence_restarts_running_sections() {
     let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let ncpu = std::thread::available_parallelism()
@@ -420,6 +439,7 @@ fn fence_restarts_running_sections() {
         })
     };
     pin(0);
+    #[cfg(rseq_inject_delay)]
     percpu::set_injected_delay(20_000);
     ready.wait();
     let before = percpu::abort_count();
@@ -434,6 +454,7 @@ fn fence_restarts_running_sections() {
     let aborts = percpu::abort_count() - before;
     stop.store(true, Ordering::Relaxed);
     let ops = w.join().unwrap();
+    #[cfg(rseq_inject_delay)]
     percpu::set_injected_delay(0);
     eprintln!("{fences} fences: {aborts} aborts, worker did {ops} push/pop pairs");
     assert!(aborts > 0, "no fence restarted the running section");
@@ -459,6 +480,7 @@ fn back_to_back_drains(index: Index) {
     let stop = Arc::new(AtomicBool::new(false));
     let next = Arc::new(AtomicU64::new(0));
     let started = Arc::new(Barrier::new(4));
+    #[cfg(rseq_inject_delay)]
     percpu::set_injected_delay(200);
     let workers: Vec<_> = (0..3)
         .map(|_| {
@@ -505,6 +527,7 @@ fn back_to_back_drains(index: Index) {
     }
     stop.store(true, Ordering::Relaxed);
     let ops: u64 = workers.into_iter().map(|w| w.join().unwrap()).sum();
+    #[cfg(rseq_inject_delay)]
     percpu::set_injected_delay(0);
     eprintln!(
         "{index:?}: {drains} drains took {took} items, {dups} twice; workers did {ops} operations"

@@ -1,35 +1,27 @@
 //! x86_64 critical sections and the few machine-level helpers registration
 //! needs. This is the only file with assembly for this architecture.
 //!
-//! # Per-CPU region layout (shared with `percpu.rs`)
-//!
-//! Each region (one per CPU or per concurrency id) is `1 << REGION_SHIFT`
-//! bytes at `base + (index << REGION_SHIFT)`. It starts with one 8-byte
-//! header per class, then the pointer slots of all classes. Slot and header
-//! positions are counted in 8-byte units from the region start:
-//!
-//! ```text
-//! header[class] = { current: u16 @0, lock: u16 @2, end: u16 @4, begin: u16 @6 }
-//! slots of class = region[begin .. end], live items = region[begin .. current]
-//! ```
+//! The sections work on the region layout of `percpu/layout.rs`: region
+//! `idx` at `base + (idx << REGION_SHIFT)`, the 8-byte [`Header`] of class
+//! `class` at `region + class * 8`, slot `i` at `region + i * 8`, live
+//! items of a class at slots `begin .. current`. Field offsets (of
+//! [`Header`] and [`BatchArgs`]) and status codes (of [`Status`]) reach the
+//! asm as `const` operands; the `*8` scales are the header's and a slot's
+//! size (checked in `layout.rs`).
 //!
 //! A section loads and commits `current` as the 32-bit word `current |
-//! lock << 16`: the lock half-word belongs to the CAS discipline and is
-//! always 0 in a structure driven by rseq, so the word's value is
+//! lock << 16`: the lock half-word belongs to the try-lock discipline and
+//! is always 0 in a structure driven by rseq, so the word's value is
 //! `current`. A 32-bit store followed by a 32-bit load of the same address
-//! is forwarded with no latency by recent x86 cores (memory renaming),
+//! is forwarded with no latency by recent x86 cores (memory renaming);
 //! 16-bit ones are not: the loop-carried chain of a pop+push pair through
-//! `current` fell from 4.2 ns to 1.1 ns on the development machine (Zen 4)
+//! `current` went from 4.5 ns to 2.8 ns on the development machine (Zen 4)
 //! when the word became 32 bits wide. `begin`/`end` are separate 16-bit
-//! loads. A section may thus read `current` while a drain has the header
+//! loads, so a section may read `current` while a drain has the header
 //! stopped and the bounds after the drain restored them; the drain
 //! therefore fences a second time, after resetting `current` and before
-//! restoring the bounds (see `percpu.rs`).
-//!
-//! Only `current` is written by the critical sections (the commit store).
-//! `begin`/`end` are written by initialisation and by a drain, which first
-//! "stops" the header (`begin = 0xffff`, `end = 0`: every pop sees it empty,
-//! every push sees it full) and then fences.
+//! restoring the bounds (see `percpu/drain.rs`). Only `current` is written
+//! by the critical sections (the commit store).
 //!
 //! # Anatomy of a section
 //!
@@ -51,52 +43,19 @@
 //! debuggers look for them. Numeric labels only, because inlining duplicates
 //! the asm; never labels made only of 0s and 1s (read as binary literals).
 
+use super::{BatchArgs, Status, ABORTS, MAX_RETRIES, REGION_SHIFT};
+use crate::percpu::layout::Header;
 use core::arch::asm;
-use core::sync::atomic::AtomicU64;
+use core::mem::offset_of;
 
-/// Process-wide count of rseq aborts, incremented by every abort handler.
-pub static ABORTS: AtomicU64 = AtomicU64::new(0);
+// `status = OK` is written as `xor st, st`.
+const _: () = assert!(Status::Ok as u32 == 0);
 
-/// Number of consecutive aborts after which an operation gives up with
-/// [`STATUS_EXHAUSTED`]. A debugger that single-steps a section aborts it on
-/// every step; this bound makes stepping through malloc terminate.
-pub const MAX_RETRIES: u32 = 64;
-
-/// log2 of a region's size.
-pub const REGION_SHIFT: u32 = 18;
-
-/// The operation committed.
-pub const STATUS_OK: u32 = 0;
-/// Pop found the stack empty, or push found it full.
-pub const STATUS_MISS: u32 = 1;
-/// `cpu_id` is negative: this thread is not registered.
-pub const STATUS_UNREGISTERED: u32 = 2;
-/// [`MAX_RETRIES`] consecutive aborts.
-pub const STATUS_EXHAUSTED: u32 = 3;
-
-/// Iterations of the delay loop injected inside every critical section
-/// (feature `inject-delay`, tests only).
-#[cfg(feature = "inject-delay")]
-pub static DELAY_LOOPS: AtomicU64 = AtomicU64::new(0);
-
-/// Operands of the batch sections, read from memory so that a restart can
-/// reload them (the sections use more registers than x86_64 has to spare).
-#[repr(C)]
-pub struct BatchArgs {
-    /// Base of region 0.
-    pub base: *mut u8,
-    /// Header index of the class.
-    pub class: usize,
-    /// Pop: destination array. Push: source array.
-    pub buf: *mut *mut u8,
-    /// Maximum number of items to move (>= 1).
-    pub max: usize,
-}
-
-// The delay loop (feature `inject-delay`) sits just before the commit store,
-// where a preemption or signal does the most damage; without the feature it
-// is an empty string and costs nothing.
-#[cfg(feature = "inject-delay")]
+// The delay loop (`--cfg rseq_inject_delay`, stress tests only) sits just
+// before the commit store, where a preemption or signal does the most
+// damage; in every other build it is an empty string and costs nothing.
+// `rseq_asm!` gives it its operands (`dl`, `dsym`) in that build only.
+#[cfg(rseq_inject_delay)]
 macro_rules! delay {
     () => {
         concat!(
@@ -111,38 +70,41 @@ macro_rules! delay {
         )
     };
 }
-#[cfg(not(feature = "inject-delay"))]
+#[cfg(rseq_inject_delay)]
+macro_rules! rseq_asm {
+    ($text:expr ; $($operands:tt)*) => {
+        rseq_asm_common!($text; dl = out(reg) _, dsym = sym super::DELAY_LOOPS, $($operands)*)
+    };
+}
+
+#[cfg(not(rseq_inject_delay))]
 macro_rules! delay {
     () => {
         ""
     };
 }
+#[cfg(not(rseq_inject_delay))]
+macro_rules! rseq_asm {
+    ($text:expr ; $($operands:tt)*) => {
+        rseq_asm_common!($text; $($operands)*)
+    };
+}
 
 // Emits one asm! block with the operands every section uses (`aborts`,
-// `shift`, `sig`, and the delay loop's under `inject-delay`).
-macro_rules! rseq_asm {
-    ($text:expr ; $($operands:tt)*) => {{
-        #[cfg(feature = "inject-delay")]
+// `shift`, `sig`, the `rseq` field offsets).
+macro_rules! rseq_asm_common {
+    ($text:expr ; $($operands:tt)*) => {
         asm!(
             $text,
-            dl = out(reg) _,
-            dsym = sym DELAY_LOOPS,
+            $($operands)*
             aborts = sym ABORTS,
             shift = const REGION_SHIFT,
+            rseq_cs = const crate::abi::offset::RSEQ_CS,
+            cpu_id = const crate::abi::offset::CPU_ID,
             sig = const crate::abi::RSEQ_SIG,
-            $($operands)*
             options(nostack),
-        );
-        #[cfg(not(feature = "inject-delay"))]
-        asm!(
-            $text,
-            aborts = sym ABORTS,
-            shift = const REGION_SHIFT,
-            sig = const crate::abi::RSEQ_SIG,
-            $($operands)*
-            options(nostack),
-        );
-    }};
+        )
+    };
 }
 
 // The text of one section, the anatomy in the module doc: `pre` runs before
@@ -157,9 +119,9 @@ macro_rules! section_text {
             $($pre,)*
             "2:\n",
             "lea {tmp}, [rip + 3f]\n",                     // tmp = &descriptor
-            "mov qword ptr fs:[{off} + 8], {tmp}\n",       // rseq->rseq_cs = tmp (arm)
+            "mov qword ptr fs:[{off} + {rseq_cs}], {tmp}\n", // rseq->rseq_cs = tmp (arm)
             "4:\n",                                        // start_ip
-            "mov {tmp:e}, dword ptr fs:[{off} + 4]\n",     // tmp = rseq->cpu_id
+            "mov {tmp:e}, dword ptr fs:[{off} + {cpu_id}]\n", // tmp = rseq->cpu_id
             "test {tmp:e}, {tmp:e}\n",                     // if (s32)tmp < 0
             "js 7f\n",                                     //     goto unregistered
             $($body,)+
@@ -198,11 +160,12 @@ macro_rules! section_text {
     };
 }
 
-// A section that reports a status in `{st}` and retries aborts itself:
+// A section that reports a [`Status`] in `{st}` and retries aborts itself:
 // `{st}` counts retries until an exit sets the status, and must not be
-// touched by the body.
+// touched by the body. Evaluates to the status.
 macro_rules! rseq_section {
-    ($($body:expr),+ ; $($operands:tt)*) => {
+    ($($body:expr),+ ; $($operands:tt)*) => {{
+        let status: u32;
         rseq_asm!(
             section_text!(
                 ["xor {st:e}, {st:e}\n"]                  // retries = 0 (st doubles as the counter)
@@ -210,24 +173,29 @@ macro_rules! rseq_section {
                 ["xor {st:e}, {st:e}\n", "9:\n"]          // status = OK
                 [
                     "7:\n",                                // unregistered:
-                    "mov {st:e}, 2\n",                     // status = UNREGISTERED
+                    "mov {st:e}, {unregistered}\n",        // status = UNREGISTERED
                     "jmp 9b\n",
                     "8:\n",                                // miss:
-                    "mov {st:e}, 1\n",                     // status = MISS
+                    "mov {st:e}, {miss}\n",                // status = MISS
                     "jmp 9b\n"
                 ]
                 [
                     "inc {st:e}\n",                        // retries += 1
                     "cmp {st:e}, {max}\n",                 // if retries < MAX
                     "jb 2b\n",                             //     goto arm again
-                    "mov {st:e}, 3\n",                     // status = EXHAUSTED
+                    "mov {st:e}, {exhausted}\n",           // status = EXHAUSTED
                     "jmp 9b\n"
                 ]
             );
             max = const MAX_RETRIES,
+            unregistered = const Status::Unregistered as u32,
+            miss = const Status::Miss as u32,
+            exhausted = const Status::Exhausted as u32,
             $($operands)*
-        )
-    };
+            st = out(reg) status,
+        );
+        Status::from_u32(status)
+    }};
 }
 
 // The fast sections (`pop_or_null`, `push_or_miss`) report differently, so
@@ -248,97 +216,111 @@ macro_rules! rseq_fast_section {
     };
 }
 
-// The single-item bodies, shared by the full and the fast sections.
-macro_rules! pop_body {
+// The single-item bodies, shared by the full and the fast sections. They
+// read the header fields `current` and `{bound}`: `begin` (pop) or `end`
+// (push); `item_head!` and `item_commit!` are what both do.
+macro_rules! item_head {
     () => {
         concat!(
             "mov {tmp:e}, dword ptr fs:[{idx}]\n", // tmp = rseq->(cpu_id | mm_cid)
             "shl {tmp}, {shift}\n",                // tmp = base + (tmp << SHIFT)
             "add {tmp}, {base}\n",
-            "mov {h:e}, dword ptr [{tmp} + {class}*8]\n", // cur = hdr[class].current (32-bit word)
-            "cmp {h:x}, word ptr [{tmp} + {class}*8 + 6]\n", // if cur <= hdr[class].begin
-            "jbe 8f\n",                                   //     goto miss (empty)
-            "mov {item}, qword ptr [{tmp} + {h}*8 - 8]\n", // item = region[cur - 1]
-            "dec {h:e}\n",                                // cur -= 1
+            "mov {h:e}, dword ptr [{tmp} + {class}*8 + {current}]\n", // cur = hdr[class].current (32-bit word)
+            "cmp {h:x}, word ptr [{tmp} + {class}*8 + {bound}]\n", // compare cur, hdr[class].(begin | end)
+        )
+    };
+}
+macro_rules! item_commit {
+    () => {
+        concat!(
             delay!(),
-            "mov dword ptr [{tmp} + {class}*8], {h:e}\n", // commit: hdr[class].current = cur
+            "mov dword ptr [{tmp} + {class}*8 + {current}], {h:e}\n", // commit: hdr[class].current = cur
+        )
+    };
+}
+macro_rules! pop_body {
+    () => {
+        concat!(
+            item_head!(),                                  // cur vs hdr[class].begin:
+            "jbe 8f\n",                                    // if cur <= begin goto miss (empty)
+            "mov {item}, qword ptr [{tmp} + {h}*8 - 8]\n", // item = region[cur - 1]
+            "dec {h:e}\n",                                 // cur -= 1
+            item_commit!(),
         )
     };
 }
 macro_rules! push_body {
     () => {
         concat!(
-            "mov {tmp:e}, dword ptr fs:[{idx}]\n", // tmp = rseq->(cpu_id | mm_cid)
-            "shl {tmp}, {shift}\n",                // tmp = base + (tmp << SHIFT)
-            "add {tmp}, {base}\n",
-            "mov {h:e}, dword ptr [{tmp} + {class}*8]\n", // cur = hdr[class].current (32-bit word)
-            "cmp {h:x}, word ptr [{tmp} + {class}*8 + 4]\n", // if cur >= hdr[class].end
-            "jae 8f\n",                                   //     goto miss (full)
-            "mov qword ptr [{tmp} + {h}*8], {item}\n",    // region[cur] = item
-            "inc {h:e}\n",                                // cur += 1
-            delay!(),
-            "mov dword ptr [{tmp} + {class}*8], {h:e}\n", // commit: hdr[class].current = cur
+            item_head!(),                              // cur vs hdr[class].end:
+            "jae 8f\n",                                // if cur >= end goto miss (full)
+            "mov qword ptr [{tmp} + {h}*8], {item}\n", // region[cur] = item
+            "inc {h:e}\n",                             // cur += 1
+            item_commit!(),
+        )
+    };
+}
+
+// Runs a single-item body in `$section` (`rseq_section` or
+// `rseq_fast_section`) with the operands the bodies name: the caller's
+// parameters, the item, the scratch registers `tmp` and `h`, and the offsets
+// of `current` and (as `bound`) of `$bound` (`begin` or `end`) in [`Header`].
+// `$rest` adds the section's own outputs.
+macro_rules! item_section {
+    ($section:ident!($($text:tt)*) $bound:ident: $off:expr, $idx:expr, $base:expr, $class:expr,
+     item = $dir:ident(reg) $item:expr, $($rest:tt)*) => {
+        $section!(
+            $($text)*
+            off = in(reg) $off,
+            idx = in(reg) $idx,
+            base = in(reg) $base,
+            class = in(reg) $class,
+            item = $dir(reg) $item,
+            tmp = out(reg) _,
+            h = out(reg) _,
+            current = const offset_of!(Header, current),
+            bound = const offset_of!(Header, $bound),
+            $($rest)*
         )
     };
 }
 
 /// Pops the top item of `class`'s stack in the current CPU's (or cid's)
 /// region. Returns `(item, status)`; `item` is meaningful only when status
-/// is [`STATUS_OK`].
+/// is [`Status::Ok`].
 ///
 /// # Safety
 /// `off` is the thread-pointer offset of this thread's rseq area (or of an
 /// area whose `cpu_id` is negative); `idx` is `off + 4` (cpu) or `off + 24`
-/// (mm_cid); `base` is a region array laid out as in the module docs, with a
-/// region for every index the kernel can report, and `class` is a valid header.
+/// (mm_cid); `base` is a region array laid out as in `percpu/layout.rs`,
+/// with a region for every index the kernel can report, and `class` is a
+/// valid header.
 #[inline(always)]
-pub unsafe fn pop(base: *mut u8, class: usize, off: isize, idx: isize) -> (*mut u8, u32) {
+pub unsafe fn pop(base: *mut u8, class: usize, off: isize, idx: isize) -> (*mut u8, Status) {
     let item: *mut u8;
-    let status: u32;
     // SAFETY: the asm touches only the caller's rseq area (through fs) and the
     // region memory the caller vouched for; it writes slot memory only below
     // `current` bounds checked against the header, and commits with one store.
-    unsafe {
-        rseq_section!(
-            pop_body!();
-            off = in(reg) off,
-            idx = in(reg) idx,
-            base = in(reg) base,
-            class = in(reg) class,
-            item = out(reg) item,
-            tmp = out(reg) _,
-            h = out(reg) _,
-            st = out(reg) status,
-        );
-    }
+    let status = unsafe {
+        item_section!(rseq_section!(pop_body!();) begin: off, idx, base, class, item = out(reg) item,)
+    };
     (item, status)
 }
 
 /// Pushes `item` onto `class`'s stack in the current CPU's (or cid's) region.
-/// Returns the status ([`STATUS_MISS`] when the stack is full).
+/// Returns the status ([`Status::Miss`] when the stack is full).
 ///
 /// # Safety
 /// As for [`pop`].
 #[inline(always)]
-pub unsafe fn push(base: *mut u8, class: usize, off: isize, idx: isize, item: *mut u8) -> u32 {
-    let status: u32;
-    // SAFETY: as in `pop`; the slot written is `region[cur]` with
+pub unsafe fn push(base: *mut u8, class: usize, off: isize, idx: isize, item: *mut u8) -> Status {
+    // SAFETY: the caller's contract (see `pop`) confines the asm to its rseq
+    // area and the region array; the slot written is `region[cur]` with
     // `cur < end`, a free slot of this class, and nothing is published until
     // the commit store.
     unsafe {
-        rseq_section!(
-            push_body!();
-            off = in(reg) off,
-            idx = in(reg) idx,
-            base = in(reg) base,
-            class = in(reg) class,
-            item = in(reg) item,
-            tmp = out(reg) _,
-            h = out(reg) _,
-            st = out(reg) status,
-        );
+        item_section!(rseq_section!(push_body!();) end: off, idx, base, class, item = in(reg) item,)
     }
-    status
 }
 
 /// The fast pop: the top item of `class`'s stack in the current CPU's (or
@@ -350,21 +332,20 @@ pub unsafe fn push(base: *mut u8, class: usize, off: isize, idx: isize, item: *m
 #[inline(always)]
 pub unsafe fn pop_or_null(base: *mut u8, class: usize, off: isize, idx: isize) -> *mut u8 {
     let item: *mut u8;
-    // SAFETY: as in `pop`.
+    // SAFETY: the caller's contract (see `pop`) confines the asm to its rseq
+    // area and the region array; it writes only the commit store, below the
+    // bounds it checked.
     unsafe {
-        rseq_fast_section!(
-            concat!(
-                "xor {item:e}, {item:e}\n",                 // item = null
-                "jmp 5b\n",
-            );
-            pop_body!();
-            off = in(reg) off,
-            idx = in(reg) idx,
-            base = in(reg) base,
-            class = in(reg) class,
+        item_section!(
+            rseq_fast_section!(
+                concat!(
+                    "xor {item:e}, {item:e}\n",             // item = null
+                    "jmp 5b\n",
+                );
+                pop_body!();
+            )
+            begin: off, idx, base, class,
             item = out(reg) item,
-            tmp = out(reg) _,
-            h = out(reg) _,
         );
     }
     item
@@ -386,22 +367,83 @@ pub unsafe fn push_or_miss(
     idx: isize,
     item: *mut u8,
 ) -> bool {
-    // SAFETY: as in `push`.
+    // SAFETY: the caller's contract (see `pop`) confines the asm to its rseq
+    // area and the region array; it writes the free slot `region[cur]`
+    // (`cur < end`) and then commits.
     unsafe {
-        rseq_fast_section!(
-            "jmp {miss}\n";
-            push_body!();
-            off = in(reg) off,
-            idx = in(reg) idx,
-            base = in(reg) base,
-            class = in(reg) class,
+        item_section!(
+            rseq_fast_section!("jmp {miss}\n"; push_body!();)
+            end: off, idx, base, class,
             item = in(reg) item,
-            tmp = out(reg) _,
-            h = out(reg) _,
             miss = label { return false; },
         );
     }
     true
+}
+
+// A batch section: `batch_head!`, the body, `batch_commit!`, with the
+// operands they name; `$bound` is the header bound the head reads (`begin`
+// for pop, `end` for push). Evaluates to `(count, status)`: the count is how
+// far `rep movsq` advanced its destination (pop: `rdi`, from `args.buf`) or
+// source (push: `rsi`) pointer.
+macro_rules! batch_section {
+    ($pop:literal, $bound:ident: $off:expr, $idx:expr, $args:expr; $($body:expr),+ $(,)?) => {{
+        let src: *const *mut u8;
+        let dst: *mut *mut u8;
+        let status = rseq_section!(
+            batch_head!(), $($body,)+ batch_commit!() ;
+            off = in(reg) $off,
+            idx = in(reg) $idx,
+            a = in(reg) $args as *const BatchArgs,
+            cls = out(reg) _,
+            tmp = out(reg) _,
+            cur = out(reg) _,
+            out("rcx") _,
+            out("rsi") src,
+            out("rdi") dst,
+            a_base = const offset_of!(BatchArgs, base),
+            a_class = const offset_of!(BatchArgs, class),
+            a_buf = const offset_of!(BatchArgs, buf),
+            a_max = const offset_of!(BatchArgs, max),
+            current = const offset_of!(Header, current),
+            bound = const offset_of!(Header, $bound),
+        );
+        match status {
+            Status::Ok => {
+                let advanced = if $pop { dst.cast_const() } else { src };
+                // SAFETY: `rep movsq` advanced that pointer from `args.buf`
+                // by the count, inside the caller's buffer.
+                (advanced.offset_from($args.buf) as usize, Status::Ok)
+            }
+            st => (0, st),
+        }
+    }};
+}
+
+// The start of both batch sections: the region, the class, its `current`
+// and `n = bound - current`, from the `BatchArgs` at `{a}`.
+macro_rules! batch_head {
+    () => {
+        concat!(
+            "mov {tmp:e}, dword ptr fs:[{idx}]\n", // tmp = rseq->(cpu_id | mm_cid)
+            "shl {tmp}, {shift}\n",                // region = args.base + (tmp << SHIFT)
+            "add {tmp}, qword ptr [{a} + {a_base}]\n",
+            "mov {cls}, qword ptr [{a} + {a_class}]\n", // cls = args.class
+            "mov {cur:e}, dword ptr [{tmp} + {cls}*8 + {current}]\n", // cur = hdr.current (32-bit word)
+            "movzx ecx, word ptr [{tmp} + {cls}*8 + {bound}]\n", // n = hdr.(begin | end)
+            "sub rcx, {cur}\n",                         // n = bound - cur
+        )
+    };
+}
+
+// The end of both batch sections: the delay loop and the commit store.
+macro_rules! batch_commit {
+    () => {
+        concat!(
+            delay!(),
+            "mov dword ptr [{tmp} + {cls}*8 + {current}], {cur:e}\n", // commit: hdr.current = cur
+        )
+    };
 }
 
 /// Pops up to `args.max` items (the top of the stack, in stack order from
@@ -410,48 +452,23 @@ pub unsafe fn push_or_miss(
 /// # Safety
 /// As for [`pop`]; `args.buf` is valid for `args.max` writes, `args.max >= 1`.
 #[inline]
-pub unsafe fn pop_batch(args: &BatchArgs, off: isize, idx: isize) -> (usize, u32) {
-    let end: *mut *mut u8;
-    let status: u32;
-    // SAFETY: as in `pop`; the copy writes only the caller's buffer, which is
-    // harmless to redo after an abort; the commit is the single store of the
-    // lowered `current`.
+pub unsafe fn pop_batch(args: &BatchArgs, off: isize, idx: isize) -> (usize, Status) {
+    // SAFETY: the caller's contract (see `pop`) confines the asm to its rseq
+    // area, the region array and `args.buf` (`args.max` writes); the copy
+    // writes only that buffer, which is harmless to redo after an abort; the
+    // commit is the single store of the lowered `current`.
     unsafe {
-        rseq_section!(
-            "mov {tmp:e}, dword ptr fs:[{idx}]\n",              // tmp = rseq->(cpu_id | mm_cid)
-            "shl {tmp}, {shift}\n",                                // region = args.base + (tmp << SHIFT)
-            "add {tmp}, qword ptr [{a}]\n",
-            "mov {cls}, qword ptr [{a} + 8]\n",                 // cls = args.class
-            "mov {cur:e}, dword ptr [{tmp} + {cls}*8]\n",       // cur = hdr.current (32-bit word)
-            "movzx ecx, word ptr [{tmp} + {cls}*8 + 6]\n",      // n = hdr.begin
-            "sub rcx, {cur}\n",                                 // n = begin - cur
-            "jge 8f\n",                                         // if begin >= cur goto miss (empty)
-            "neg rcx\n",                                        // n = cur - begin
-            "cmp rcx, qword ptr [{a} + 24]\n",                  // n = min(n, args.max)
-            "cmova rcx, qword ptr [{a} + 24]\n",
-            "sub {cur}, rcx\n",                                 // cur -= n
-            "lea rsi, [{tmp} + {cur}*8]\n",                     // src = &region[cur]
-            "mov rdi, qword ptr [{a} + 16]\n",                  // dst = args.buf
-            "rep movsq\n",                                      // copy n items (dst advances)
-            delay!(),
-            "mov dword ptr [{tmp} + {cls}*8], {cur:e}\n";       // commit: hdr.current = cur
-            off = in(reg) off,
-            idx = in(reg) idx,
-            a = in(reg) args as *const BatchArgs,
-            cls = out(reg) _,
-            tmp = out(reg) _,
-            cur = out(reg) _,
-            st = out(reg) status,
-            out("rcx") _,
-            out("rsi") _,
-            out("rdi") end,
-        );
-    }
-    if status == STATUS_OK {
-        // SAFETY: `rep movsq` advanced `rdi` from `args.buf` by the count.
-        (unsafe { end.offset_from(args.buf) } as usize, status)
-    } else {
-        (0, status)
+        batch_section!(
+            true, begin: off, idx, args;
+            "jge 8f\n",                             // if begin >= cur goto miss (empty)
+            "neg rcx\n",                            // n = cur - begin
+            "cmp rcx, qword ptr [{a} + {a_max}]\n", // n = min(n, args.max)
+            "cmova rcx, qword ptr [{a} + {a_max}]\n",
+            "sub {cur}, rcx\n",                     // cur -= n
+            "lea rsi, [{tmp} + {cur}*8]\n",         // src = &region[cur]
+            "mov rdi, qword ptr [{a} + {a_buf}]\n", // dst = args.buf
+            "rep movsq\n",                          // copy n items (dst advances)
+        )
     }
 }
 
@@ -461,49 +478,22 @@ pub unsafe fn pop_batch(args: &BatchArgs, off: isize, idx: isize) -> (usize, u32
 /// # Safety
 /// As for [`pop`]; `args.buf` is valid for `args.max` reads, `args.max >= 1`.
 #[inline]
-pub unsafe fn push_batch(args: &BatchArgs, off: isize, idx: isize) -> (usize, u32) {
-    let end: *mut *mut u8;
-    let status: u32;
-    // SAFETY: as in `push`; the copy writes only free slots of this class
-    // (`cur .. cur + n <= end`), which nothing reads until the commit.
+pub unsafe fn push_batch(args: &BatchArgs, off: isize, idx: isize) -> (usize, Status) {
+    // SAFETY: the caller's contract (see `pop`) confines the asm to its rseq
+    // area, the region array and `args.buf` (`args.max` reads); the copy
+    // writes only free slots of this class (`cur .. cur + n <= end`), which
+    // nothing reads until the commit.
     unsafe {
-        rseq_section!(
-            "mov {tmp:e}, dword ptr fs:[{idx}]\n",              // tmp = rseq->(cpu_id | mm_cid)
-            "shl {tmp}, {shift}\n",                                // region = args.base + (tmp << SHIFT)
-            "add {tmp}, qword ptr [{a}]\n",
-            "mov {cls}, qword ptr [{a} + 8]\n",                 // cls = args.class
-            "mov {cur:e}, dword ptr [{tmp} + {cls}*8]\n",       // cur = hdr.current (32-bit word)
-            "movzx ecx, word ptr [{tmp} + {cls}*8 + 4]\n",      // n = hdr.end
-            "sub rcx, {cur}\n",                                 // n = end - cur
-            "jle 8f\n",                                         // if end <= cur goto miss (full)
-            "cmp rcx, qword ptr [{a} + 24]\n",                  // n = min(n, args.max)
-            "cmova rcx, qword ptr [{a} + 24]\n",
-            "lea rdi, [{tmp} + {cur}*8]\n",                     // dst = &region[cur]
-            "add {cur}, rcx\n",                                 // cur += n
-            "mov rsi, qword ptr [{a} + 16]\n",                  // src = args.buf
-            "rep movsq\n",                                      // copy n items (src advances)
-            delay!(),
-            "mov dword ptr [{tmp} + {cls}*8], {cur:e}\n";       // commit: hdr.current = cur
-            off = in(reg) off,
-            idx = in(reg) idx,
-            a = in(reg) args as *const BatchArgs,
-            cls = out(reg) _,
-            tmp = out(reg) _,
-            cur = out(reg) _,
-            st = out(reg) status,
-            out("rcx") _,
-            out("rsi") end,
-            out("rdi") _,
-        );
-    }
-    if status == STATUS_OK {
-        // SAFETY: `rep movsq` advanced `rsi` from `args.buf` by the count.
-        (
-            unsafe { end.offset_from(args.buf.cast_const()) } as usize,
-            status,
+        batch_section!(
+            false, end: off, idx, args;
+            "jle 8f\n",                             // if end <= cur goto miss (full)
+            "cmp rcx, qword ptr [{a} + {a_max}]\n", // n = min(n, args.max)
+            "cmova rcx, qword ptr [{a} + {a_max}]\n",
+            "lea rdi, [{tmp} + {cur}*8]\n",         // dst = &region[cur]
+            "add {cur}, rcx\n",                     // cur += n
+            "mov rsi, qword ptr [{a} + {a_buf}]\n", // src = args.buf
+            "rep movsq\n",                          // copy n items (src advances)
         )
-    } else {
-        (0, status)
     }
 }
 
