@@ -639,9 +639,16 @@ extern "C" fn on_sigsys(_: libc::c_int) {
     SIGSYS_HIT.store(true, Ordering::SeqCst);
 }
 
+/// Whether the calling thread runs under a seccomp filter. Filters are
+/// per thread (one installed without TSYNC binds only its thread and that
+/// thread's later children), so this reads the thread's own status;
+/// `/proc/self/status` describes the main thread. Kernels before 3.17 have
+/// no `/proc/thread-self`: the process's status is the best answer there.
 fn under_seccomp_filter() -> bool {
     let mut buf = [0u8; 4096];
-    let Some(n) = read_small_file(c"/proc/self/status", &mut buf) else {
+    let Some(n) = read_small_file(c"/proc/thread-self/status", &mut buf)
+        .or_else(|| read_small_file(c"/proc/self/status", &mut buf))
+    else {
         return false;
     };
     let text = &buf[..n];
