@@ -62,8 +62,9 @@ impl SizeClass {
     pub fn batch(self) -> usize {
         CLASS_BATCH[self.0 as usize] as usize
     }
-    /// Maximum objects of this class in one per-CPU cache.
-    #[inline]
+    /// Maximum objects of this class in one per-CPU cache (the caches read
+    /// `CLASS_CAPACITY` whole; this is for the tests).
+    #[cfg(test)]
     pub fn capacity(self) -> usize {
         CLASS_CAPACITY[self.0 as usize] as usize
     }
@@ -86,7 +87,10 @@ impl SizeClass {
         self.span_pages() * PAGE_BYTES / self.size_bytes()
     }
     /// `offset / size_bytes()` by multiplication (valid for offsets below
-    /// one span, checked exhaustively in the tests).
+    /// one span, checked exhaustively in the tests). The allocator checks
+    /// object starts with the fast path's divisibility table instead; this
+    /// stays as the tests' reference for the span layout.
+    #[cfg(test)]
     #[inline(always)]
     pub fn index_of_offset(self, offset: usize) -> usize {
         ((offset as u64 * CLASS_RECIP[self.0 as usize]) >> 40) as usize
@@ -202,6 +206,7 @@ const fn build_span_pages() -> [u16; NUM_CLASSES] {
     t
 }
 
+#[cfg(test)]
 const fn build_recip() -> [u64; NUM_CLASSES] {
     let mut t = [0u64; NUM_CLASSES];
     let mut i = 1;
@@ -220,6 +225,7 @@ pub static CLASS_BATCH: [u16; NUM_CLASSES] = build_batch();
 pub static CLASS_CAPACITY: [u16; NUM_CLASSES] = build_capacity();
 /// Pages per span per class.
 pub static CLASS_SPAN_PAGES: [u16; NUM_CLASSES] = build_span_pages();
+#[cfg(test)]
 static CLASS_RECIP: [u64; NUM_CLASSES] = build_recip();
 
 const fn cache_bytes_bound() -> usize {
