@@ -373,12 +373,7 @@ impl Default for Central {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn heap() -> &'static PageHeap {
-        let h: &'static PageHeap = std::boxed::Box::leak(std::boxed::Box::new(PageHeap::new()));
-        assert!(h.init(false));
-        h
-    }
+    use crate::page_heap::tests::heap;
 
     #[test]
     fn pop_push_returns_spans() {

@@ -1114,11 +1114,12 @@ impl PageHeap {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::size_class::PAGE_BYTES;
 
-    fn heap() -> &'static PageHeap {
+    /// A private heap for one test (leaked), without hugepages.
+    pub(crate) fn heap() -> &'static PageHeap {
         let h: &'static PageHeap = std::boxed::Box::leak(std::boxed::Box::new(PageHeap::new()));
         assert!(h.init(false));
         h
