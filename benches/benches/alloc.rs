@@ -13,6 +13,8 @@
 //! pointers go through `black_box`, so nothing is optimised away.
 #![warn(clippy::undocumented_unsafe_blocks)]
 
+mod common;
+
 use criterion::{black_box, criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use rseq_alloc_bench::XorShift;
 use std::alloc::{GlobalAlloc, Layout, System};
@@ -221,10 +223,7 @@ fn prodcon(c: &mut Criterion) {
 
 criterion_group! {
     name = benches;
-    config = Criterion::default()
-        .warm_up_time(Duration::from_millis(500))
-        .measurement_time(Duration::from_secs(2))
-        .sample_size(20);
+    config = common::config(20);
     targets = pair, burst, churn, prodcon
 }
 criterion_main!(benches);
