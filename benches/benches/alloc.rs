@@ -32,26 +32,15 @@ static SYSTEM: System = System;
 macro_rules! for_each_alloc {
     (|$name:ident, $a:ident| $body:block) => {{
         #[cfg(feature = "ours")]
-        {
-            let $name = "rseq";
-            let $a = &RSEQ;
-            $body
-        }
-        {
-            let $name = "jemalloc";
-            let $a = &JEMALLOC;
-            $body
-        }
-        {
-            let $name = "mimalloc";
-            let $a = &MIMALLOC;
-            $body
-        }
-        {
-            let $name = "glibc";
-            let $a = &SYSTEM;
-            $body
-        }
+        for_each_alloc!(@one $name = "rseq", $a = RSEQ, $body);
+        for_each_alloc!(@one $name = "jemalloc", $a = JEMALLOC, $body);
+        for_each_alloc!(@one $name = "mimalloc", $a = MIMALLOC, $body);
+        for_each_alloc!(@one $name = "glibc", $a = SYSTEM, $body);
+    }};
+    (@one $name:ident = $label:literal, $a:ident = $alloc:ident, $body:block) => {{
+        let $name = $label;
+        let $a = &$alloc;
+        $body
     }};
 }
 
