@@ -13,6 +13,11 @@ use core::sync::atomic::Ordering;
 /// allocates, and takes one short lock (the page heap's, for `metadata`).
 ///
 /// In a quiet moment `allocated <= active <= mapped <= resident`.
+///
+/// `#[repr(C)]`: the C shim hands it out as `struct rseq_malloc_stats`
+/// (`ffi/include/rseq_malloc.h`), so fields are only appended, in the
+/// header's order.
+#[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct Stats {

@@ -27,18 +27,20 @@ use crate::double_free;
 use crate::lock::Mutex;
 use crate::page_heap::PageHeap;
 use crate::size_class::{SizeClass, NUM_CLASSES, PAGE_SHIFT};
-use crate::span::{Span, SMALL};
+use crate::span::{ClassSpans, Span, SpanId, SpanKey, SpanState};
 use core::sync::atomic::{AtomicUsize, Ordering};
 
 /// Capacity of the transfer stack of each class.
 pub const TRANSFER_SLOTS: usize = 64;
 
 struct Inner {
-    nonempty: u32,
+    nonempty: SpanId,
     transfer: [*mut u8; TRANSFER_SLOTS],
     transfer_len: usize,
     free_objects: usize,
     span_objects: usize,
+    /// The key to the fields of this class's spans.
+    key: SpanKey<ClassSpans>,
 }
 
 // SAFETY: the raw pointers are free objects owned by this list, moved between
@@ -86,11 +88,14 @@ impl Central {
     pub const fn new() -> Self {
         Central {
             inner: Mutex::new(Inner {
-                nonempty: 0,
+                nonempty: SpanId::NONE,
                 transfer: [core::ptr::null_mut(); TRANSFER_SLOTS],
                 transfer_len: 0,
                 free_objects: 0,
                 span_objects: 0,
+                // SAFETY: the one key of this list, inside the data of its
+                // lock.
+                key: unsafe { SpanKey::new() },
             }),
             free_objects: AtomicUsize::new(0),
             span_objects: AtomicUsize::new(0),
@@ -130,9 +135,9 @@ impl Central {
         let key = crate::fast::FAST.key();
         while n < out.len() {
             let id = g.nonempty;
-            if id == 0 {
+            if id.is_none() {
                 let Some((s, _zeroed)) =
-                    heap.alloc_span(class.span_pages(), 0, SMALL, class.index() as u8)
+                    heap.alloc_span(class.span_pages(), 0, SpanState::Small, class.index() as u8)
                 else {
                     break;
                 };
@@ -145,7 +150,7 @@ impl Central {
             let base = heap.span_addr(s);
             // SAFETY: `s` is a SMALL span of this class (on our list) and we
             // hold the class lock.
-            let l = unsafe { s.locked() };
+            let l = unsafe { s.locked(&mut g.key) };
             while n < out.len() {
                 let o = if !l.freelist.is_null() {
                     let o = l.freelist;
@@ -204,18 +209,18 @@ impl Central {
     /// Whether `p`, an object start of `class`, is free here: in the
     /// transfer stack or on its span's free list (exact, under the lock).
     pub fn contains(&self, heap: &PageHeap, class: SizeClass, p: *mut u8) -> bool {
-        let g = self.inner.lock();
+        let mut g = self.inner.lock();
         if g.transfer[..g.transfer_len].contains(&p) {
             return true;
         }
         let s = match heap.span_of(p as usize) {
-            Some(s) if s.state() == SMALL && s.class() as usize == class.index() => s,
+            Some(s) if s.state() == SpanState::Small && s.class() as usize == class.index() => s,
             _ => return false,
         };
         let base = heap.span_addr(s);
         let key = crate::fast::FAST.key();
         // SAFETY: SMALL span of this class, class lock held.
-        let l = unsafe { s.locked() };
+        let l = unsafe { s.locked(&mut g.key) };
         let mut o = l.freelist;
         let mut steps = 0;
         while !o.is_null() && steps <= class.objects_per_span() {
@@ -248,11 +253,11 @@ impl Central {
     /// `o` is a free object of `class`, present nowhere else; lock held (g).
     unsafe fn return_to_span(&self, heap: &PageHeap, g: &mut Inner, class: SizeClass, o: *mut u8) {
         let s = match heap.span_of(o as usize) {
-            Some(s) if s.state() == SMALL && s.class() as usize == class.index() => s,
+            Some(s) if s.state() == SpanState::Small && s.class() as usize == class.index() => s,
             _ => crate::util::invalid_pointer("free()", o),
         };
         // SAFETY: SMALL span of this class, class lock held.
-        let l = unsafe { s.locked() };
+        let l = unsafe { s.locked(&mut g.key) };
         if l.allocated == 0 {
             crate::util::invalid_pointer("free()", o);
         }
@@ -280,37 +285,37 @@ impl Central {
     fn list_push(&self, heap: &PageHeap, g: &mut Inner, s: &Span) {
         let id = self.id(heap, s);
         // SAFETY: class lock held; s is SMALL of this class.
-        let l = unsafe { s.locked() };
-        l.prev = 0;
+        let l = unsafe { s.locked(&mut g.key) };
+        l.prev = SpanId::NONE;
         l.next = g.nonempty;
         l.on_list = true;
-        if g.nonempty != 0 {
+        if g.nonempty.is_some() {
             // SAFETY: class lock held; the head is a span of this class.
-            unsafe { heap.record(g.nonempty).locked() }.prev = id;
+            unsafe { heap.record(g.nonempty).locked(&mut g.key) }.prev = id;
         }
         g.nonempty = id;
     }
 
     fn list_remove(&self, heap: &PageHeap, g: &mut Inner, s: &Span) {
         // SAFETY: class lock held; s is SMALL of this class.
-        let l = unsafe { s.locked() };
+        let l = unsafe { s.locked(&mut g.key) };
         let (prev, next) = (l.prev, l.next);
         l.on_list = false;
-        l.prev = 0;
-        l.next = 0;
-        if prev != 0 {
+        l.prev = SpanId::NONE;
+        l.next = SpanId::NONE;
+        if prev.is_some() {
             // SAFETY: class lock held; neighbours are spans of this class.
-            unsafe { heap.record(prev).locked() }.next = next;
+            unsafe { heap.record(prev).locked(&mut g.key) }.next = next;
         } else {
             g.nonempty = next;
         }
-        if next != 0 {
+        if next.is_some() {
             // SAFETY: as above.
-            unsafe { heap.record(next).locked() }.prev = prev;
+            unsafe { heap.record(next).locked(&mut g.key) }.prev = prev;
         }
     }
 
-    fn id(&self, heap: &PageHeap, s: &Span) -> u32 {
+    fn id(&self, heap: &PageHeap, s: &Span) -> SpanId {
         heap.map.get(s.start())
     }
 
@@ -320,18 +325,18 @@ impl Central {
         if !cfg!(debug_assertions) {
             return;
         }
-        let g = self.inner.lock();
+        let mut g = self.inner.lock();
         let objs = class.objects_per_span();
         let mut listed_free = 0;
         let mut id = g.nonempty;
-        let mut prev = 0;
-        while id != 0 {
+        let mut prev = SpanId::NONE;
+        while id.is_some() {
             let s = heap.record(id);
-            assert_eq!(s.state(), SMALL);
+            assert_eq!(s.state(), SpanState::Small);
             assert_eq!(s.class() as usize, class.index());
             assert_eq!(s.pages(), class.span_pages());
             // SAFETY: class lock held.
-            let l = unsafe { s.locked() };
+            let l = unsafe { s.locked(&mut g.key) };
             assert!(l.on_list);
             assert_eq!(l.prev, prev);
             assert!(l.allocated >= 1 || l.carved == 0 || !l.freelist.is_null());
@@ -368,12 +373,7 @@ impl Default for Central {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn heap() -> &'static PageHeap {
-        let h: &'static PageHeap = std::boxed::Box::leak(std::boxed::Box::new(PageHeap::new()));
-        assert!(h.init(false));
-        h
-    }
+    use crate::page_heap::tests::heap;
 
     #[test]
     fn pop_push_returns_spans() {

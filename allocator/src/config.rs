@@ -133,32 +133,19 @@ pub fn parse(text: &'static [u8], sink: &mut dyn WarnSink) -> Config {
             None => (pair, &b""[..]),
         };
         let ok = match key {
-            b"rseq" => match value {
-                b"auto" | b"on" => {
-                    cfg.rseq_off = false;
-                    true
-                }
-                b"off" => {
-                    cfg.rseq_off = true;
-                    true
-                }
-                _ => false,
-            },
-            b"index" => match value {
-                b"cpu" => {
-                    cfg.index = IndexChoice::Cpu;
-                    true
-                }
-                b"cid" => {
-                    cfg.index = IndexChoice::Cid;
-                    true
-                }
-                b"auto" => {
-                    cfg.index = IndexChoice::Auto;
-                    true
-                }
-                _ => false,
-            },
+            b"rseq" => choice(value, &[(b"auto", false), (b"on", false), (b"off", true)])
+                .map(|v| cfg.rseq_off = v)
+                .is_some(),
+            b"index" => choice(
+                value,
+                &[
+                    (b"cpu", IndexChoice::Cpu),
+                    (b"cid", IndexChoice::Cid),
+                    (b"auto", IndexChoice::Auto),
+                ],
+            )
+            .map(|v| cfg.index = v)
+            .is_some(),
             b"verbose" => parse_bool(value).map(|v| cfg.verbose = v).is_some(),
             b"stats" => match value {
                 b"json" => {
@@ -184,17 +171,12 @@ pub fn parse(text: &'static [u8], sink: &mut dyn WarnSink) -> Config {
             b"abort_conf" => parse_bool(value).map(|v| cfg.abort_conf = v).is_some(),
             b"decay_ms" => parse_decay(value).map(|v| cfg.decay_ms = v).is_some(),
             b"background" => parse_bool(value).map(|v| cfg.background = v).is_some(),
-            b"thp" => match value {
-                b"auto" => {
-                    cfg.thp = ThpChoice::Auto;
-                    true
-                }
-                b"never" => {
-                    cfg.thp = ThpChoice::Never;
-                    true
-                }
-                _ => false,
-            },
+            b"thp" => choice(
+                value,
+                &[(b"auto", ThpChoice::Auto), (b"never", ThpChoice::Never)],
+            )
+            .map(|v| cfg.thp = v)
+            .is_some(),
             _ => {
                 warn(sink, "unknown key", pair, KEYS);
                 continue;
@@ -205,6 +187,11 @@ pub fn parse(text: &'static [u8], sink: &mut dyn WarnSink) -> Config {
         }
     }
     cfg
+}
+
+/// The value `v` names in `table` (exact match), if any.
+fn choice<T: Copy>(v: &[u8], table: &[(&[u8], T)]) -> Option<T> {
+    table.iter().find(|(name, _)| *name == v).map(|&(_, t)| t)
 }
 
 fn parse_bool(v: &[u8]) -> Option<bool> {

@@ -22,7 +22,7 @@
 //! activity-driven decay alone in charge. A fork child has no such thread:
 //! [`fork_child`] makes the next tick in the child create it again.
 
-use core::sync::atomic::{AtomicBool, AtomicI64, AtomicU32, AtomicU64, AtomicU8, Ordering};
+use core::sync::atomic::{AtomicBool, AtomicI64, AtomicU32, AtomicU64, Ordering};
 
 /// Slow-path events between two clock reads.
 pub const TICK_EVENTS: u32 = 16;
@@ -36,12 +36,22 @@ static EVENTS: AtomicU32 = AtomicU32::new(0);
 /// One decay pass at a time (others skip theirs).
 static BUSY: AtomicBool = AtomicBool::new(false);
 
-const BG_OFF: u8 = 0;
-const BG_WANTED: u8 = 1;
-const BG_CREATING: u8 = 2;
-const BG_RUNNING: u8 = 3;
-const BG_FAILED: u8 = 4;
-static BG_STATE: AtomicU8 = AtomicU8::new(BG_OFF);
+atomic_state! {
+    /// The background thread's state.
+    enum Background in AtomicBackground {
+        /// Not asked for (`background=0`, or no decay).
+        Off = 0,
+        /// Asked for: the next tick that may spawn creates it.
+        Wanted = 1,
+        /// `pthread_create` is running (a nested malloc must not recurse).
+        Creating = 2,
+        /// Running.
+        Running = 3,
+        /// Creation failed: activity-driven decay alone.
+        Failed = 4,
+    }
+}
+static BG_STATE: AtomicBackground = AtomicBackground::new(Background::Off);
 /// Background passes done (statistics, tests).
 pub static BG_PASSES: AtomicU64 = AtomicU64::new(0);
 
@@ -49,7 +59,7 @@ pub static BG_PASSES: AtomicU64 = AtomicU64::new(0);
 pub fn configure(cfg: &crate::config::Config) {
     DECAY_MS.store(cfg.decay_ms, Ordering::Relaxed);
     if cfg.background && cfg.decay_ms > 0 {
-        BG_STATE.store(BG_WANTED, Ordering::Relaxed);
+        BG_STATE.store(Background::Wanted, Ordering::Relaxed);
     }
 }
 
@@ -95,7 +105,8 @@ pub fn note_dirty(since: u64) {
 /// (it may create the background thread).
 #[inline]
 pub fn tick() {
-    if NEXT_DUE.load(Ordering::Relaxed) == u64::MAX && BG_STATE.load(Ordering::Relaxed) != BG_WANTED
+    if NEXT_DUE.load(Ordering::Relaxed) == u64::MAX
+        && BG_STATE.load(Ordering::Relaxed) != Background::Wanted
     {
         return;
     }
@@ -129,7 +140,7 @@ fn count_event() -> bool {
 #[cold]
 #[inline(never)]
 fn tick_slow(can_spawn: bool) {
-    if can_spawn && BG_STATE.load(Ordering::Relaxed) == BG_WANTED {
+    if can_spawn && BG_STATE.load(Ordering::Relaxed) == Background::Wanted {
         start_background();
     }
     let now = now_ms();
@@ -171,14 +182,14 @@ fn gap_ms(decay_ms: u64) -> u64 {
 pub fn fork_child() {
     BUSY.store(false, Ordering::Relaxed);
     let s = BG_STATE.load(Ordering::Relaxed);
-    if s == BG_RUNNING || s == BG_CREATING {
-        BG_STATE.store(BG_WANTED, Ordering::Relaxed);
+    if s == Background::Running || s == Background::Creating {
+        BG_STATE.store(Background::Wanted, Ordering::Relaxed);
     }
 }
 
 /// Whether the background thread runs (tests, stats).
 pub fn background_running() -> bool {
-    BG_STATE.load(Ordering::Relaxed) == BG_RUNNING
+    BG_STATE.load(Ordering::Relaxed) == Background::Running
 }
 
 /// The background thread's period: a quarter of the decay, 10 ms .. 1 s.
@@ -190,7 +201,12 @@ fn bg_period_ms() -> u64 {
 #[inline(never)]
 fn start_background() {
     if BG_STATE
-        .compare_exchange(BG_WANTED, BG_CREATING, Ordering::Acquire, Ordering::Relaxed)
+        .compare_exchange(
+            Background::Wanted,
+            Background::Creating,
+            Ordering::Acquire,
+            Ordering::Relaxed,
+        )
         .is_err()
     {
         return;
@@ -219,8 +235,12 @@ fn start_background() {
         ok
     };
     let _ = BG_STATE.compare_exchange(
-        BG_CREATING,
-        if ok { BG_RUNNING } else { BG_FAILED },
+        Background::Creating,
+        if ok {
+            Background::Running
+        } else {
+            Background::Failed
+        },
         Ordering::Release,
         Ordering::Relaxed,
     );

@@ -16,10 +16,10 @@ use crate::huge::HugeTable;
 use crate::page_heap::PageHeap;
 use crate::pagemap::PageMap;
 use crate::size_class::{self, SizeClass, MAX_SMALL_BYTES, PAGE_BYTES, PAGE_SHIFT};
-use crate::span::{LARGE, SMALL};
+use crate::span::{SpanId, SpanState};
 use crate::util::{self, MsgBuf};
 use core::ptr::{self, NonNull};
-use core::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicU8, AtomicUsize, Ordering};
+use core::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use rseq_sys::percpu::{Discipline, Index};
 
 /// Requests of at least this many bytes (size + alignment slack) are mapped
@@ -28,21 +28,31 @@ pub const HUGE_THRESHOLD_BYTES: usize = 1 << 20;
 /// What `malloc` guarantees.
 pub const MIN_ALIGN: usize = 16;
 
-const UNINIT: u8 = 0;
-const INITIALIZING: u8 = 1;
-/// Ready, per-CPU caches in use.
-const READY_CACHE: u8 = 2;
-/// Ready, no per-CPU caches (their setup failed): central lists only.
-const READY_CENTRAL: u8 = 3;
-/// Init failed (an OS page larger than ours): every allocation returns null.
-const FAILED: u8 = 4;
-/// Ready, per-CPU caches in use, fast-path hits counted (`stats=1`): the
-/// fast path sees a state other than `READY_CACHE` and takes the cold path
-/// that counts, so the default fast path carries no counter at all.
-const READY_COUNTING: u8 = 5;
+atomic_state! {
+    /// The allocator's initialisation state.
+    enum InitState in AtomicInitState {
+        /// Nothing done yet.
+        Uninit = 0,
+        /// A thread (`INIT_TID`) is initialising.
+        Initializing = 1,
+        /// Ready, per-CPU caches in use.
+        ReadyCache = 2,
+        /// Ready, no per-CPU caches (their setup failed): central lists only.
+        ReadyCentral = 3,
+        /// Init failed (an OS page larger than ours): every allocation
+        /// returns null.
+        Failed = 4,
+        /// Ready, per-CPU caches in use, fast-path hits counted (`stats=1`):
+        /// the fast path sees a state other than `ReadyCache` and takes the
+        /// cold path that counts, so the default fast path carries no
+        /// counter at all.
+        ReadyCounting = 5,
+    }
+}
+use InitState::*;
 
-/// Initialisation state (see the constants above).
-static STATE: AtomicU8 = AtomicU8::new(UNINIT);
+/// Initialisation state.
+static STATE: AtomicInitState = AtomicInitState::new(Uninit);
 static INIT_TID: AtomicU32 = AtomicU32::new(0);
 pub(crate) static HEAP: PageHeap = PageHeap::new();
 pub(crate) static CENTRAL: CentralLists = CentralLists::new();
@@ -96,65 +106,65 @@ pub(crate) fn is_boot(addr: usize) -> bool {
 
 /// Makes sure the allocator is initialised. Returns false when the caller
 /// must use the bootstrap arena (it is the initialising thread, re-entered)
-/// or when initialisation failed (then `STATE == FAILED`).
+/// or when initialisation failed (then `STATE == Failed`).
 #[cold]
 #[inline(never)]
 pub(crate) fn ensure_init() -> bool {
     loop {
         match STATE.load(Ordering::Acquire) {
-            READY_CACHE | READY_CENTRAL | READY_COUNTING => return true,
-            FAILED => return false,
-            INITIALIZING => {
+            ReadyCache | ReadyCentral | ReadyCounting => return true,
+            Failed => return false,
+            Initializing => {
                 if INIT_TID.load(Ordering::Relaxed) == util::gettid() {
                     return false;
                 }
                 // SAFETY: sched_yield has no preconditions.
                 unsafe { libc::sched_yield() };
             }
-            _ => {
+            Uninit => {
                 if STATE
-                    .compare_exchange(UNINIT, INITIALIZING, Ordering::Acquire, Ordering::Relaxed)
+                    .compare_exchange(Uninit, Initializing, Ordering::Acquire, Ordering::Relaxed)
                     .is_ok()
                 {
                     INIT_TID.store(util::gettid(), Ordering::Relaxed);
                     let st = do_init();
                     STATE.store(st, Ordering::Release);
-                    if st == READY_CACHE {
+                    if st == ReadyCache {
                         match SLABS.fast_params() {
                             Some((base, off, idx)) => crate::fast::FAST.enable(base, off, idx),
                             None => crate::fast::FAST.enable_cas(),
                         }
                     }
-                    if st != FAILED {
+                    if st != Failed {
                         after_init();
                     }
-                    return st != FAILED;
+                    return st != Failed;
                 }
             }
         }
     }
 }
 
-fn do_init() -> u8 {
+fn do_init() -> InitState {
     crate::fast::FAST.set_key(crate::fast::make_key());
     let cfg = crate::config::from_env();
     CONFIG_STATS.store(cfg.stats, Ordering::Relaxed);
     CONFIG_VERBOSE.store(cfg.verbose, Ordering::Relaxed);
     crate::decay::configure(&cfg);
     if crate::os::os_page_size() > PAGE_BYTES {
-        return FAILED;
+        return Failed;
     }
     if !HEAP.init(cfg.thp == crate::config::ThpChoice::Auto) {
-        return FAILED;
+        return Failed;
     }
     if crate::cpu_cache::init(&cfg) {
         if cfg.stats {
-            READY_COUNTING
+            ReadyCounting
         } else {
-            READY_CACHE
+            ReadyCache
         }
     } else {
-        READY_CENTRAL
+        ReadyCentral
     }
 }
 
@@ -187,7 +197,7 @@ fn after_init() {
 /// True once initialised with per-CPU caches.
 #[inline(always)]
 pub(crate) fn cache_ready() -> bool {
-    matches!(STATE.load(Ordering::Relaxed), READY_CACHE | READY_COUNTING)
+    matches!(STATE.load(Ordering::Relaxed), ReadyCache | ReadyCounting)
 }
 
 /// "rseq-glibc", "rseq-own" or "cmpxchg" (the mode in force; before init,
@@ -195,11 +205,7 @@ pub(crate) fn cache_ready() -> bool {
 pub fn mode_name() -> &'static str {
     ensure_init();
     if cache_ready() && SLABS.discipline() == Discipline::Rseq {
-        match rseq_sys::registration::process_mode() {
-            rseq_sys::registration::Mode::Glibc => "rseq-glibc",
-            rseq_sys::registration::Mode::Own => "rseq-own",
-            rseq_sys::registration::Mode::Unavailable => "cmpxchg",
-        }
+        rseq_sys::registration::process_mode().name()
     } else {
         "cmpxchg"
     }
@@ -219,13 +225,13 @@ pub fn index_name() -> &'static str {
 
 /// True when `stats=1` counts fast-path hits (the fast path is off then).
 pub(crate) fn counting() -> bool {
-    STATE.load(Ordering::Relaxed) == READY_COUNTING
+    STATE.load(Ordering::Relaxed) == ReadyCounting
 }
 
 /// A bootstrap block for an object of `class` (the initialising thread,
 /// re-entered), or null when initialisation failed.
 pub(crate) fn boot_alloc_class(class: SizeClass) -> *mut u8 {
-    if STATE.load(Ordering::Relaxed) == FAILED {
+    if STATE.load(Ordering::Relaxed) == Failed {
         return ptr::null_mut();
     }
     let size = class.size_bytes();
@@ -254,7 +260,7 @@ pub(crate) fn alloc_big(size: usize, align: usize, zero: bool) -> *mut u8 {
         return ptr::null_mut();
     }
     if !ensure_init() {
-        if STATE.load(Ordering::Relaxed) == FAILED || size > BOOT_BYTES / 4 {
+        if STATE.load(Ordering::Relaxed) == Failed || size > BOOT_BYTES / 4 {
             return ptr::null_mut();
         }
         return boot_alloc(size, align);
@@ -277,9 +283,9 @@ pub(crate) fn alloc_big(size: usize, align: usize, zero: bool) -> *mut u8 {
         return p;
     }
     let npages = size.max(1).div_ceil(PAGE_BYTES);
-    let mut got = HEAP.alloc_span(npages, align, LARGE, 0);
+    let mut got = HEAP.alloc_span(npages, align, SpanState::Large, 0);
     if got.is_none() && crate::refill::reclaim() {
-        got = HEAP.alloc_span(npages, align, LARGE, 0);
+        got = HEAP.alloc_span(npages, align, SpanState::Large, 0);
     }
     match got {
         Some((s, zeroed)) => {
@@ -323,20 +329,20 @@ pub(crate) fn classify(p: *mut u8, who: &str) -> Block<'static> {
                 _ => util::invalid_pointer(who, p),
             }
         }
-        return classify_span(p, entry as u32, who);
+        return classify_span(p, SpanId::from_entry(entry), who);
     }
     classify_outside(p, who)
 }
 
 /// The rest of `classify` for pages that are not small-object pages.
 #[inline(never)]
-fn classify_span(p: *mut u8, id: u32, who: &str) -> Block<'static> {
+fn classify_span(p: *mut u8, id: SpanId, who: &str) -> Block<'static> {
     let addr = p as usize;
-    if id != 0 {
+    if id.is_some() {
         let s = HEAP.record(id);
         let start = HEAP.map.page_addr(s.start());
         match s.state() {
-            SMALL => {
+            SpanState::Small => {
                 if let Some(class) = SizeClass::from_index(s.class() as usize) {
                     let off = addr.wrapping_sub(start);
                     if off < s.pages() << PAGE_SHIFT
@@ -346,7 +352,7 @@ fn classify_span(p: *mut u8, id: u32, who: &str) -> Block<'static> {
                     }
                 }
             }
-            LARGE if addr == start => return Block::Large(s),
+            SpanState::Large if addr == start => return Block::Large(s),
             _ => {}
         }
     } else {
@@ -567,7 +573,7 @@ pub(crate) fn fork_child() {
 /// (their objects are left behind; the central lists serve the child).
 pub(crate) fn fork_child_abandon_caches() {
     if cache_ready() {
-        STATE.store(READY_CENTRAL, Ordering::Relaxed);
+        STATE.store(ReadyCentral, Ordering::Relaxed);
         crate::fast::FAST.disable();
     }
 }
@@ -577,7 +583,7 @@ pub(crate) fn fork_child_abandon_caches() {
 /// make the child the initialising thread so that it is served from the
 /// bootstrap arena instead of waiting forever.
 pub(crate) fn fork_child_adopt_init() {
-    if STATE.load(Ordering::Relaxed) == INITIALIZING {
+    if STATE.load(Ordering::Relaxed) == Initializing {
         INIT_TID.store(util::gettid(), Ordering::Relaxed);
     }
 }

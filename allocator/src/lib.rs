@@ -100,9 +100,82 @@ macro_rules! rip_ref {
     }};
 }
 
+/// A `#[repr(u8)]` state enum and its atomic cell: `$atomic` stores the
+/// enum as one byte and converts it back with a checked match (a byte that
+/// names no variant is heap corruption: reported, then abort).
+macro_rules! atomic_state {
+    (
+        $(#[$meta:meta])*
+        $vis:vis enum $name:ident in $atomic:ident {
+            $($(#[$vmeta:meta])* $variant:ident = $value:literal,)+
+        }
+    ) => {
+        $(#[$meta])*
+        #[repr(u8)]
+        #[derive(Clone, Copy, PartialEq, Eq, Debug)]
+        $vis enum $name {
+            $($(#[$vmeta])* $variant = $value,)+
+        }
+
+        impl $name {
+            /// The variant stored as `b`, if any.
+            #[inline(always)]
+            $vis const fn from_byte(b: u8) -> Option<Self> {
+                match b {
+                    $($value => Some(Self::$variant),)+
+                    _ => None,
+                }
+            }
+        }
+
+        #[doc = concat!("An atomic [`", stringify!($name), "`] (one byte).")]
+        $vis struct $atomic(core::sync::atomic::AtomicU8);
+
+        #[allow(dead_code)]
+        impl $atomic {
+            /// A cell holding `s`.
+            $vis const fn new(s: $name) -> Self {
+                Self(core::sync::atomic::AtomicU8::new(s as u8))
+            }
+            /// The state.
+            #[inline(always)]
+            $vis fn load(&self, order: core::sync::atomic::Ordering) -> $name {
+                Self::decode(self.0.load(order))
+            }
+            /// Sets the state.
+            #[inline(always)]
+            $vis fn store(&self, s: $name, order: core::sync::atomic::Ordering) {
+                self.0.store(s as u8, order)
+            }
+            /// `AtomicU8::compare_exchange` on the state.
+            #[inline(always)]
+            $vis fn compare_exchange(
+                &self,
+                current: $name,
+                new: $name,
+                success: core::sync::atomic::Ordering,
+                failure: core::sync::atomic::Ordering,
+            ) -> Result<$name, $name> {
+                self.0
+                    .compare_exchange(current as u8, new as u8, success, failure)
+                    .map(Self::decode)
+                    .map_err(Self::decode)
+            }
+            #[inline(always)]
+            fn decode(b: u8) -> $name {
+                match $name::from_byte(b) {
+                    Some(s) => s,
+                    None => crate::util::bad_state(stringify!($name), b),
+                }
+            }
+        }
+    };
+}
+
 // Internal layers: private, so that the public API is only what is below
 // (`RseqAlloc`, `stats`, `trim`, `options`, `version`, the mode names and
 // `raw` for the C shim).
+mod api;
 mod central;
 mod config;
 mod cpu_cache;
@@ -111,25 +184,15 @@ mod double_free;
 mod fast;
 mod fork;
 mod global;
-// These have a few items used only by unit tests or kept for the C shim's
-// future use (HugeTable::count, RawLock::is_locked, HeapStats::
-// released_total_bytes, SpanId, SizeClass::capacity).
-mod api;
-#[allow(dead_code)]
 mod huge;
-#[allow(dead_code)]
 mod lock;
 mod os;
-#[allow(dead_code)]
 mod page_heap;
-#[allow(dead_code)]
 mod pagemap;
 mod refill;
-#[allow(dead_code)]
 mod size_class;
 mod span;
 mod stats;
-#[allow(dead_code)]
 mod util;
 
 pub use api::{cache_regions, cached_bytes_in_region, options, stats, trim, version, Stats};
@@ -269,7 +332,8 @@ pub mod raw {
     /// `ptr` is null or a live block from this allocator, not used afterwards.
     #[inline]
     pub unsafe fn free(ptr: *mut u8) {
-        // SAFETY: forwarded contract.
+        // SAFETY: `ptr` is null or a live block of ours not used afterwards
+        // (this function's contract, which is `fast::free`'s).
         unsafe { crate::fast::free(ptr) }
     }
 
@@ -279,7 +343,8 @@ pub mod raw {
     /// # Safety
     /// As for [`free`].
     pub unsafe fn free_checked(ptr: *mut u8, who: &'static str) {
-        // SAFETY: forwarded contract.
+        // SAFETY: `ptr` is null or a live block of ours not used afterwards
+        // (this function's contract, which is `free_any`'s).
         unsafe { global::free_any(ptr, who) }
     }
 
@@ -298,7 +363,8 @@ pub mod raw {
         } else {
             MIN_ALIGN
         };
-        // SAFETY: forwarded contract.
+        // SAFETY: `ptr` is null or a live block of ours not used afterwards
+        // (this function's contract); the size is checked against the block.
         unsafe { global::free_sized_checked(ptr, size, align, "free_sized()") }
     }
 
@@ -313,7 +379,8 @@ pub mod raw {
         if ptr.is_null() {
             return malloc(new_size);
         }
-        // SAFETY: forwarded contract.
+        // SAFETY: `ptr` is a live block of ours (this function's contract),
+        // allocated with `MIN_ALIGN` like every block of the C entry points.
         unsafe { global::realloc(ptr, new_size, MIN_ALIGN, "realloc()") }
     }
 

@@ -62,7 +62,7 @@ use crate::lock::Mutex;
 use crate::os;
 use crate::pagemap::PageMap;
 use crate::size_class::{PAGE_BYTES, PAGE_SHIFT};
-use crate::span::{Span, FREE, LARGE, SMALL, SPAN_RECORD_BYTES, UNUSED};
+use crate::span::{HeapSpans, Span, SpanId, SpanKey, SpanState, SPAN_RECORD_BYTES};
 use core::sync::atomic::{AtomicUsize, Ordering};
 
 /// Chunks are aligned to (and sized in multiples of) this many bytes: one
@@ -122,11 +122,13 @@ struct Inner {
     rec_mapped: usize,
     /// Head of the list of unused records (linked through `Locked::next`)
     /// and its length.
-    rec_free: u32,
+    rec_free: SpanId,
     rec_free_len: usize,
-    lists: [u32; NLISTS],
+    lists: [SpanId; NLISTS],
     free_pages: usize,
     free_dirty_pages: usize,
+    /// The key to the fields of the free and unused spans.
+    key: SpanKey<HeapSpans>,
 }
 
 /// The page heap. A `const` inert value; `init` maps the reservation.
@@ -161,7 +163,9 @@ pub struct HeapStats {
     pub small_bytes: usize,
     /// Bytes in large blocks in use.
     pub large_bytes: usize,
-    /// Bytes given back with madvise so far (cumulative).
+    /// Bytes given back with madvise so far (cumulative; no report reads
+    /// it yet).
+    #[allow(dead_code)]
     pub released_total_bytes: usize,
 }
 
@@ -183,11 +187,14 @@ impl PageHeap {
                 thp_on: false,
                 rec_next: 1,
                 rec_mapped: 0,
-                rec_free: 0,
+                rec_free: SpanId::NONE,
                 rec_free_len: 0,
-                lists: [0; NLISTS],
+                lists: [SpanId::NONE; NLISTS],
                 free_pages: 0,
                 free_dirty_pages: 0,
+                // SAFETY: the one key of this heap, inside the data of its
+                // lock.
+                key: unsafe { SpanKey::new() },
             }),
             committed_bytes: AtomicUsize::new(0),
             free_bytes: AtomicUsize::new(0),
@@ -208,15 +215,16 @@ impl PageHeap {
     }
 
     /// Whether chunks get `MADV_HUGEPAGE` (the heap has reached
-    /// `THP_MIN_HEAP_BYTES` with THP available and wanted).
+    /// `THP_MIN_HEAP_BYTES` with THP available and wanted; tests).
+    #[cfg(test)]
     pub fn uses_thp(&self) -> bool {
         self.inner.lock().thp_on
     }
 
     /// The span record with id `id`.
     #[inline(always)]
-    pub fn record(&self, id: u32) -> &Span {
-        let id = id as usize;
+    pub fn record(&self, id: SpanId) -> &Span {
+        let id = id.index();
         let k = (usize::BITS - (id >> REC_FIRST_SHIFT).leading_zeros()) as usize;
         let biased = self.records[k.min(REC_BLOCKS - 1)].load(Ordering::Relaxed);
         let addr = biased.wrapping_add(id * SPAN_RECORD_BYTES);
@@ -232,8 +240,8 @@ impl PageHeap {
     #[inline(always)]
     pub fn span_of(&self, addr: usize) -> Option<&Span> {
         let (_, entry) = self.map.lookup(addr)?;
-        let id = entry as u32;
-        if id == 0 {
+        let id = SpanId::from_entry(entry);
+        if id.is_none() {
             None
         } else {
             Some(self.record(id))
@@ -247,17 +255,17 @@ impl PageHeap {
     }
 
     /// Allocates a span of `npages` whose start is aligned to `align_bytes`
-    /// (a power of two; <= PAGE_BYTES means no constraint), in state SMALL
-    /// (with `class`) or LARGE. Returns the span and whether all its pages
+    /// (a power of two; <= PAGE_BYTES means no constraint), in state `Small`
+    /// (with `class`) or `Large`. Returns the span and whether all its pages
     /// are known to read as zero.
     pub fn alloc_span(
         &self,
         npages: usize,
         align_bytes: usize,
-        state: u8,
+        state: SpanState,
         class: u8,
     ) -> Option<(&Span, bool)> {
-        debug_assert!(state == SMALL || state == LARGE);
+        debug_assert!(matches!(state, SpanState::Small | SpanState::Large));
         if npages == 0 || npages > u32::MAX as usize / 2 {
             return None;
         }
@@ -282,37 +290,38 @@ impl PageHeap {
         let back = len - front - npages;
         let Some(id) = self.new_record(&mut g) else {
             // Put everything back as one free span.
-            self.insert_free(&mut g, start, len, dirty, since, 0);
+            self.insert_free(&mut g, start, len, dirty, since, SpanId::NONE);
             return None;
         };
         if front > 0 {
-            self.insert_free(&mut g, start, front, dirty.min(front), since, 0);
+            self.insert_free(&mut g, start, front, dirty.min(front), since, SpanId::NONE);
         }
         if back > 0 {
             let d = dirty.min(back);
-            self.insert_free(&mut g, start + front + npages, back, d, since, 0);
+            self.insert_free(&mut g, start + front + npages, back, d, since, SpanId::NONE);
         }
         let s = self.record(id);
         s.start_page.store(start + front, Ordering::Relaxed);
         s.npages.store(npages as u32, Ordering::Relaxed);
         s.class.store(class, Ordering::Relaxed);
-        s.state.store(state, Ordering::Relaxed);
-        // SAFETY: the page-heap lock is held and the span is not yet visible.
-        let l = unsafe { s.locked() };
-        l.prev = 0;
-        l.next = 0;
+        // SAFETY: page-heap lock held (g); the record is still `Unused` (or
+        // fresh, `Free`) and not yet visible.
+        let l = unsafe { s.locked(&mut g.key) };
+        l.prev = SpanId::NONE;
+        l.next = SpanId::NONE;
         l.dirty_pages = 0;
         l.freelist = core::ptr::null_mut();
         l.allocated = 0;
         l.carved = 0;
         l.on_list = false;
-        if state == SMALL && npages <= 255 {
+        s.state.store(state, Ordering::Relaxed);
+        if state == SpanState::Small && npages <= 255 {
             self.map.set_small_range(start + front, npages, id, class);
         } else {
             self.map.set_range(start + front, npages, id);
         }
         let bytes = npages << PAGE_SHIFT;
-        if state == SMALL {
+        if state == SpanState::Small {
             self.small_bytes.fetch_add(bytes, Ordering::Relaxed);
         } else {
             self.large_bytes.fetch_add(bytes, Ordering::Relaxed);
@@ -323,7 +332,7 @@ impl PageHeap {
         Some((s, dirty == 0))
     }
 
-    /// Returns a span in use (SMALL or LARGE) to the heap.
+    /// Returns a span in use (`Small` or `Large`) to the heap.
     ///
     /// # Safety
     /// `s` is a span in use returned by `alloc_span` of this heap, and nothing
@@ -335,13 +344,13 @@ impl PageHeap {
         let start = s.start();
         let n = s.pages();
         let bytes = n << PAGE_SHIFT;
-        if s.state() == SMALL {
+        if s.state() == SpanState::Small {
             self.small_bytes.fetch_sub(bytes, Ordering::Relaxed);
         } else {
             self.large_bytes.fetch_sub(bytes, Ordering::Relaxed);
         }
         let id = self.id_of(s);
-        self.map.set_range(start, n, 0);
+        self.map.set_range(start, n, SpanId::NONE);
         self.insert_dirty(&mut g, start, n, id);
         self.publish(&g);
         drop(g);
@@ -350,10 +359,10 @@ impl PageHeap {
 
     /// Inserts a just-freed (dirty) range stamped now; releases it at once
     /// with `decay_ms=0`.
-    fn insert_dirty(&self, g: &mut Inner, start: usize, n: usize, id: u32) {
+    fn insert_dirty(&self, g: &mut Inner, start: usize, n: usize, id: SpanId) {
         if !crate::decay::keeps() {
             let id = self.insert_free(g, start, n, n, 0, id);
-            if id != 0 {
+            if id.is_some() {
                 self.release_span(g, id);
             }
             return;
@@ -384,10 +393,10 @@ impl PageHeap {
             if new_pages < n && self.spare_records(&mut g) {
                 let tail = n - new_pages;
                 s.npages.store(new_pages as u32, Ordering::Relaxed);
-                self.map.set_range(start + new_pages, tail, 0);
+                self.map.set_range(start + new_pages, tail, SpanId::NONE);
                 self.large_bytes
                     .fetch_sub(tail << PAGE_SHIFT, Ordering::Relaxed);
-                self.insert_dirty(&mut g, start + new_pages, tail, 0);
+                self.insert_dirty(&mut g, start + new_pages, tail, SpanId::NONE);
                 self.publish(&g);
             }
             return true;
@@ -405,21 +414,11 @@ impl PageHeap {
             if r.pages() < need {
                 return false;
             }
-            let rn = r.pages();
-            self.remove_list(&mut g, rid);
-            let (rd, rsince) = {
-                // SAFETY: page-heap lock held; r is FREE.
-                let l = unsafe { r.locked() };
-                (l.dirty_pages as usize, l.free_since)
-            };
-            self.map.set(end, 0);
-            self.map.set(end + rn - 1, 0);
-            g.free_pages -= rn;
-            g.free_dirty_pages -= rd;
-            self.drop_record(&mut g, rid);
+            let (_, rn, rd, rsince) = self.unlink_free(&mut g, rid);
             if rn > need {
                 let rest = rn - need;
-                self.insert_free(&mut g, end + need, rest, rd.min(rest), rsince, 0);
+                let d = rd.min(rest);
+                self.insert_free(&mut g, end + need, rest, d, rsince, SpanId::NONE);
             }
         }
         s.npages.store(new_pages as u32, Ordering::Relaxed);
@@ -465,7 +464,7 @@ impl PageHeap {
     }
 
     /// The id of a span in use (its first page maps to it).
-    fn id_of(&self, s: &Span) -> u32 {
+    fn id_of(&self, s: &Span) -> SpanId {
         let id = self.map.get(s.start());
         debug_assert!(core::ptr::eq(self.record(id), s));
         id
@@ -477,11 +476,11 @@ impl PageHeap {
     /// checked to really border `page`.
     fn free_at(&self, g: &Inner, page: usize, at_start: bool) -> Option<&Span> {
         let id = self.map.get(page);
-        if id == 0 || id as usize >= g.rec_next {
+        if id.is_none() || id.index() >= g.rec_next {
             return None;
         }
         let s = self.record(id);
-        if s.state() != FREE {
+        if s.state() != SpanState::Free {
             return None;
         }
         let edge = if at_start {
@@ -500,53 +499,73 @@ impl PageHeap {
         n.min(BIG_LIST)
     }
 
-    fn push_list(&self, g: &mut Inner, id: u32) {
+    fn push_list(&self, g: &mut Inner, id: SpanId) {
         let s = self.record(id);
         let li = Self::list_of(s.pages());
         let head = g.lists[li];
-        // SAFETY: page-heap lock held (g); s is FREE.
-        let l = unsafe { s.locked() };
-        l.prev = 0;
+        // SAFETY: page-heap lock held (g); s is Free.
+        let l = unsafe { s.locked(&mut g.key) };
+        l.prev = SpanId::NONE;
         l.next = head;
-        if head != 0 {
-            // SAFETY: page-heap lock held; head is a FREE span.
-            unsafe { self.record(head).locked() }.prev = id;
+        if head.is_some() {
+            // SAFETY: page-heap lock held; head is a Free span on a list.
+            unsafe { self.record(head).locked(&mut g.key) }.prev = id;
         }
         g.lists[li] = id;
     }
 
-    fn remove_list(&self, g: &mut Inner, id: u32) {
+    fn remove_list(&self, g: &mut Inner, id: SpanId) {
         let s = self.record(id);
         let li = Self::list_of(s.pages());
         let (prev, next) = {
-            // SAFETY: page-heap lock held; s is FREE.
-            let l = unsafe { s.locked() };
+            // SAFETY: page-heap lock held (g); s is Free.
+            let l = unsafe { s.locked(&mut g.key) };
             (l.prev, l.next)
         };
-        if prev != 0 {
-            // SAFETY: page-heap lock held; prev is a FREE span on this list.
-            unsafe { self.record(prev).locked() }.next = next;
+        if prev.is_some() {
+            // SAFETY: page-heap lock held; prev is a Free span on this list.
+            unsafe { self.record(prev).locked(&mut g.key) }.next = next;
         } else {
             g.lists[li] = next;
         }
-        if next != 0 {
-            // SAFETY: as above for next.
-            unsafe { self.record(next).locked() }.prev = prev;
+        if next.is_some() {
+            // SAFETY: page-heap lock held; next is a Free span on this list.
+            unsafe { self.record(next).locked(&mut g.key) }.prev = prev;
         }
+    }
+
+    /// Takes the free span `id` off its list, out of the page map and the
+    /// free totals, and retires its record; returns (start, npages, dirty,
+    /// free_since) of the pages it covered.
+    fn unlink_free(&self, g: &mut Inner, id: SpanId) -> (usize, usize, usize, u32) {
+        self.remove_list(g, id);
+        let s = self.record(id);
+        let (start, n) = (s.start(), s.pages());
+        let (dirty, since) = {
+            // SAFETY: page-heap lock held (g); s is Free.
+            let l = unsafe { s.locked(&mut g.key) };
+            (l.dirty_pages as usize, l.free_since)
+        };
+        self.map.set(start, SpanId::NONE);
+        self.map.set(start + n - 1, SpanId::NONE);
+        g.free_pages -= n;
+        g.free_dirty_pages -= dirty;
+        self.drop_record(g, id);
+        (start, n, dirty, since)
     }
 
     /// Removes a free span of at least `need` pages from the lists; returns
     /// (start, len, dirty, free_since) with its record recycled and its map
     /// ends cleared.
     fn take_free(&self, g: &mut Inner, need: usize) -> Option<(usize, usize, usize, u32)> {
-        let mut found = 0u32;
+        let mut found = SpanId::NONE;
         for li in need.min(BIG_LIST)..BIG_LIST {
-            if g.lists[li] != 0 {
+            if g.lists[li].is_some() {
                 // The lowest address among the first few (dense packing).
                 let mut id = g.lists[li];
                 let mut best = usize::MAX;
                 for _ in 0..LIST_SCAN {
-                    if id == 0 {
+                    if id.is_none() {
                         break;
                     }
                     let s = self.record(id);
@@ -554,17 +573,17 @@ impl PageHeap {
                         best = s.start();
                         found = id;
                     }
-                    // SAFETY: page-heap lock held; s is FREE.
-                    id = unsafe { s.locked() }.next;
+                    // SAFETY: page-heap lock held (g); s is Free, on a list.
+                    id = unsafe { s.locked(&mut g.key) }.next;
                 }
                 break;
             }
         }
-        if found == 0 {
+        if found.is_none() {
             // Best fit among the big spans.
             let mut best_len = usize::MAX;
             let mut id = g.lists[BIG_LIST];
-            while id != 0 {
+            while id.is_some() {
                 let s = self.record(id);
                 let n = s.pages();
                 if n >= need
@@ -573,27 +592,14 @@ impl PageHeap {
                     best_len = n;
                     found = id;
                 }
-                // SAFETY: page-heap lock held; s is FREE.
-                id = unsafe { s.locked() }.next;
+                // SAFETY: page-heap lock held (g); s is Free, on a list.
+                id = unsafe { s.locked(&mut g.key) }.next;
             }
         }
-        if found == 0 {
+        if found.is_none() {
             return None;
         }
-        self.remove_list(g, found);
-        let s = self.record(found);
-        let (start, n) = (s.start(), s.pages());
-        let (dirty, since) = {
-            // SAFETY: page-heap lock held; s is FREE.
-            let l = unsafe { s.locked() };
-            (l.dirty_pages as usize, l.free_since)
-        };
-        self.map.set(start, 0);
-        self.map.set(start + n - 1, 0);
-        g.free_pages -= n;
-        g.free_dirty_pages -= dirty;
-        self.drop_record(g, found);
-        Some((start, n, dirty, since))
+        Some(self.unlink_free(g, found))
     }
 
     /// Adds a chunk of at least `need` pages (see the module doc) and takes
@@ -660,7 +666,7 @@ impl PageHeap {
         }
         g.last_chunk = (start, start + npages);
         g.total_pages += npages;
-        self.insert_free(g, start, npages, 0, 0, 0);
+        self.insert_free(g, start, npages, 0, 0, SpanId::NONE);
         self.take_free(g, need)
             .map(|(start, len, dirty, _)| (start, len, dirty))
     }
@@ -737,10 +743,10 @@ impl PageHeap {
         let mut total = 0;
         for li in 1..NLISTS {
             let mut id = g.lists[li];
-            while id != 0 {
+            while id.is_some() {
                 let s = self.record(id);
-                // SAFETY: page-heap lock held; s is FREE.
-                let next = unsafe { s.locked() }.next;
+                // SAFETY: page-heap lock held (g); s is Free, on a list.
+                let next = unsafe { s.locked(&mut g.key) }.next;
                 let (start, n) = (s.start(), s.pages());
                 // Split the chunk holding the span around it (needs a free
                 // table entry when the span is inside the chunk).
@@ -763,10 +769,10 @@ impl PageHeap {
                     continue;
                 }
                 self.remove_list(g, id);
-                // SAFETY: as above.
-                let dirty = unsafe { s.locked() }.dirty_pages as usize;
-                self.map.set(start, 0);
-                self.map.set(start + n - 1, 0);
+                // SAFETY: page-heap lock held (g); s is still Free.
+                let dirty = unsafe { s.locked(&mut g.key) }.dirty_pages as usize;
+                self.map.set(start, SpanId::NONE);
+                self.map.set(start + n - 1, SpanId::NONE);
                 g.free_pages -= n;
                 g.free_dirty_pages -= dirty;
                 self.drop_record(g, id);
@@ -841,11 +847,12 @@ impl PageHeap {
         true
     }
 
-    fn new_record(&self, g: &mut Inner) -> Option<u32> {
-        if g.rec_free != 0 {
+    fn new_record(&self, g: &mut Inner) -> Option<SpanId> {
+        if g.rec_free.is_some() {
             let id = g.rec_free;
-            // SAFETY: page-heap lock held; unused records belong to the heap.
-            g.rec_free = unsafe { self.record(id).locked() }.next;
+            // SAFETY: page-heap lock held (g); records on the free list are
+            // Unused.
+            g.rec_free = unsafe { self.record(id).locked(&mut g.key) }.next;
             g.rec_free_len -= 1;
             return Some(id);
         }
@@ -854,15 +861,15 @@ impl PageHeap {
         }
         let id = g.rec_next;
         g.rec_next += 1;
-        Some(id as u32)
+        Some(SpanId::from_index(id))
     }
 
-    fn drop_record(&self, g: &mut Inner, id: u32) {
+    fn drop_record(&self, g: &mut Inner, id: SpanId) {
         let s = self.record(id);
-        s.state.store(UNUSED, Ordering::Relaxed);
+        s.state.store(SpanState::Unused, Ordering::Relaxed);
         s.class.store(0, Ordering::Relaxed);
-        // SAFETY: page-heap lock held; the record is being retired.
-        unsafe { s.locked() }.next = g.rec_free;
+        // SAFETY: page-heap lock held (g); the record is Unused now.
+        unsafe { s.locked(&mut g.key) }.next = g.rec_free;
         g.rec_free = id;
         g.rec_free_len += 1;
     }
@@ -870,8 +877,8 @@ impl PageHeap {
     /// Inserts the free range `[start, start+n)` with `dirty` possibly
     /// resident pages stamped `since` (see `Locked::free_since`), coalescing
     /// with free neighbours (the result keeps the oldest dirty stamp). `id`
-    /// is a record to reuse (0 = take a new one). Returns the free span's id
-    /// (0 if no record was left).
+    /// is a record to reuse (`NONE` = take a new one). Returns the free
+    /// span's id (`NONE` if no record was left).
     fn insert_free(
         &self,
         g: &mut Inner,
@@ -879,67 +886,41 @@ impl PageHeap {
         mut n: usize,
         mut dirty: usize,
         mut since: u32,
-        id: u32,
-    ) -> u32 {
+        id: SpanId,
+    ) -> SpanId {
         // Left neighbour.
-        if start > 0 {
-            let lid = self.map.get(start - 1);
-            if let Some(l) = self.free_at(g, start - 1, false) {
-                self.remove_list(g, lid);
-                let (ld, lsince) = {
-                    // SAFETY: page-heap lock held; l is FREE.
-                    let lk = unsafe { l.locked() };
-                    (lk.dirty_pages as usize, lk.free_since)
-                };
-                self.map.set(l.start(), 0);
-                self.map.set(start - 1, 0);
-                g.free_pages -= l.pages();
-                g.free_dirty_pages -= ld;
-                start = l.start();
-                n += l.pages();
-                since = merge_since(dirty, since, ld, lsince);
-                dirty += ld;
-                self.drop_record(g, lid);
-            }
+        if start > 0 && self.free_at(g, start - 1, false).is_some() {
+            let (lstart, ln, ld, lsince) = self.unlink_free(g, self.map.get(start - 1));
+            start = lstart;
+            n += ln;
+            since = merge_since(dirty, since, ld, lsince);
+            dirty += ld;
         }
         // Right neighbour.
-        {
-            let rid = self.map.get(start + n);
-            if let Some(r) = self.free_at(g, start + n, true) {
-                self.remove_list(g, rid);
-                let (rd, rsince) = {
-                    // SAFETY: page-heap lock held; r is FREE.
-                    let rk = unsafe { r.locked() };
-                    (rk.dirty_pages as usize, rk.free_since)
-                };
-                self.map.set(r.start(), 0);
-                self.map.set(r.start() + r.pages() - 1, 0);
-                g.free_pages -= r.pages();
-                g.free_dirty_pages -= rd;
-                n += r.pages();
-                since = merge_since(dirty, since, rd, rsince);
-                dirty += rd;
-                self.drop_record(g, rid);
-            }
+        if self.free_at(g, start + n, true).is_some() {
+            let (_, rn, rd, rsince) = self.unlink_free(g, self.map.get(start + n));
+            n += rn;
+            since = merge_since(dirty, since, rd, rsince);
+            dirty += rd;
         }
-        let id = if id != 0 {
+        let id = if id.is_some() {
             id
         } else {
             match self.new_record(g) {
                 Some(id) => id,
                 // Out of records: the pages leak (cannot happen: there are
                 // more records than pages).
-                None => return 0,
+                None => return SpanId::NONE,
             }
         };
         let s = self.record(id);
         s.start_page.store(start, Ordering::Relaxed);
         s.npages.store(n as u32, Ordering::Relaxed);
         s.class.store(0, Ordering::Relaxed);
-        s.state.store(FREE, Ordering::Relaxed);
+        s.state.store(SpanState::Free, Ordering::Relaxed);
         {
-            // SAFETY: page-heap lock held; s is now FREE.
-            let l = unsafe { s.locked() };
+            // SAFETY: page-heap lock held (g); s is now Free.
+            let l = unsafe { s.locked(&mut g.key) };
             l.dirty_pages = dirty.min(n) as u32;
             l.free_since = since;
         }
@@ -953,10 +934,10 @@ impl PageHeap {
 
     /// Releases the dirty pages of the free span `id`; returns pages
     /// released.
-    fn release_span(&self, g: &mut Inner, id: u32) -> usize {
+    fn release_span(&self, g: &mut Inner, id: SpanId) -> usize {
         let s = self.record(id);
-        // SAFETY: page-heap lock held; s is FREE.
-        let l = unsafe { s.locked() };
+        // SAFETY: page-heap lock held (g); s is Free.
+        let l = unsafe { s.locked(&mut g.key) };
         if l.dirty_pages == 0 {
             return 0;
         }
@@ -980,9 +961,9 @@ impl PageHeap {
         let mut li = BIG_LIST;
         while li >= 1 && g.free_dirty_pages > target {
             let mut id = g.lists[li];
-            while id != 0 && g.free_dirty_pages > target {
-                // SAFETY: page-heap lock held; the span is FREE.
-                let next = unsafe { self.record(id).locked() }.next;
+            while id.is_some() && g.free_dirty_pages > target {
+                // SAFETY: page-heap lock held (g); listed spans are Free.
+                let next = unsafe { self.record(id).locked(&mut g.key) }.next;
                 released += self.release_span(g, id);
                 id = next;
             }
@@ -996,23 +977,24 @@ impl PageHeap {
     /// (`u64::MAX`: no dirty free span left). O(free spans), run at most
     /// about every `decay_ms / 4`.
     pub fn decay(&self, now: u64, decay_ms: u64) -> u64 {
-        let mut g = self.inner.lock();
+        let mut guard = self.inner.lock();
+        let g = &mut *guard;
         let mut next = u64::MAX;
         if g.free_dirty_pages == 0 {
             return next;
         }
         for li in 1..NLISTS {
             let mut id = g.lists[li];
-            while id != 0 {
+            while id.is_some() {
                 let (nx, dirty, since) = {
-                    // SAFETY: page-heap lock held; the span is FREE.
-                    let l = unsafe { self.record(id).locked() };
+                    // SAFETY: page-heap lock held (g); listed spans are Free.
+                    let l = unsafe { self.record(id).locked(&mut g.key) };
                     (l.next, l.dirty_pages, l.free_since)
                 };
                 if dirty > 0 {
                     let age = u64::from((now as u32).wrapping_sub(since));
                     if age >= decay_ms {
-                        self.release_span(&mut g, id);
+                        self.release_span(g, id);
                     } else {
                         next = next.min(now + (decay_ms - age));
                     }
@@ -1020,7 +1002,7 @@ impl PageHeap {
                 id = nx;
             }
         }
-        self.publish(&g);
+        self.publish(g);
         next
     }
 
@@ -1030,7 +1012,8 @@ impl PageHeap {
         if !cfg!(debug_assertions) {
             return;
         }
-        let g = self.inner.lock();
+        let mut guard = self.inner.lock();
+        let g = &mut *guard;
         let mut free_pages = 0;
         let mut free_dirty = 0;
         let mut sum = 0;
@@ -1042,30 +1025,30 @@ impl PageHeap {
             let mut prev_free = false;
             while p < top {
                 let id = self.map.get(p);
-                assert!(id != 0, "page {p} below top has no span");
+                assert!(id.is_some(), "page {p} below top has no span");
                 let s = self.record(id);
                 assert_eq!(s.start(), p, "span start mismatch at page {p}");
                 let n = s.pages();
                 assert!(n >= 1);
                 match s.state() {
-                    FREE => {
+                    SpanState::Free => {
                         assert!(!prev_free, "adjacent free spans at page {p}");
                         assert_eq!(self.map.get(p + n - 1), id);
                         for q in p + 1..p + n - 1 {
                             assert_eq!(self.map.get_raw(q), 0, "inner page of free span mapped");
                         }
                         assert_eq!(PageMap::small_of(self.map.get_raw(p)), (0, 0));
-                        // SAFETY: page-heap lock held; s is FREE.
-                        let d = unsafe { s.locked() }.dirty_pages as usize;
+                        // SAFETY: page-heap lock held (g); s is Free.
+                        let d = unsafe { s.locked(&mut g.key) }.dirty_pages as usize;
                         assert!(d <= n);
                         free_pages += n;
                         free_dirty += d;
                         prev_free = true;
                     }
-                    SMALL | LARGE => {
+                    SpanState::Small | SpanState::Large => {
                         for q in p..p + n {
                             assert_eq!(self.map.get(q), id, "page {q} of a used span");
-                            let want = if s.state() == SMALL && n <= 255 {
+                            let want = if s.state() == SpanState::Small && n <= 255 {
                                 (s.class() as usize, q - p)
                             } else {
                                 (0, 0)
@@ -1074,7 +1057,7 @@ impl PageHeap {
                         }
                         prev_free = false;
                     }
-                    st => panic!("span at page {p} in state {st}"),
+                    st => panic!("span at page {p} in state {st:?}"),
                 }
                 p += n;
             }
@@ -1087,13 +1070,13 @@ impl PageHeap {
         let mut listed = 0;
         for li in 1..NLISTS {
             let mut id = g.lists[li];
-            let mut prev = 0;
-            while id != 0 {
+            let mut prev = SpanId::NONE;
+            while id.is_some() {
                 let s = self.record(id);
-                assert_eq!(s.state(), FREE);
+                assert_eq!(s.state(), SpanState::Free);
                 assert_eq!(Self::list_of(s.pages()), li);
-                // SAFETY: page-heap lock held; s is FREE.
-                let l = unsafe { s.locked() };
+                // SAFETY: page-heap lock held (g); s is Free.
+                let l = unsafe { s.locked(&mut g.key) };
                 assert_eq!(l.prev, prev);
                 listed += s.pages();
                 prev = id;
@@ -1131,11 +1114,12 @@ impl PageHeap {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::size_class::PAGE_BYTES;
 
-    fn heap() -> &'static PageHeap {
+    /// A private heap for one test (leaked), without hugepages.
+    pub(crate) fn heap() -> &'static PageHeap {
         let h: &'static PageHeap = std::boxed::Box::leak(std::boxed::Box::new(PageHeap::new()));
         assert!(h.init(false));
         h
@@ -1144,10 +1128,10 @@ mod tests {
     #[test]
     fn alloc_free_coalesce() {
         let h = heap();
-        let (a, z) = h.alloc_span(3, 0, LARGE, 0).unwrap();
+        let (a, z) = h.alloc_span(3, 0, SpanState::Large, 0).unwrap();
         assert!(z);
-        let (b, _) = h.alloc_span(5, 0, LARGE, 0).unwrap();
-        let (c, _) = h.alloc_span(2, 0, SMALL, 7).unwrap();
+        let (b, _) = h.alloc_span(5, 0, SpanState::Large, 0).unwrap();
+        let (c, _) = h.alloc_span(2, 0, SpanState::Small, 7).unwrap();
         let a0 = a.start();
         assert_eq!(h.span_addr(a) % CHUNK_ALIGN_BYTES, 0, "a fresh chunk");
         assert_eq!(b.start(), a0 + 3);
@@ -1174,7 +1158,7 @@ mod tests {
         );
         assert_eq!(h.stats().committed_bytes, FIRST_CHUNK_BYTES);
         // The coalesced 10 pages are reused.
-        let (d, z) = h.alloc_span(10, 0, LARGE, 0).unwrap();
+        let (d, z) = h.alloc_span(10, 0, SpanState::Large, 0).unwrap();
         assert_eq!(d.start(), a0);
         assert!(!z, "dirty pages are not reported zeroed");
         h.check_invariants();
@@ -1182,7 +1166,7 @@ mod tests {
         unsafe { h.free_span(d) };
         // (Dirty pages are counted conservatively when a span is split.)
         assert!(h.release_all() >= 10 * PAGE_BYTES);
-        let (e, z) = h.alloc_span(4, 0, LARGE, 0).unwrap();
+        let (e, z) = h.alloc_span(4, 0, SpanState::Large, 0).unwrap();
         assert!(z, "released pages read as zero");
         // SAFETY: committed memory of span e.
         assert_eq!(unsafe { *((h.span_addr(e) + 5000) as *const u8) }, 0);
@@ -1192,9 +1176,9 @@ mod tests {
     #[test]
     fn aligned_spans() {
         let h = heap();
-        let (_x, _) = h.alloc_span(1, 0, LARGE, 0).unwrap();
+        let (_x, _) = h.alloc_span(1, 0, SpanState::Large, 0).unwrap();
         for align in [16 << 10, 64 << 10, 1 << 20] {
-            let (s, _) = h.alloc_span(3, align, LARGE, 0).unwrap();
+            let (s, _) = h.alloc_span(3, align, SpanState::Large, 0).unwrap();
             assert_eq!(h.span_addr(s) % align, 0);
             h.check_invariants();
         }
@@ -1213,7 +1197,7 @@ mod tests {
             if live.len() < 50 && !r.is_multiple_of(3) {
                 let n = 1 + r % 200;
                 let align = if r.is_multiple_of(7) { 64 << 10 } else { 0 };
-                let (s, _) = h.alloc_span(n, align, LARGE, 0).unwrap();
+                let (s, _) = h.alloc_span(n, align, SpanState::Large, 0).unwrap();
                 live.push(s);
             } else if !live.is_empty() {
                 let s = live.swap_remove(r % live.len());
@@ -1237,9 +1221,9 @@ mod tests {
     #[test]
     fn resize_large_in_place() {
         let h = heap();
-        let (a, _) = h.alloc_span(4, 0, LARGE, 0).unwrap();
-        let (b, _) = h.alloc_span(4, 0, LARGE, 0).unwrap();
-        let (c, _) = h.alloc_span(2, 0, LARGE, 0).unwrap();
+        let (a, _) = h.alloc_span(4, 0, SpanState::Large, 0).unwrap();
+        let (b, _) = h.alloc_span(4, 0, SpanState::Large, 0).unwrap();
+        let (c, _) = h.alloc_span(2, 0, SpanState::Large, 0).unwrap();
         // a cannot grow: b follows.
         // SAFETY: a, b, c are ours.
         unsafe {
@@ -1276,13 +1260,13 @@ mod tests {
         let mut small: std::vec::Vec<&Span> = std::vec::Vec::new();
         let mut big: std::vec::Vec<&Span> = std::vec::Vec::new();
         for i in 0..3000 {
-            let (s, _) = h.alloc_span(1, 0, SMALL, 3).unwrap();
+            let (s, _) = h.alloc_span(1, 0, SpanState::Small, 3).unwrap();
             // SAFETY: the span's page is ours and mapped.
             unsafe { *(h.span_addr(s) as *mut u64) = i };
             small.push(s);
             if i % 75 == 0 {
                 big.push(
-                    h.alloc_span(CHUNK_ALIGN_BYTES >> PAGE_SHIFT, 0, LARGE, 0)
+                    h.alloc_span(CHUNK_ALIGN_BYTES >> PAGE_SHIFT, 0, SpanState::Large, 0)
                         .unwrap()
                         .0,
                 );
@@ -1301,7 +1285,7 @@ mod tests {
             assert_eq!(unsafe { *(h.span_addr(s) as *const u64) }, i as u64);
             let e = h.map.get_raw(s.start());
             assert_eq!(PageMap::small_of(e), (3, 0));
-            assert!(core::ptr::eq(h.record(e as u32), *s));
+            assert!(core::ptr::eq(h.record(SpanId::from_entry(e)), *s));
         }
         for s in small.drain(..).chain(big.drain(..)) {
             // SAFETY: ours, dropped from the lists.
@@ -1311,7 +1295,7 @@ mod tests {
         assert_eq!(h.stats().free_bytes, mapped);
         // Everything fits again without growing.
         for _ in 0..3000 {
-            small.push(h.alloc_span(1, 0, SMALL, 3).unwrap().0);
+            small.push(h.alloc_span(1, 0, SpanState::Small, 3).unwrap().0);
         }
         assert_eq!(h.stats().committed_bytes, mapped, "no growth on reuse");
         h.check_invariants();
@@ -1320,9 +1304,9 @@ mod tests {
     #[test]
     fn free_spans_give_back_address_space() {
         let h = heap();
-        let (a, _) = h.alloc_span(4, 0, LARGE, 0).unwrap();
-        let (b, _) = h.alloc_span(8, 0, LARGE, 0).unwrap();
-        let (c, _) = h.alloc_span(4, 0, LARGE, 0).unwrap();
+        let (a, _) = h.alloc_span(4, 0, SpanState::Large, 0).unwrap();
+        let (b, _) = h.alloc_span(8, 0, SpanState::Large, 0).unwrap();
+        let (c, _) = h.alloc_span(4, 0, SpanState::Large, 0).unwrap();
         let b0 = b.start();
         let mapped = h.stats().committed_bytes;
         // SAFETY: b is ours.
@@ -1345,7 +1329,7 @@ mod tests {
         h.check_invariants();
         assert_eq!(h.stats().free_bytes, 8 << PAGE_SHIFT);
         // The heap grows again, and the hole is not ours any more.
-        let (d, _) = h.alloc_span(16, 0, LARGE, 0).unwrap();
+        let (d, _) = h.alloc_span(16, 0, SpanState::Large, 0).unwrap();
         assert!(
             d.start() + 16 <= b0 || d.start() >= b0 + 8,
             "not in the hole"
@@ -1357,10 +1341,10 @@ mod tests {
     fn hugepages_from_a_heap_size_on() {
         let h: &'static PageHeap = std::boxed::Box::leak(std::boxed::Box::new(PageHeap::new()));
         assert!(h.init(true));
-        let (a, _) = h.alloc_span(1, 0, SMALL, 2).unwrap();
+        let (a, _) = h.alloc_span(1, 0, SpanState::Small, 2).unwrap();
         assert!(!h.uses_thp(), "a small heap gets no hugepages");
         let (b, _) = h
-            .alloc_span(THP_MIN_HEAP_BYTES >> PAGE_SHIFT, 0, LARGE, 0)
+            .alloc_span(THP_MIN_HEAP_BYTES >> PAGE_SHIFT, 0, SpanState::Large, 0)
             .unwrap();
         assert_eq!(h.uses_thp(), os::thp_available());
         h.check_invariants();
@@ -1374,16 +1358,18 @@ mod tests {
     #[test]
     fn exhaustion_returns_none() {
         let h = heap();
-        assert!(h.alloc_span(usize::MAX / 4, 0, LARGE, 0).is_none());
-        // 2^40 pages (8 PiB): no kernel maps that.
-        assert!(h.alloc_span(1 << 40, 0, LARGE, 0).is_none());
         assert!(h
-            .alloc_span(u32::MAX as usize / 2 + 1, 0, LARGE, 0)
+            .alloc_span(usize::MAX / 4, 0, SpanState::Large, 0)
+            .is_none());
+        // 2^40 pages (8 PiB): no kernel maps that.
+        assert!(h.alloc_span(1 << 40, 0, SpanState::Large, 0).is_none());
+        assert!(h
+            .alloc_span(u32::MAX as usize / 2 + 1, 0, SpanState::Large, 0)
             .is_none());
         h.check_invariants();
         // A request bigger than the usual chunk gets a chunk of its own.
         let (s, z) = h
-            .alloc_span((CHUNK_BYTES >> PAGE_SHIFT) * 2, 0, LARGE, 0)
+            .alloc_span((CHUNK_BYTES >> PAGE_SHIFT) * 2, 0, SpanState::Large, 0)
             .unwrap();
         assert!(z);
         h.check_invariants();
@@ -1395,9 +1381,9 @@ mod tests {
     #[test]
     fn decay_releases_old_dirty_spans_only() {
         let h = heap();
-        let (a, _) = h.alloc_span(8, 0, LARGE, 0).unwrap();
-        let (b, _) = h.alloc_span(8, 0, LARGE, 0).unwrap();
-        let (_c, _) = h.alloc_span(1, 0, LARGE, 0).unwrap();
+        let (a, _) = h.alloc_span(8, 0, SpanState::Large, 0).unwrap();
+        let (b, _) = h.alloc_span(8, 0, SpanState::Large, 0).unwrap();
+        let (_c, _) = h.alloc_span(1, 0, SpanState::Large, 0).unwrap();
         // The rest of the first chunk is free and clean.
         let clean = h.stats().free_bytes;
         // SAFETY: a and b are ours and committed.
@@ -1425,7 +1411,7 @@ mod tests {
         );
         h.check_invariants();
         // Released pages read as zero and are reported so.
-        let (d, z) = h.alloc_span(16, 0, LARGE, 0).unwrap();
+        let (d, z) = h.alloc_span(16, 0, SpanState::Large, 0).unwrap();
         assert!(z);
         // SAFETY: committed memory of span d.
         assert_eq!(unsafe { *((h.span_addr(d) + 100) as *const u8) }, 0);

@@ -35,6 +35,7 @@
 //! entries stored after it.
 
 use crate::size_class::{PAGE_BYTES, PAGE_SHIFT};
+use crate::span::SpanId;
 use core::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 
 /// Address bits of user space covered by the map.
@@ -56,10 +57,6 @@ const _: () = assert!(ADDR_BITS - LEAF_ALIGN_SHIFT <= 32);
 static ROOT: [AtomicU32; ROOT_LEN] = [const { AtomicU32::new(0) }; ROOT_LEN];
 /// Leaves installed so far (statistics).
 static LEAVES: core::sync::atomic::AtomicUsize = core::sync::atomic::AtomicUsize::new(0);
-
-/// Id of a span in the span arena (never 0 for a real span).
-#[derive(Clone, Copy, PartialEq, Eq, Debug)]
-pub struct SpanId(pub u32);
 
 /// Bits 48..62 of a small-object page entry: how many bytes at the start of
 /// the page may hold an object start (`PAGE_BYTES` for every page but the
@@ -91,7 +88,9 @@ impl PageMap {
     }
 
     /// The page of `addr` if a leaf covers it (the address may still be in
-    /// no span: its entry is then 0).
+    /// no span: its entry is then 0). For the tests: the allocator reads
+    /// page and entry together with `lookup`.
+    #[cfg(test)]
     #[inline(always)]
     pub fn page_of(&self, addr: usize) -> Option<usize> {
         let page = addr >> PAGE_SHIFT;
@@ -135,10 +134,10 @@ impl PageMap {
         Some(unsafe { &*leaf.add(page & (LEAF_PAGES - 1)) })
     }
 
-    /// The span id at `page` (0 = none, also for a page without a leaf).
+    /// The span id at `page` (`NONE`, also for a page without a leaf).
     #[inline(always)]
-    pub fn get(&self, page: usize) -> u32 {
-        self.get_raw(page) as u32
+    pub fn get(&self, page: usize) -> SpanId {
+        SpanId::from_entry(self.get_raw(page))
     }
 
     /// The whole entry at `page` (see the module doc for the layout; 0 for a
@@ -154,8 +153,8 @@ impl PageMap {
     /// Sets one entry to a span id, without small-object data (page-heap
     /// lock held; the page's leaf exists: it is in a heap chunk).
     #[inline]
-    pub fn set(&self, page: usize, id: u32) {
-        self.store(page, id as u64)
+    pub fn set(&self, page: usize, id: SpanId) {
+        self.store(page, id.entry_bits())
     }
 
     #[inline]
@@ -167,7 +166,7 @@ impl PageMap {
     }
 
     /// Sets `n` entries starting at `page` (page-heap lock held).
-    pub fn set_range(&self, page: usize, n: usize, id: u32) {
+    pub fn set_range(&self, page: usize, n: usize, id: SpanId) {
         for p in page..page + n {
             self.set(p, id);
         }
@@ -175,7 +174,7 @@ impl PageMap {
 
     /// Sets the `n` entries of a span of small objects of class `class`
     /// (`n <= 255`; page-heap lock held).
-    pub fn set_small_range(&self, page: usize, n: usize, id: u32, class: u8) {
+    pub fn set_small_range(&self, page: usize, n: usize, id: SpanId, class: u8) {
         debug_assert!(n <= 255 && class != 0);
         let c = crate::size_class::SizeClass::from_index(class as usize);
         let (size, objs) = c.map_or((0, 0), |c| (c.size_bytes(), c.objects_per_span()));
@@ -188,7 +187,7 @@ impl PageMap {
             } else {
                 (last - lo + 1).min(PAGE_BYTES)
             };
-            let e = id as u64
+            let e = id.entry_bits()
                 | ((i as u64) << 32)
                 | ((class as u64) << 40)
                 | ((lim as u64) << LIMIT_SHIFT);
@@ -289,12 +288,14 @@ impl Default for PageMap {
     }
 }
 
-/// Size of an allocator page (re-export for users of this module).
-pub const PAGE: usize = PAGE_BYTES;
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::size_class::PAGE_BYTES as PAGE;
+
+    fn id(i: usize) -> SpanId {
+        SpanId::from_index(i)
+    }
 
     #[test]
     fn foreign_and_ours() {
@@ -311,20 +312,20 @@ mod tests {
         assert_eq!(pm.page_of(base), Some(p0));
         assert_eq!(pm.page_of(base + PAGE - 1), Some(p0));
         assert_eq!(pm.lookup(base + 17), Some((p0, 0)));
-        pm.set_range(p0, 2, 9);
-        assert_eq!(pm.get(p0), 9);
-        assert_eq!(pm.get(p0 + 1), 9);
-        assert_eq!(pm.get(p0 + 2), 0);
+        pm.set_range(p0, 2, id(9));
+        assert_eq!(pm.get(p0), id(9));
+        assert_eq!(pm.get(p0 + 1), id(9));
+        assert_eq!(pm.get(p0 + 2), id(0));
         assert_eq!(pm.page_addr(p0 + 2), base + 2 * PAGE);
-        pm.set_small_range(p0 + 1, 2, 5, 17);
-        assert_eq!(pm.get(p0 + 2), 5);
+        pm.set_small_range(p0 + 1, 2, id(5), 17);
+        assert_eq!(pm.get(p0 + 2), id(5));
         assert_eq!(PageMap::small_of(pm.get_raw(p0 + 2)), (17, 1));
         assert_eq!(
             pm.lookup(base + PAGE + 8),
             Some((p0 + 1, pm.get_raw(p0 + 1)))
         );
         assert_eq!(PageMap::small_of(pm.get_raw(p0)), (0, 0));
-        pm.set_range(p0, 3, 0);
+        pm.set_range(p0, 3, SpanId::NONE);
         // A page with no leaf reads as 0 and stores of 0 are ignored.
         assert_eq!(pm.get_raw(usize::MAX >> PAGE_SHIFT), 0);
     }

@@ -62,8 +62,9 @@ impl SizeClass {
     pub fn batch(self) -> usize {
         CLASS_BATCH[self.0 as usize] as usize
     }
-    /// Maximum objects of this class in one per-CPU cache.
-    #[inline]
+    /// Maximum objects of this class in one per-CPU cache (the caches read
+    /// `CLASS_CAPACITY` whole; this is for the tests).
+    #[cfg(test)]
     pub fn capacity(self) -> usize {
         CLASS_CAPACITY[self.0 as usize] as usize
     }
@@ -86,7 +87,10 @@ impl SizeClass {
         self.span_pages() * PAGE_BYTES / self.size_bytes()
     }
     /// `offset / size_bytes()` by multiplication (valid for offsets below
-    /// one span, checked exhaustively in the tests).
+    /// one span, checked exhaustively in the tests). The allocator checks
+    /// object starts with the fast path's divisibility table instead; this
+    /// stays as the tests' reference for the span layout.
+    #[cfg(test)]
     #[inline(always)]
     pub fn index_of_offset(self, offset: usize) -> usize {
         ((offset as u64 * CLASS_RECIP[self.0 as usize]) >> 40) as usize
@@ -155,26 +159,6 @@ const fn batch_for(size: usize) -> usize {
     }
 }
 
-const fn build_batch() -> [u16; NUM_CLASSES] {
-    let mut t = [0u16; NUM_CLASSES];
-    let mut i = 1;
-    while i < NUM_CLASSES {
-        t[i] = batch_for(SIZES[i] as usize) as u16;
-        i += 1;
-    }
-    t
-}
-
-const fn build_capacity() -> [u16; NUM_CLASSES] {
-    let mut t = [0u16; NUM_CLASSES];
-    let mut i = 1;
-    while i < NUM_CLASSES {
-        t[i] = capacity_for(SIZES[i] as usize) as u16;
-        i += 1;
-    }
-    t
-}
-
 /// Span size rule: at least `min(8 objects, 64 KiB)` rounded to pages, grown
 /// page by page until the tail waste is at most 1/8 of the span.
 const fn span_pages_for(size: usize) -> usize {
@@ -192,35 +176,35 @@ const fn span_pages_for(size: usize) -> usize {
     pages
 }
 
-const fn build_span_pages() -> [u16; NUM_CLASSES] {
-    let mut t = [0u16; NUM_CLASSES];
-    let mut i = 1;
-    while i < NUM_CLASSES {
-        t[i] = span_pages_for(SIZES[i] as usize) as u16;
-        i += 1;
-    }
-    t
+/// `ceil(2^40 / size)`: `offset * recip >> 40` is `offset / size` exactly
+/// for offsets below 2^21, since the rounding error times the offset stays
+/// below 2^40.
+#[cfg(test)]
+const fn recip_for(size: usize) -> u64 {
+    (1u64 << 40).div_ceil(size as u64)
 }
 
-const fn build_recip() -> [u64; NUM_CLASSES] {
-    let mut t = [0u64; NUM_CLASSES];
-    let mut i = 1;
-    while i < NUM_CLASSES {
-        // ceil(2^40 / size): exact for offsets below 2^21 since the rounding
-        // error times the offset stays below 2^40.
-        t[i] = (1u64 << 40).div_ceil(SIZES[i] as u64);
-        i += 1;
-    }
-    t
+/// A per-class table of `rule(object size)` as `$ty` (slot 0 stays 0).
+macro_rules! class_table {
+    ($ty:ty, $rule:ident) => {{
+        let mut t: [$ty; NUM_CLASSES] = [0; NUM_CLASSES];
+        let mut i = 1;
+        while i < NUM_CLASSES {
+            t[i] = $rule(SIZES[i] as usize) as $ty;
+            i += 1;
+        }
+        t
+    }};
 }
 
 /// Batch size per class.
-pub static CLASS_BATCH: [u16; NUM_CLASSES] = build_batch();
+pub static CLASS_BATCH: [u16; NUM_CLASSES] = class_table!(u16, batch_for);
 /// Per-CPU capacity (objects) per class; slot 0 is 0.
-pub static CLASS_CAPACITY: [u16; NUM_CLASSES] = build_capacity();
+pub static CLASS_CAPACITY: [u16; NUM_CLASSES] = class_table!(u16, capacity_for);
 /// Pages per span per class.
-pub static CLASS_SPAN_PAGES: [u16; NUM_CLASSES] = build_span_pages();
-static CLASS_RECIP: [u64; NUM_CLASSES] = build_recip();
+pub static CLASS_SPAN_PAGES: [u16; NUM_CLASSES] = class_table!(u16, span_pages_for);
+#[cfg(test)]
+static CLASS_RECIP: [u64; NUM_CLASSES] = class_table!(u64, recip_for);
 
 const fn cache_bytes_bound() -> usize {
     let mut sum = 0;

@@ -109,6 +109,20 @@ fn report_and_abort(m: &mut MsgBuf) -> ! {
     unsafe { libc::abort() }
 }
 
+/// `rseq-malloc: corrupted <what> state N`, then abort: an atomic state
+/// byte (see `atomic_state!`) that names no variant.
+#[cold]
+#[inline(never)]
+pub fn bad_state(what: &str, byte: u8) -> ! {
+    let mut m = MsgBuf::new();
+    m.str("rseq-malloc: corrupted ")
+        .str(what)
+        .str(" state ")
+        .dec(byte as u64)
+        .str("\n");
+    report_and_abort(&mut m)
+}
+
 /// `rseq-malloc: <who>: <what> 0x<ptr>`, then abort.
 #[cold]
 #[inline(never)]

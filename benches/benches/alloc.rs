@@ -13,6 +13,8 @@
 //! pointers go through `black_box`, so nothing is optimised away.
 #![warn(clippy::undocumented_unsafe_blocks)]
 
+mod common;
+
 use criterion::{black_box, criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use rseq_alloc_bench::XorShift;
 use std::alloc::{GlobalAlloc, Layout, System};
@@ -30,26 +32,15 @@ static SYSTEM: System = System;
 macro_rules! for_each_alloc {
     (|$name:ident, $a:ident| $body:block) => {{
         #[cfg(feature = "ours")]
-        {
-            let $name = "rseq";
-            let $a = &RSEQ;
-            $body
-        }
-        {
-            let $name = "jemalloc";
-            let $a = &JEMALLOC;
-            $body
-        }
-        {
-            let $name = "mimalloc";
-            let $a = &MIMALLOC;
-            $body
-        }
-        {
-            let $name = "glibc";
-            let $a = &SYSTEM;
-            $body
-        }
+        for_each_alloc!(@one $name = "rseq", $a = RSEQ, $body);
+        for_each_alloc!(@one $name = "jemalloc", $a = JEMALLOC, $body);
+        for_each_alloc!(@one $name = "mimalloc", $a = MIMALLOC, $body);
+        for_each_alloc!(@one $name = "glibc", $a = SYSTEM, $body);
+    }};
+    (@one $name:ident = $label:literal, $a:ident = $alloc:ident, $body:block) => {{
+        let $name = $label;
+        let $a = &$alloc;
+        $body
     }};
 }
 
@@ -221,10 +212,7 @@ fn prodcon(c: &mut Criterion) {
 
 criterion_group! {
     name = benches;
-    config = Criterion::default()
-        .warm_up_time(Duration::from_millis(500))
-        .measurement_time(Duration::from_secs(2))
-        .sample_size(20);
+    config = common::config(20);
     targets = pair, burst, churn, prodcon
 }
 criterion_main!(benches);

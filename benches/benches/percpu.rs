@@ -9,13 +9,14 @@
 //! the same, primed per-CPU stack (a migration would only add noise).
 #![warn(clippy::undocumented_unsafe_blocks)]
 
+mod common;
+
 use criterion::{black_box, criterion_group, criterion_main, Criterion};
 use rseq_alloc_bench::{current_cpu, mmap_aligned, pin_to_cpu};
 use rseq_sys::percpu::{Discipline, Index, OpError, PerCpuSlabs, REGION_BYTES};
 use rseq_sys::registration;
 use std::ptr::NonNull;
 use std::sync::Mutex;
-use std::time::Duration;
 
 /// Number of classes and capacity of each stack in the bench structure.
 const CLASSES: usize = 8;
@@ -131,10 +132,7 @@ fn bench(c: &mut Criterion) {
 
 criterion_group! {
     name = benches;
-    config = Criterion::default()
-        .warm_up_time(Duration::from_millis(500))
-        .measurement_time(Duration::from_secs(2))
-        .sample_size(30);
+    config = common::config(30);
     targets = bench
 }
 criterion_main!(benches);

@@ -184,7 +184,60 @@ pub fn main(args: &[String]) -> i32 {
         }
     };
     let programs = Programs::find(&out_dir);
-    let workloads: Vec<&'static Workload> = workloads
+    let workloads = runnable(workloads, &programs, &mut notes);
+    for n in &notes {
+        eprintln!("note: {n}");
+    }
+
+    let machine = Machine::detect(&exe, &workspace_dir());
+    eprintln!("{}", machine.one_line());
+    let plan = make_plan(&opts, &workloads, &allocs);
+    let out = match measure(&opts, &plan, &exe, &programs, start) {
+        Ok(o) => o,
+        Err(e) => {
+            eprintln!("{e}");
+            return 1;
+        }
+    };
+    let mut rep = report(&opts, args, machine, &workloads, &allocs, out, notes);
+    rep.elapsed_secs = start.elapsed().as_secs_f64();
+    write_report(&rep, &out_dir, start)
+}
+
+/// Runs the plan (one child process per entry).
+fn measure(
+    opts: &Options,
+    plan: &[Planned],
+    exe: &Path,
+    programs: &Programs,
+    start: Instant,
+) -> Result<runner::Outcome, String> {
+    let suite = opts.suite();
+    eprintln!(
+        "running {} measurements ({} suite, {} reps, {} processes per micro workload) ...",
+        plan.len(),
+        suite.name(),
+        opts.reps,
+        opts.micro_procs()
+    );
+    let settings = runner::Settings {
+        exe,
+        suite,
+        timeout: Duration::from_secs(if opts.full { 900 } else { 180 }),
+        programs,
+        start,
+    };
+    runner::run(plan, &settings)
+}
+
+/// The workloads whose programs (python3, sqlite3) are installed; a note
+/// for each one skipped.
+fn runnable(
+    workloads: Vec<&'static Workload>,
+    programs: &Programs,
+    notes: &mut Vec<String>,
+) -> Vec<&'static Workload> {
+    workloads
         .into_iter()
         .filter(|w| {
             let missing = match w.kind {
@@ -200,36 +253,20 @@ pub fn main(args: &[String]) -> i32 {
             }
             missing.is_none()
         })
-        .collect();
-    for n in &notes {
-        eprintln!("note: {n}");
-    }
+        .collect()
+}
 
-    let machine = Machine::detect(&exe, &workspace_dir());
-    eprintln!("{}", machine.one_line());
-    let plan = make_plan(&opts, &workloads, &allocs);
-    let suite = opts.suite();
-    eprintln!(
-        "running {} measurements ({} suite, {} reps, {} processes per micro workload) ...",
-        plan.len(),
-        suite.name(),
-        opts.reps,
-        opts.micro_procs()
-    );
-    let settings = runner::Settings {
-        exe: &exe,
-        suite,
-        timeout: Duration::from_secs(if opts.full { 900 } else { 180 }),
-        programs: &programs,
-        start,
-    };
-    let out = match runner::run(&plan, &settings) {
-        Ok(o) => o,
-        Err(e) => {
-            eprintln!("{e}");
-            return 1;
-        }
-    };
+/// The report's data: what ran, on what, with which results (the elapsed
+/// time is the caller's to set).
+fn report(
+    opts: &Options,
+    args: &[String],
+    machine: Machine,
+    workloads: &[&'static Workload],
+    allocs: &[Alloc],
+    out: runner::Outcome,
+    mut notes: Vec<String>,
+) -> Report {
     notes.extend(out.skips);
     if workloads.iter().any(|w| w.kind.is_program()) {
         let (hwm, _) = rseq_alloc_bench::rss_kib();
@@ -239,9 +276,9 @@ pub fn main(args: &[String]) -> i32 {
             hwm as f64 / 1024.0
         ));
     }
-    let rep = Report {
+    Report {
         machine,
-        suite: suite.name().to_string(),
+        suite: opts.suite().name().to_string(),
         reps: opts.reps,
         micro_procs: opts.micro_procs(),
         micro: workloads
@@ -265,9 +302,8 @@ pub fn main(args: &[String]) -> i32 {
         failures: out.failures,
         notes,
         internals: out.internals,
-        elapsed_secs: start.elapsed().as_secs_f64(),
-    };
-    write_report(&rep, &out_dir, start)
+        elapsed_secs: 0.0,
+    }
 }
 
 /// The workloads `--only` names (all by default).

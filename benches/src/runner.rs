@@ -315,18 +315,10 @@ fn run_child(cmd: &mut Command, timeout: Duration) -> ChildRun {
         }
     };
     let pid = child.id() as libc::pid_t;
-    let mut out = child.stdout.take().expect("piped");
-    let mut err = child.stderr.take().expect("piped");
-    let out_t = std::thread::spawn(move || {
-        let mut s = String::new();
-        let _ = out.read_to_string(&mut s);
-        s
-    });
-    let err_t = std::thread::spawn(move || {
-        let mut s = String::new();
-        let _ = err.read_to_string(&mut s);
-        s
-    });
+    let out = child.stdout.take().expect("piped");
+    let err = child.stderr.take().expect("piped");
+    let out_t = read_in_thread(out);
+    let err_t = read_in_thread(err);
     // Reap with wait4 (not Child::wait) to get the child's own rusage.
     let (tx, rx) = mpsc::channel();
     std::thread::spawn(move || {
@@ -416,4 +408,14 @@ fn eta_secs<'a>(took: &[(&str, f64, usize)], rest: impl Iterator<Item = &'a str>
 fn fmt_eta(secs: f64) -> String {
     let s = secs.round() as u64;
     format!("{}:{:02}", s / 60, s % 60)
+}
+
+/// Reads `r` to its end on a thread of its own (a child's stdout and stderr
+/// are drained at once, so neither pipe fills up and blocks the child).
+fn read_in_thread<R: Read + Send + 'static>(mut r: R) -> std::thread::JoinHandle<String> {
+    std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = r.read_to_string(&mut s);
+        s
+    })
 }

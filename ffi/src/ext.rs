@@ -17,7 +17,8 @@ use rseq_alloc::raw::MsgBuf;
 /// As `free`.
 #[no_mangle]
 pub unsafe extern "C" fn cfree(ptr: *mut c_void) {
-    // SAFETY: forwarded contract.
+    // SAFETY: `ptr` is NULL or a live block of this library not used
+    // afterwards (this function's contract, which is `free`'s).
     unsafe { free(ptr) }
 }
 
@@ -27,7 +28,8 @@ pub unsafe extern "C" fn cfree(ptr: *mut c_void) {
 /// As `malloc`.
 #[no_mangle]
 pub unsafe extern "C" fn __libc_malloc(size: usize) -> *mut c_void {
-    // SAFETY: forwarded contract.
+    // SAFETY: `malloc` has no precondition (callable from any thread at any
+    // time).
     unsafe { malloc(size) }
 }
 
@@ -37,7 +39,8 @@ pub unsafe extern "C" fn __libc_malloc(size: usize) -> *mut c_void {
 /// As `free`.
 #[no_mangle]
 pub unsafe extern "C" fn __libc_free(ptr: *mut c_void) {
-    // SAFETY: forwarded contract.
+    // SAFETY: `ptr` is NULL or a live block of this library not used
+    // afterwards (this function's contract, which is `free`'s).
     unsafe { free(ptr) }
 }
 
@@ -47,7 +50,8 @@ pub unsafe extern "C" fn __libc_free(ptr: *mut c_void) {
 /// As `calloc`.
 #[no_mangle]
 pub unsafe extern "C" fn __libc_calloc(nmemb: usize, size: usize) -> *mut c_void {
-    // SAFETY: forwarded contract.
+    // SAFETY: `calloc` has no precondition (callable from any thread at any
+    // time).
     unsafe { calloc(nmemb, size) }
 }
 
@@ -57,7 +61,8 @@ pub unsafe extern "C" fn __libc_calloc(nmemb: usize, size: usize) -> *mut c_void
 /// As `realloc`.
 #[no_mangle]
 pub unsafe extern "C" fn __libc_realloc(ptr: *mut c_void, size: usize) -> *mut c_void {
-    // SAFETY: forwarded contract.
+    // SAFETY: `ptr` is NULL or a live block of this library (this
+    // function's contract, which is `realloc`'s).
     unsafe { realloc(ptr, size) }
 }
 
@@ -67,7 +72,8 @@ pub unsafe extern "C" fn __libc_realloc(ptr: *mut c_void, size: usize) -> *mut c
 /// As `memalign`.
 #[no_mangle]
 pub unsafe extern "C" fn __libc_memalign(alignment: usize, size: usize) -> *mut c_void {
-    // SAFETY: forwarded contract.
+    // SAFETY: `memalign` has no precondition (callable from any thread at any
+    // time).
     unsafe { memalign(alignment, size) }
 }
 
@@ -77,7 +83,8 @@ pub unsafe extern "C" fn __libc_memalign(alignment: usize, size: usize) -> *mut 
 /// As `valloc`.
 #[no_mangle]
 pub unsafe extern "C" fn __libc_valloc(size: usize) -> *mut c_void {
-    // SAFETY: forwarded contract.
+    // SAFETY: `valloc` has no precondition (callable from any thread at any
+    // time).
     unsafe { valloc(size) }
 }
 
@@ -87,7 +94,8 @@ pub unsafe extern "C" fn __libc_valloc(size: usize) -> *mut c_void {
 /// As `pvalloc`.
 #[no_mangle]
 pub unsafe extern "C" fn __libc_pvalloc(size: usize) -> *mut c_void {
-    // SAFETY: forwarded contract.
+    // SAFETY: `pvalloc` has no precondition (callable from any thread at any
+    // time).
     unsafe { pvalloc(size) }
 }
 
@@ -211,41 +219,10 @@ pub unsafe extern "C" fn malloc_info(options: c_int, fp: *mut libc::FILE) -> c_i
 // Extension API (include/rseq_malloc.h)
 // ---------------------------------------------------------------------------
 
-/// `struct rseq_malloc_stats` (see the header; fields are only appended).
-#[repr(C)]
-#[derive(Clone, Copy, Debug, Default)]
-pub struct RseqMallocStats {
-    /// Bytes in live blocks.
-    pub allocated: usize,
-    /// Bytes in spans in use and huge blocks.
-    pub active: usize,
-    /// Committed heap bytes not released, plus huge blocks.
-    pub mapped: usize,
-    /// Upper bound of resident bytes (`mapped + metadata`).
-    pub resident: usize,
-    /// Free bytes given back to the OS, address space kept.
-    pub retained: usize,
-    /// Allocator metadata bytes.
-    pub metadata: usize,
-    /// Free bytes in per-CPU caches.
-    pub cached: usize,
-    /// Bytes of huge blocks.
-    pub huge: usize,
-    /// Number of huge blocks.
-    pub huge_blocks: usize,
-    /// Highest `active` seen on a slow path.
-    pub peak_active: usize,
-    /// Highest `mapped` seen on a slow path.
-    pub peak_mapped: usize,
-    /// Per-CPU cache hits (with `stats=1`).
-    pub fast_hits: u64,
-    /// Per-CPU cache misses.
-    pub fast_misses: u64,
-    /// rseq restarts.
-    pub rseq_aborts: u64,
-    /// Compare-and-swap or cache-bypassing operations.
-    pub fallback_ops: u64,
-}
+/// `struct rseq_malloc_stats` (see the header; fields are only appended):
+/// the allocator's own snapshot, whose layout is the header's.
+pub type RseqMallocStats = rseq_alloc::Stats;
+const _: () = assert!(core::mem::size_of::<RseqMallocStats>() == 15 * 8);
 
 /// Copies `min(size, sizeof *out)` bytes of `value` to `out`; returns our
 /// size, so that a caller built against an older (shorter) or newer
@@ -278,25 +255,9 @@ unsafe fn copy_out<T: Copy>(value: &T, out: *mut c_void, size: usize) -> usize {
 #[no_mangle]
 pub unsafe extern "C" fn rseq_malloc_stats(out: *mut RseqMallocStats, size: usize) -> usize {
     let s = rseq_alloc::stats();
-    let v = RseqMallocStats {
-        allocated: s.allocated,
-        active: s.active,
-        mapped: s.mapped,
-        resident: s.resident,
-        retained: s.retained,
-        metadata: s.metadata,
-        cached: s.cached,
-        huge: s.huge,
-        huge_blocks: s.huge_blocks,
-        peak_active: s.peak_active,
-        peak_mapped: s.peak_mapped,
-        fast_hits: s.fast_hits,
-        fast_misses: s.fast_misses,
-        rseq_aborts: s.rseq_aborts,
-        fallback_ops: s.fallback_ops,
-    };
-    // SAFETY: forwarded contract.
-    unsafe { copy_out(&v, out.cast(), size) }
+    // SAFETY: `out` is null or points to `size` writable bytes (this
+    // function's contract, which is `copy_out`'s).
+    unsafe { copy_out(&s, out.cast(), size) }
 }
 
 /// `struct rseq_malloc_options` (see the header; fields are only appended).
@@ -360,7 +321,8 @@ pub unsafe extern "C" fn rseq_malloc_options(out: *mut RseqMallocOptions, size: 
             .map_or(core::ptr::null(), |p| p.as_ptr().cast()),
         stats_file_len: o.stats_file.map_or(0, <[u8]>::len),
     };
-    // SAFETY: forwarded contract.
+    // SAFETY: `out` is null or points to `size` writable bytes (this
+    // function's contract, which is `copy_out`'s).
     unsafe { copy_out(&v, out.cast(), size) }
 }
 

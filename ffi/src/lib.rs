@@ -244,7 +244,8 @@ pub unsafe extern "C" fn realloc(ptr: *mut c_void, size: usize) -> *mut c_void {
 #[no_mangle]
 pub unsafe extern "C" fn reallocarray(ptr: *mut c_void, nmemb: usize, size: usize) -> *mut c_void {
     match nmemb.checked_mul(size) {
-        // SAFETY: forwarded with the caller's contract.
+        // SAFETY: `ptr` is NULL or a live block of this library (this
+        // function's contract, which is `realloc`'s).
         Some(total) => unsafe { realloc(ptr, total) },
         None => null_enomem(),
     }

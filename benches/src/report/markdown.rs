@@ -1,9 +1,31 @@
 //! The markdown report (also printed on stdout).
 
-use super::{fmt_num, mib, rss_rows, stats, Internals, Metric, Report};
+use super::{fmt_num, mib, rss_rows, stats, Cell, Internals, Metric, Report};
 use std::fmt::Write as _;
 
 impl Report {
+    /// The cells of one summary row: `pick` of each allocator's cell as a
+    /// ratio ("–" when it has none), "failed" for a failed run, empty when
+    /// the allocator did not run the workload.
+    fn ratio_cells(
+        &self,
+        s: &mut String,
+        mt: &Metric,
+        allocs: &[&String],
+        pick: fn(&Cell) -> Option<f64>,
+    ) {
+        for a in allocs {
+            let cell = mt.cells.iter().find(|c| &&c.alloc == a);
+            let txt = match cell {
+                Some(c) => pick(c).map_or("–".into(), |x| format!("{x:.2}")),
+                None if self.failed(&mt.workload, a) => "failed".into(),
+                None => "".into(),
+            };
+            let _ = write!(s, " {txt} |");
+        }
+        let _ = writeln!(s);
+    }
+
     /// The markdown report (also printed on stdout).
     pub fn markdown(&self) -> String {
         let m = &self.machine;
@@ -99,16 +121,7 @@ impl Report {
                 mt.name,
                 mt.baseline.as_deref().unwrap_or("–")
             );
-            for a in &allocs {
-                let cell = mt.cells.iter().find(|c| &&c.alloc == a);
-                let txt = match cell {
-                    Some(c) => c.speed.map_or("–".into(), |x| format!("{x:.2}")),
-                    None if self.failed(&mt.workload, a) => "failed".into(),
-                    None => "".into(),
-                };
-                let _ = write!(s, " {txt} |");
-            }
-            let _ = writeln!(s);
+            self.ratio_cells(&mut s, mt, &allocs, |c| c.speed);
         }
         let _ = writeln!(
             s,
@@ -118,16 +131,7 @@ impl Report {
         for (mt, label) in rss_rows(&metrics) {
             let base = mt.baseline.as_deref().unwrap_or("–");
             let _ = write!(s, "| {label} | {base} |");
-            for a in &allocs {
-                let cell = mt.cells.iter().find(|c| &&c.alloc == a);
-                let txt = match cell {
-                    Some(c) => c.rss.map_or("–".into(), |x| format!("{x:.2}")),
-                    None if self.failed(&mt.workload, a) => "failed".into(),
-                    None => "".into(),
-                };
-                let _ = write!(s, " {txt} |");
-            }
-            let _ = writeln!(s);
+            self.ratio_cells(&mut s, mt, &allocs, |c| c.rss);
             if mt.cells.iter().any(|c| c.final_rel.is_some()) {
                 let _ = write!(s, "| {label} (final RSS) | {base} |");
                 for a in &allocs {
