@@ -50,6 +50,17 @@ pub enum Mode {
     Unavailable,
 }
 
+impl Mode {
+    /// The name the allocator's `verbose=1` line and statistics print.
+    pub fn name(self) -> &'static str {
+        match self {
+            Mode::Glibc => "rseq-glibc",
+            Mode::Own => "rseq-own",
+            Mode::Unavailable => "cmpxchg",
+        }
+    }
+}
+
 /// Process-wide state: which kind of area this process uses (`PROCESS`
 /// holds its `u8`).
 #[repr(u8)]
