@@ -96,11 +96,17 @@ const MINCORE_PAGES: usize = 4096;
 /// than cleared (a call costs about as much as faulting a few pages in).
 const DONTNEED_MIN_PAGES: usize = 16;
 
+/// A chunk with fewer than one resident page in this many is dropped whole.
+const SPARSE_DIVISOR: usize = 8;
+
 /// Makes the kept memory `[p, p + len)` read as zero, touching only what
 /// is resident: a kept range holds whatever its last user wrote, but often
 /// only a small part of it was ever touched (a sparse `calloc`), and a
 /// `memset` of the whole range would fault every other page in. So
-/// `mincore` tells resident pages apart: resident runs are cleared with
+/// `mincore` tells resident pages apart, [`MINCORE_PAGES`] at a time. A
+/// chunk less than 1/[`SPARSE_DIVISOR`] resident is dropped whole with one
+/// `MADV_DONTNEED` (the few pages in use fault back in if used). Otherwise
+/// resident runs are cleared with
 /// `memset` (they are in memory, and the caller is likely to use them);
 /// runs of at least [`DONTNEED_MIN_PAGES`] other pages are dropped with
 /// `MADV_DONTNEED` (never touched, or swapped out: either way they read as
@@ -124,6 +130,13 @@ unsafe fn zero_kept(p: *mut u8, len: usize) {
             // SAFETY: per the contract the rest of the range is ours.
             unsafe { p.add(off).write_bytes(0, len - off) };
             return;
+        }
+        let resident_pages = vec[..npages].iter().filter(|&&v| v & 1 != 0).count();
+        // SAFETY: the chunk lies inside the range, ours to drop.
+        if resident_pages * SPARSE_DIVISOR < npages && unsafe { os::release(p.add(off), chunk) } {
+            // Mostly untouched: one call drops the few resident pages too.
+            off += chunk;
+            continue;
         }
         let mut i = 0;
         while i < npages {
