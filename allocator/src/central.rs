@@ -223,6 +223,12 @@ impl Central {
         let size = class.size_bytes();
         let objs = class.objects_per_span() as u32;
         let key = crate::fast::FAST.key();
+        // Objects carved from untouched span tails at `out[i]`, i < 64: they
+        // get their mark after the lock is released (the first write to a
+        // fresh page faults, and the fault need not stall the other CPUs
+        // refilling this class). Carved objects are ours alone from the
+        // moment `carved` moves past them.
+        let mut unmarked = 0u64;
         while n < out.len() {
             let id = g.nonempty;
             if id == 0 {
@@ -254,9 +260,13 @@ impl Central {
                 } else if l.carved < objs {
                     let o = (base + l.carved as usize * size) as *mut u8;
                     l.carved += 1;
-                    // SAFETY: a never-used object of this span, ours under
-                    // the class lock; it gets the free mark.
-                    unsafe { o.cast::<u64>().write(key) };
+                    if n < 64 {
+                        unmarked |= 1 << n;
+                    } else {
+                        // SAFETY: a never-used object of this span, ours
+                        // under the class lock; it gets the free mark.
+                        unsafe { o.cast::<u64>().write(key) };
+                    }
                     o
                 } else {
                     break;
@@ -274,6 +284,15 @@ impl Central {
         bump(&self.moves.pops, 1);
         bump(&self.moves.pop_objects, n as u64);
         self.note_hold(t0);
+        drop(g);
+        while unmarked != 0 {
+            let i = unmarked.trailing_zeros() as usize;
+            unmarked &= unmarked - 1;
+            // SAFETY: `out[i]` is a never-used object carved above, ours
+            // alone (no list holds it); objects are >= 8 bytes, 8-aligned.
+            // It gets the free mark before the caller stores it anywhere.
+            unsafe { out[i].cast::<u64>().write(key) };
+        }
         n
     }
 
