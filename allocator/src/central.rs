@@ -32,8 +32,11 @@ use crate::span::{Span, SMALL};
 use core::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
 /// Capacity of the transfer stack of each class (the class's own limit is
-/// `SizeClass::transfer_capacity`, about 128 KiB of objects).
-pub const TRANSFER_SLOTS: usize = 256;
+/// `SizeClass::transfer_capacity`, about 128 KiB of objects). The stacks are
+/// static: 54 x 128 slots is 54 KiB of the library's bss, which counts
+/// against `RLIMIT_AS` (256 slots cost the 30 MiB `ffi_as_limit` case one
+/// of its six 4 MiB blocks).
+pub const TRANSFER_SLOTS: usize = 128;
 
 struct Inner {
     nonempty: u32,

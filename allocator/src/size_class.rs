@@ -68,7 +68,7 @@ impl SizeClass {
         CLASS_CAPACITY[self.0 as usize] as usize
     }
     /// Objects the central transfer stack of this class may hold: about
-    /// 128 KiB worth, between 1 and `central::TRANSFER_SLOTS` (256: eight
+    /// 128 KiB worth, between 1 and `central::TRANSFER_SLOTS` (128: four
     /// batches of the small classes, which a 64-slot stack held only two
     /// of), so all transfer stacks together hold at most about 6 MiB.
     #[inline]
