@@ -17,7 +17,13 @@
 //! - `rseq_aborts`: rseq restarts (rseq-sys);
 //! - `fallback_ops`: operations done by the CAS fallback plus operations that
 //!   bypassed the per-CPU cache (unregistered thread, exhausted restarts, no
-//!   cache).
+//!   cache);
+//! - `middle:` and one line per class the miss path visited: the central
+//!   lists' `MoveStats` (pops = refills and direct allocations, pushes =
+//!   overflow flushes, drains and direct frees; objects per visit; the share
+//!   the transfer stack served; spans taken from and given back to the page
+//!   heap; visits that found the class lock held; average lock hold in
+//!   time-stamp-counter ticks, measured only with `stats=1`).
 
 use crate::cpu_cache::SLABS;
 use crate::global::{self, CENTRAL, HEAP, HUGE};
