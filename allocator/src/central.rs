@@ -2,10 +2,11 @@
 //!
 //! A central list owns the spans of its class. It serves batches to per-CPU
 //! caches (`pop_batch`) and takes batches back (`push_batch`). In front of the
-//! spans sits a small *transfer* stack of up to [`TRANSFER_SLOTS`] objects, so
+//! spans sits a *transfer* stack of up to [`TRANSFER_SLOTS`] objects, so
 //! a batch that one CPU flushes and another CPU refills costs two copies, not
 //! a page-map lookup per object. Its capacity per class is about 128 KiB of
-//! objects (`SizeClass::transfer_capacity`), about 5.5 MiB over all classes.
+//! objects (`SizeClass::transfer_capacity`), about 6 MiB over all classes; a
+//! flush puts on it as much as fits and only the rest back into spans.
 //!
 //! Objects in a span are handed out from its intrusive free list first, then
 //! carved from the untouched tail (`carved`). A span whose objects have all
@@ -28,10 +29,14 @@ use crate::lock::Mutex;
 use crate::page_heap::PageHeap;
 use crate::size_class::{SizeClass, NUM_CLASSES, PAGE_SHIFT};
 use crate::span::{ClassSpans, Span, SpanId, SpanKey, SpanState};
-use core::sync::atomic::{AtomicUsize, Ordering};
+use core::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
-/// Capacity of the transfer stack of each class.
-pub const TRANSFER_SLOTS: usize = 64;
+/// Capacity of the transfer stack of each class (the class's own limit is
+/// `SizeClass::transfer_capacity`, about 128 KiB of objects). The stacks are
+/// static: 54 x 128 slots is 54 KiB of the library's bss, which counts
+/// against `RLIMIT_AS` (256 slots cost the 30 MiB `ffi_as_limit` case one
+/// of its six 4 MiB blocks).
+pub const TRANSFER_SLOTS: usize = 128;
 
 struct Inner {
     nonempty: SpanId,
@@ -52,6 +57,76 @@ pub struct Central {
     inner: Mutex<Inner>,
     free_objects: AtomicUsize,
     span_objects: AtomicUsize,
+    /// What the miss path did here (see [`MoveStats`]).
+    pub moves: MoveStats,
+}
+
+/// Counters of one class's central list, for `stats=1`: how often the
+/// per-CPU caches come here, how many objects each visit moves, how many of
+/// them the transfer stack serves (two copies) rather than the spans (a
+/// page-map lookup and a span-record update per object), how often the lock
+/// was found held, and (with `stats=1` only, from the time-stamp counter) how
+/// long it is held.
+///
+/// Counting rule: written only under the class lock, with a relaxed load and
+/// store (no read-modify-write on the miss path); read racily.
+pub struct MoveStats {
+    /// `pop_batch` calls (refills and direct allocations).
+    pub pops: AtomicU64,
+    /// Objects they handed out.
+    pub pop_objects: AtomicU64,
+    /// Of those, objects taken from the transfer stack.
+    pub pop_transfer: AtomicU64,
+    /// `push_batch` calls (overflow flushes, drains, direct frees).
+    pub pushes: AtomicU64,
+    /// Objects they took back.
+    pub push_objects: AtomicU64,
+    /// Of those, objects that went onto the transfer stack.
+    pub push_transfer: AtomicU64,
+    /// Spans taken from / returned to the page heap.
+    pub spans_new: AtomicU64,
+    /// Spans whose objects all came back (returned to the page heap).
+    pub spans_freed: AtomicU64,
+    /// Acquisitions that found the lock held (a relaxed peek before
+    /// locking).
+    pub contended: AtomicU64,
+    /// Time-stamp-counter ticks the lock was held by pops and pushes
+    /// (`stats=1` only: zero otherwise).
+    pub hold_ticks: AtomicU64,
+}
+
+impl MoveStats {
+    const fn new() -> Self {
+        MoveStats {
+            pops: AtomicU64::new(0),
+            pop_objects: AtomicU64::new(0),
+            pop_transfer: AtomicU64::new(0),
+            pushes: AtomicU64::new(0),
+            push_objects: AtomicU64::new(0),
+            push_transfer: AtomicU64::new(0),
+            spans_new: AtomicU64::new(0),
+            spans_freed: AtomicU64::new(0),
+            contended: AtomicU64::new(0),
+            hold_ticks: AtomicU64::new(0),
+        }
+    }
+}
+
+/// Adds `n` to a counter only the lock holder writes.
+#[inline(always)]
+fn bump(c: &AtomicU64, n: u64) {
+    c.store(c.load(Ordering::Relaxed).wrapping_add(n), Ordering::Relaxed);
+}
+
+/// The time-stamp counter when `stats=1` counts (0 otherwise, or off x86-64).
+#[inline(always)]
+fn ticks_if_counting() -> u64 {
+    #[cfg(target_arch = "x86_64")]
+    if crate::global::counting() {
+        // SAFETY: rdtsc has no preconditions on x86-64.
+        return unsafe { core::arch::x86_64::_rdtsc() };
+    }
+    0
 }
 
 /// One central list per class (slot 0 unused).
@@ -99,6 +174,28 @@ impl Central {
             }),
             free_objects: AtomicUsize::new(0),
             span_objects: AtomicUsize::new(0),
+            moves: MoveStats::new(),
+        }
+    }
+
+    /// Takes the class lock for a pop or a push, noting whether it was
+    /// found held; returns the guard and the start tick (see `MoveStats`).
+    #[inline(always)]
+    fn lock_counted(&self) -> (crate::lock::MutexGuard<'_, Inner>, u64) {
+        let held = self.inner.raw().is_locked();
+        let g = self.inner.lock();
+        if held {
+            bump(&self.moves.contended, 1);
+        }
+        (g, ticks_if_counting())
+    }
+
+    /// Adds the ticks since `t0` (0: not counting) to the hold time; lock
+    /// held.
+    #[inline(always)]
+    fn note_hold(&self, t0: u64) {
+        if t0 != 0 {
+            bump(&self.moves.hold_ticks, ticks_if_counting().wrapping_sub(t0));
         }
     }
 
@@ -123,16 +220,23 @@ impl Central {
     /// Fills `out` with up to `out.len()` free objects of `class`; returns
     /// how many (0 only when the heap is out of memory).
     pub fn pop_batch(&self, heap: &PageHeap, class: SizeClass, out: &mut [*mut u8]) -> usize {
-        let mut g = self.inner.lock();
+        let (mut g, t0) = self.lock_counted();
         let mut n = 0;
         while n < out.len() && g.transfer_len > 0 {
             g.transfer_len -= 1;
             out[n] = g.transfer[g.transfer_len];
             n += 1;
         }
+        bump(&self.moves.pop_transfer, n as u64);
         let size = class.size_bytes();
         let objs = class.objects_per_span() as u32;
         let key = crate::fast::FAST.key();
+        // Objects carved from untouched span tails at `out[i]`, i < 64: they
+        // get their mark after the lock is released (the first write to a
+        // fresh page faults, and the fault need not stall the other CPUs
+        // refilling this class). Carved objects are ours alone from the
+        // moment `carved` moves past them.
+        let mut unmarked = 0u64;
         while n < out.len() {
             let id = g.nonempty;
             if id.is_none() {
@@ -143,6 +247,7 @@ impl Central {
                 };
                 g.span_objects += objs as usize;
                 g.free_objects += objs as usize;
+                bump(&self.moves.spans_new, 1);
                 self.list_push(heap, &mut g, s);
                 continue;
             }
@@ -163,9 +268,13 @@ impl Central {
                 } else if l.carved < objs {
                     let o = (base + l.carved as usize * size) as *mut u8;
                     l.carved += 1;
-                    // SAFETY: a never-used object of this span, ours under
-                    // the class lock; it gets the free mark.
-                    unsafe { o.cast::<u64>().write(key) };
+                    if n < 64 {
+                        unmarked |= 1 << n;
+                    } else {
+                        // SAFETY: a never-used object of this span, ours
+                        // under the class lock; it gets the free mark.
+                        unsafe { o.cast::<u64>().write(key) };
+                    }
                     o
                 } else {
                     break;
@@ -180,6 +289,18 @@ impl Central {
         }
         g.free_objects -= n;
         self.publish(&g);
+        bump(&self.moves.pops, 1);
+        bump(&self.moves.pop_objects, n as u64);
+        self.note_hold(t0);
+        drop(g);
+        while unmarked != 0 {
+            let i = unmarked.trailing_zeros() as usize;
+            unmarked &= unmarked - 1;
+            // SAFETY: `out[i]` is a never-used object carved above, ours
+            // alone (no list holds it); objects are >= 8 bytes, 8-aligned.
+            // It gets the free mark before the caller stores it anywhere.
+            unsafe { out[i].cast::<u64>().write(key) };
+        }
         n
     }
 
@@ -189,21 +310,24 @@ impl Central {
     /// Every item is an object of `class` from this allocator that is no
     /// longer in use and appears once (not in any cache or list).
     pub unsafe fn push_batch(&self, heap: &PageHeap, class: SizeClass, items: &[*mut u8]) {
-        let mut g = self.inner.lock();
+        let (mut g, t0) = self.lock_counted();
         g.free_objects += items.len();
-        let mut rest = items;
+        // As much as fits goes onto the transfer stack (two copies); only
+        // the rest takes the per-object span work.
         let room = class.transfer_capacity().saturating_sub(g.transfer_len);
-        if rest.len() <= room {
-            let at = g.transfer_len;
-            g.transfer[at..at + rest.len()].copy_from_slice(rest);
-            g.transfer_len += rest.len();
-            rest = &[];
-        }
+        let (fits, rest) = items.split_at(items.len().min(room));
+        let at = g.transfer_len;
+        g.transfer[at..at + fits.len()].copy_from_slice(fits);
+        g.transfer_len += fits.len();
+        bump(&self.moves.push_transfer, fits.len() as u64);
         for &o in rest {
             // SAFETY: per the contract `o` is a free object of `class`.
             unsafe { self.return_to_span(heap, &mut g, class, o) };
         }
         self.publish(&g);
+        bump(&self.moves.pushes, 1);
+        bump(&self.moves.push_objects, items.len() as u64);
+        self.note_hold(t0);
     }
 
     /// Whether `p`, an object start of `class`, is free here: in the
@@ -274,6 +398,7 @@ impl Central {
             }
             g.span_objects -= objs;
             g.free_objects -= objs;
+            bump(&self.moves.spans_freed, 1);
             // SAFETY: every object of the span is free and we remove the span
             // from our bookkeeping; nothing references it any more.
             unsafe { heap.free_span(s) };
@@ -411,5 +536,93 @@ mod tests {
         }
         h.check_invariants();
         assert_eq!(h.stats().small_bytes, 0);
+    }
+
+    fn counters(c: &Central) -> [u64; 8] {
+        let m = &c.moves;
+        [
+            &m.pops,
+            &m.pop_objects,
+            &m.pop_transfer,
+            &m.pushes,
+            &m.push_objects,
+            &m.push_transfer,
+            &m.spans_new,
+            &m.spans_freed,
+        ]
+        .map(|a| a.load(Ordering::Relaxed))
+    }
+
+    #[test]
+    fn move_stats_count_exactly() {
+        let h = heap();
+        let c = Central::new();
+        let class = SizeClass::all().find(|c| c.size_bytes() == 64).unwrap();
+        let (b, objs, cap) = (
+            class.batch(),
+            class.objects_per_span(),
+            class.transfer_capacity(),
+        );
+        assert!(3 * b <= cap, "three batches fit on the transfer stack");
+        let mut got = std::vec::Vec::new();
+        let mut buf = [core::ptr::null_mut(); 32];
+        for _ in 0..3 {
+            assert_eq!(c.pop_batch(h, class, &mut buf[..b]), b);
+            got.extend_from_slice(&buf[..b]);
+        }
+        let spans = (3 * b).div_ceil(objs) as u64;
+        let (b64, s3) = (b as u64, 3 * b as u64);
+        assert_eq!(counters(&c), [3, s3, 0, 0, 0, 0, spans, 0]);
+        for ch in got.chunks(b) {
+            // SAFETY: each object appears once and is free.
+            unsafe { c.push_batch(h, class, ch) };
+        }
+        assert_eq!(counters(&c), [3, s3, 0, 3, s3, s3, spans, 0]);
+        // A refill is served by the transfer stack (the last batch pushed).
+        assert_eq!(c.pop_batch(h, class, &mut buf[..b]), b);
+        assert!(buf[..b].iter().rev().eq(&got[2 * b..]), "LIFO");
+        assert_eq!(counters(&c), [4, s3 + b64, b64, 3, s3, s3, spans, 0]);
+        // SAFETY: as above.
+        unsafe { c.push_batch(h, class, &buf[..b]) };
+        c.flush(h, class);
+        c.check_invariants(h, class);
+        assert_eq!(counters(&c)[7], spans, "every span went back");
+        assert_eq!(c.counts(), (0, 0));
+    }
+
+    #[test]
+    fn push_fills_the_transfer_stack_then_the_spans() {
+        let h = heap();
+        let c = Central::new();
+        let class = SizeClass::all().find(|c| c.size_bytes() == 256).unwrap();
+        let cap = class.transfer_capacity();
+        let want = cap + 5;
+        let mut got = std::vec::Vec::new();
+        let mut buf = [core::ptr::null_mut(); 32];
+        while got.len() < want {
+            let k = (want - got.len()).min(32);
+            assert_eq!(c.pop_batch(h, class, &mut buf[..k]), k);
+            got.extend_from_slice(&buf[..k]);
+        }
+        // SAFETY: each object appears once and is free.
+        unsafe { c.push_batch(h, class, &got) };
+        let m = counters(&c);
+        assert_eq!(
+            (m[4], m[5]),
+            (want as u64, cap as u64),
+            "all that fits, no more"
+        );
+        c.check_invariants(h, class);
+        // The first `cap` objects were carved from whole spans, the five
+        // that did not fit from one more span of their own: back on it, they
+        // emptied it, and it went back to the page heap.
+        let objs = class.objects_per_span();
+        assert_eq!(cap % objs, 0);
+        assert!(objs >= 5);
+        assert_eq!((m[6], m[7]), ((cap / objs + 1) as u64, 1));
+        assert_eq!(c.counts(), (cap, cap));
+        assert!(got[..cap].iter().all(|&o| c.contains(h, class, o)));
+        c.flush(h, class);
+        assert_eq!(c.counts(), (0, 0));
     }
 }

@@ -15,7 +15,10 @@
 //! mapped. Kept ranges are unmapped after `decay_ms` unused (see
 //! [`crate::decay`]; `decay_ms=0` unmaps on free, as no keeping at all), by
 //! `trim()`, or, oldest first, when the array is full. `calloc` zeroes a
-//! block only where it reuses kept memory (fresh mappings read as zero).
+//! block only where it reuses kept memory (fresh mappings read as zero),
+//! and there only the resident pages: the rest is dropped with
+//! `MADV_DONTNEED` (`zero_kept`), so a sparse `calloc` on a reused range
+//! costs what it costs on a fresh mapping.
 //! `realloc` works in place where it can: shrinking gives the tail to the
 //! kept ranges, growing takes the kept range right after the block, else
 //! `mremap` (which may move).
@@ -85,6 +88,77 @@ pub struct HugeTable {
     count: AtomicUsize,
     kept_bytes: AtomicUsize,
     maps: AtomicU64,
+}
+
+/// Pages whose residency one `mincore` call reads (16 MiB of range).
+const MINCORE_PAGES: usize = 4096;
+/// Shortest run of non-resident pages dropped with `MADV_DONTNEED` rather
+/// than cleared (a call costs about as much as faulting a few pages in).
+const DONTNEED_MIN_PAGES: usize = 16;
+
+/// A chunk with fewer than one resident page in this many is dropped whole.
+const SPARSE_DIVISOR: usize = 8;
+
+/// Makes the kept memory `[p, p + len)` read as zero, touching only what
+/// is resident: a kept range holds whatever its last user wrote, but often
+/// only a small part of it was ever touched (a sparse `calloc`), and a
+/// `memset` of the whole range would fault every other page in. So
+/// `mincore` tells resident pages apart, [`MINCORE_PAGES`] at a time. A
+/// chunk less than 1/[`SPARSE_DIVISOR`] resident is dropped whole with one
+/// `MADV_DONTNEED` (the few pages in use fault back in if used). Otherwise
+/// resident runs are cleared with
+/// `memset` (they are in memory, and the caller is likely to use them);
+/// runs of at least [`DONTNEED_MIN_PAGES`] other pages are dropped with
+/// `MADV_DONTNEED` (never touched, or swapped out: either way they read as
+/// zero afterwards and cost nothing until used, like a fresh mapping);
+/// shorter ones are cleared. If `mincore` fails, everything is cleared.
+///
+/// # Safety
+/// `[p, p + len)` is page aligned, mapped private and anonymous, and holds
+/// nothing anyone still needs (the caller is about to hand it out).
+unsafe fn zero_kept(p: *mut u8, len: usize) {
+    let page = os::OS_PAGE_BYTES;
+    let mut vec = [0u8; MINCORE_PAGES];
+    let mut off = 0;
+    while off < len {
+        let chunk = (len - off).min(MINCORE_PAGES * page);
+        let npages = chunk.div_ceil(page);
+        // SAFETY: the chunk is page aligned and mapped; `vec` has room for
+        // one byte per page of it.
+        let ok = unsafe { libc::mincore(p.add(off).cast(), chunk, vec.as_mut_ptr()) } == 0;
+        if !ok {
+            // SAFETY: per the contract the rest of the range is ours.
+            unsafe { p.add(off).write_bytes(0, len - off) };
+            return;
+        }
+        let resident_pages = vec[..npages].iter().filter(|&&v| v & 1 != 0).count();
+        // SAFETY: the chunk lies inside the range, ours to drop.
+        if resident_pages * SPARSE_DIVISOR < npages && unsafe { os::release(p.add(off), chunk) } {
+            // Mostly untouched: one call drops the few resident pages too.
+            off += chunk;
+            continue;
+        }
+        let mut i = 0;
+        while i < npages {
+            let resident = vec[i] & 1 != 0;
+            let mut j = i + 1;
+            while j < npages && (vec[j] & 1 != 0) == resident {
+                j += 1;
+            }
+            let at = off + i * page;
+            let run = (j * page).min(chunk) - i * page;
+            // SAFETY: `[at, at + run)` lies inside the range, which is ours
+            // to overwrite or drop.
+            let dropped =
+                !resident && j - i >= DONTNEED_MIN_PAGES && unsafe { os::release(p.add(at), run) };
+            if !dropped {
+                // SAFETY: as above.
+                unsafe { p.add(at).write_bytes(0, run) };
+            }
+            i = j;
+        }
+        off += chunk;
+    }
 }
 
 fn hash(addr: usize) -> usize {
@@ -175,8 +249,9 @@ impl HugeTable {
                 drop(g);
                 if zero {
                     // SAFETY: `[p, p + dirty)` is part of the block we just
-                    // made live for the caller; nothing else uses it.
-                    unsafe { (p as *mut u8).write_bytes(0, dirty) };
+                    // made live for the caller (page aligned, mapped private
+                    // and anonymous); nothing else uses it.
+                    unsafe { zero_kept(p as *mut u8, dirty) };
                 }
                 return p as *mut u8;
             }

@@ -44,7 +44,10 @@
 //! free. Dirty free spans unused for `decay_ms` are released
 //! (`madvise(MADV_DONTNEED)`) by the decay pass (`decay`), which allocator
 //! activity or the background thread runs; `decay_ms=0` releases a span as
-//! soon as it is freed, `-1` never; `trim()` releases them all. Released
+//! soon as it is freed, `-1` never; `trim()` releases them all. With
+//! hugepages in use, whole hugepages go first: a span due gives back the
+//! complete 2 MiB hugepages inside it, its ends (which share a hugepage
+//! with spans in use) only after twice the delay. Released
 //! pages read as zero, which lets `alloc_zeroed` skip its memset on a span
 //! made only of such pages.
 //!
@@ -954,6 +957,43 @@ impl PageHeap {
         d
     }
 
+    /// Releases the complete 2 MiB hugepages inside the free span `id`
+    /// (aligned to [`CHUNK_ALIGN_BYTES`]) and keeps its ragged ends dirty;
+    /// returns pages released. Releasing part of a hugepage whose other
+    /// part is in use frees little and makes the kernel split the hugepage,
+    /// so the page heap does that only later (see `decay`). Does nothing if
+    /// the span holds no whole hugepage, or if its dirty pages could all be
+    /// in the ends (an earlier call already released its middle).
+    fn release_hugepages(&self, g: &mut Inner, id: SpanId) -> usize {
+        let s = self.record(id);
+        let start = self.span_addr(s);
+        let end = start + (s.pages() << PAGE_SHIFT);
+        let lo = (start + CHUNK_ALIGN_BYTES - 1) & !(CHUNK_ALIGN_BYTES - 1);
+        let hi = end & !(CHUNK_ALIGN_BYTES - 1);
+        if hi <= lo {
+            return 0;
+        }
+        let middle = (hi - lo) >> PAGE_SHIFT;
+        let ends = s.pages() - middle;
+        // SAFETY: page-heap lock held (g); s is Free.
+        let l = unsafe { s.locked(&mut g.key) };
+        let dirty = l.dirty_pages as usize;
+        if dirty <= ends {
+            return 0;
+        }
+        // SAFETY: `[lo, hi)` lies inside a free span: no live data, committed.
+        if !unsafe { os::release(lo as *mut u8, hi - lo) } {
+            return 0;
+        }
+        // At most `ends` dirty pages remain (all of the middle is clean).
+        let d = dirty - ends;
+        l.dirty_pages = ends as u32;
+        g.free_dirty_pages -= d;
+        self.released_total_bytes
+            .fetch_add(d << PAGE_SHIFT, Ordering::Relaxed);
+        d
+    }
+
     /// Releases every dirty free span, biggest lists first, until at most
     /// `target` dirty free pages remain. Returns pages released.
     fn release_down_to(&self, g: &mut Inner, target: usize) -> usize {
@@ -976,6 +1016,12 @@ impl PageHeap {
     /// at `now` (ms, `decay::now_ms`). Returns when the next one is due
     /// (`u64::MAX`: no dirty free span left). O(free spans), run at most
     /// about every `decay_ms / 4`.
+    ///
+    /// With hugepages on (`uses_thp`), whole hugepages go first: a span
+    /// due gives back only the complete 2 MiB hugepages inside it
+    /// (`release_hugepages`); its ends, which share a hugepage with spans in
+    /// use, go back once unused for twice `decay_ms` (`trim` and
+    /// `decay_ms=0` release everything at once, as before).
     pub fn decay(&self, now: u64, decay_ms: u64) -> u64 {
         let mut guard = self.inner.lock();
         let g = &mut *guard;
@@ -993,10 +1039,17 @@ impl PageHeap {
                 };
                 if dirty > 0 {
                     let age = u64::from((now as u32).wrapping_sub(since));
-                    if age >= decay_ms {
-                        self.release_span(g, id);
-                    } else {
+                    let edges_ms = decay_ms.saturating_mul(2);
+                    if age < decay_ms {
                         next = next.min(now + (decay_ms - age));
+                    } else if g.thp_on && age < edges_ms {
+                        // Whole hugepages first: the parts of the span
+                        // that share a hugepage with memory in use wait
+                        // until twice the delay.
+                        self.release_hugepages(g, id);
+                        next = next.min(now + (edges_ms - age));
+                    } else {
+                        self.release_span(g, id);
                     }
                 }
                 id = nx;
@@ -1413,6 +1466,51 @@ pub(crate) mod tests {
         // Released pages read as zero and are reported so.
         let (d, z) = h.alloc_span(16, 0, SpanState::Large, 0).unwrap();
         assert!(z);
+        // SAFETY: committed memory of span d.
+        assert_eq!(unsafe { *((h.span_addr(d) + 100) as *const u8) }, 0);
+    }
+
+    #[test]
+    fn decay_releases_whole_hugepages_first() {
+        let h = heap();
+        // As if the heap had reached the hugepage size (the policy applies
+        // then only).
+        h.inner.lock().thp_on = true;
+        let hp = CHUNK_ALIGN_BYTES >> PAGE_SHIFT;
+        let n = hp + 88;
+        // `b` starts the (hugepage-aligned) first chunk; `c` right after it
+        // stays in use, so freed `b` is one free span: one whole hugepage
+        // and 88 pages that share the next hugepage with `c`.
+        let (b, _) = h.alloc_span(n, 0, SpanState::Large, 0).unwrap();
+        let (_c, _) = h.alloc_span(1, 0, SpanState::Large, 0).unwrap();
+        assert_eq!(h.span_addr(b) % CHUNK_ALIGN_BYTES, 0);
+        // SAFETY: b is ours and committed.
+        unsafe {
+            (h.span_addr(b) as *mut u8).write_bytes(1, n * PAGE_BYTES);
+            h.free_span(b);
+        }
+        let now = crate::decay::now_ms();
+        let released = h.stats().released_total_bytes;
+        assert_eq!(h.stats().free_dirty_bytes, n * PAGE_BYTES);
+        // Due: the whole hugepage goes, the 88 pages wait for twice the
+        // delay.
+        let due = h.decay(now + 1000, 1000);
+        assert!(due > now + 1000 && due <= now + 2000, "{due} {now}");
+        let st = h.stats();
+        assert_eq!(st.free_dirty_bytes, 88 * PAGE_BYTES);
+        assert_eq!(st.released_total_bytes - released, hp * PAGE_BYTES);
+        h.check_invariants();
+        // A second pass before then changes nothing.
+        assert_eq!(h.decay(now + 1500, 1000), due);
+        assert_eq!(h.stats().free_dirty_bytes, 88 * PAGE_BYTES);
+        // Then the rest.
+        assert_eq!(h.decay(now + 2000, 1000), u64::MAX);
+        assert_eq!(h.stats().free_dirty_bytes, 0);
+        h.check_invariants();
+        // The released span reads as zero and is reported so.
+        let (d, z) = h.alloc_span(n, 0, SpanState::Large, 0).unwrap();
+        assert!(z);
+        assert_eq!(h.span_addr(d), h.span_addr(b));
         // SAFETY: committed memory of span d.
         assert_eq!(unsafe { *((h.span_addr(d) + 100) as *const u8) }, 0);
     }

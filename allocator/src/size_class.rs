@@ -69,12 +69,13 @@ impl SizeClass {
         CLASS_CAPACITY[self.0 as usize] as usize
     }
     /// Objects the central transfer stack of this class may hold: about
-    /// 128 KiB worth, between 1 and `central::TRANSFER_SLOTS` (64), so all
-    /// transfer stacks together hold at most about 5.5 MiB.
+    /// 128 KiB worth, between 1 and `central::TRANSFER_SLOTS` (128: four
+    /// batches of the small classes, which a 64-slot stack held only two
+    /// of), so all transfer stacks together hold at most about 6 MiB.
     #[inline]
     pub fn transfer_capacity(self) -> usize {
         let n = 128 * 1024 / self.size_bytes();
-        n.clamp(1, 64)
+        n.clamp(1, crate::central::TRANSFER_SLOTS)
     }
     /// Pages per span of this class.
     #[inline]
