@@ -86,7 +86,7 @@ pub fn find(name: &str) -> Option<&'static Workload> {
 pub const WORKLOADS: &[Workload] = &[
     Workload {
         name: "pair",
-        description: "alloc+free pair latency at 16..4096 B, and bursts of 1000 allocs then 1000 frees",
+        description: "alloc+free pair latency at 16..4096 B, and bursts of 1000 allocs then 1000 frees (calls straight to the backend, as its #[global_allocator])",
         kind: Kind::Synthetic(worker::pair),
         env: &[],
         quick: &["iters=3000000", "burst_rounds=1500"],
