@@ -32,7 +32,7 @@ use crate::lock::RawLock;
 use crate::page_heap::PageHeap;
 use crate::size_class::{self, SizeClass};
 use core::sync::atomic::{AtomicPtr, AtomicU64, Ordering};
-use rseq_sys::percpu::{self, Discipline, Index, PerCpuSlabs};
+use rseq_sys::percpu::{self, Discipline, Index, PerCpuSlabs, RegionId};
 
 /// The per-CPU stacks (inert until `init`).
 pub(crate) static SLABS: PerCpuSlabs = PerCpuSlabs::new();
@@ -114,7 +114,7 @@ pub(crate) static IDLE_DRAINS: AtomicU64 = AtomicU64::new(0);
 fn region_fingerprint(region: usize) -> u64 {
     let mut sig = 0u64;
     for c in SizeClass::all() {
-        let n = SLABS.len(region, c.index()) as u64;
+        let n = SLABS.len(RegionId(region), c.slab()) as u64;
         sig = sig.rotate_left(7) ^ n.wrapping_mul(0x9E37_79B9_7F4A_7C15);
     }
     sig
@@ -133,11 +133,11 @@ pub(crate) fn drain_idle_regions(central: &CentralLists, heap: &PageHeap) {
         // SAFETY: IDLE_SIGS has `nregions` entries (mapped at init).
         let slot = unsafe { &*sigs.add(r) };
         let sig = region_fingerprint(r);
-        let empty = SizeClass::all().all(|c| SLABS.len(r, c.index()) == 0);
+        let empty = SizeClass::all().all(|c| SLABS.len(RegionId(r), c.slab()) == 0);
         if !empty && sig == slot.load(Ordering::Relaxed) {
             let _moving = crate::double_free::InFlight::all();
-            SLABS.drain(r, &mut |class, items| {
-                if let Some(c) = SizeClass::from_index(class) {
+            SLABS.drain(RegionId(r), &mut |class, items| {
+                if let Some(c) = SizeClass::from_index(class.index()) {
                     // SAFETY: the drain handed us these free objects of
                     // `class` exclusively.
                     unsafe { central.get(c).push_batch(heap, c, items) };
@@ -163,8 +163,8 @@ pub(crate) fn drain_all_into(central: &CentralLists, heap: &PageHeap) {
     DRAIN_LOCK.lock();
     let _moving = crate::double_free::InFlight::all();
     for r in 0..SLABS.nregions() {
-        SLABS.drain(r, &mut |class, items| {
-            if let Some(c) = SizeClass::from_index(class) {
+        SLABS.drain(RegionId(r), &mut |class, items| {
+            if let Some(c) = SizeClass::from_index(class.index()) {
                 // SAFETY: the items were free objects of `class` in the
                 // cache; the drain handed them to us exclusively.
                 unsafe { central.get(c).push_batch(heap, c, items) };
@@ -178,12 +178,12 @@ pub(crate) fn drain_all_into(central: &CentralLists, heap: &PageHeap) {
 /// Whether `p` sits in some region's stack of `class` (racy scan; see
 /// `double_free` for how a miss is confirmed).
 pub(crate) fn cached(class: SizeClass, p: *mut u8) -> bool {
-    (0..SLABS.nregions()).any(|r| SLABS.contains(r, class.index(), p))
+    (0..SLABS.nregions()).any(|r| SLABS.contains(RegionId(r), class.slab(), p))
 }
 
 /// Bytes of free objects in one region (racy snapshot).
 pub(crate) fn cached_bytes_in_region(region: usize) -> usize {
     SizeClass::all()
-        .map(|c| SLABS.len(region, c.index()) * c.size_bytes())
+        .map(|c| SLABS.len(RegionId(region), c.slab()) * c.size_bytes())
         .sum()
 }

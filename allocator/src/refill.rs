@@ -48,7 +48,7 @@ fn enomem(p: *mut u8) -> *mut u8 {
 #[inline(never)]
 pub(crate) fn malloc_slow(class: SizeClass) -> *mut u8 {
     if FAST.cas_ready() {
-        let p = crate::cpu_cache::SLABS.pop_fast(class.index());
+        let p = crate::cpu_cache::SLABS.pop_fast(class.slab());
         if !p.is_null() {
             // SAFETY: a free object of `class` the pop made ours.
             unsafe { fast::clear_mark(p) };
@@ -67,7 +67,7 @@ fn malloc_slow_inner(class: SizeClass) -> *mut u8 {
             return central_pop_one(class);
         }
     }
-    match crate::cpu_cache::SLABS.pop(class.index()) {
+    match crate::cpu_cache::SLABS.pop(class.slab()) {
         Ok(p) => {
             if global::counting() {
                 global::FAST_HITS.fetch_add(1, Ordering::Relaxed);
@@ -119,7 +119,7 @@ fn malloc_miss(class: SizeClass, e: OpError) -> *mut u8 {
     let rest = &buf[..n - 1];
     if !rest.is_empty() {
         let pushed = crate::cpu_cache::SLABS
-            .push_batch(class.index(), rest)
+            .push_batch(class.slab(), rest)
             .unwrap_or(0);
         if pushed < rest.len() {
             // SAFETY: these objects came from the central list just now and
@@ -183,7 +183,7 @@ pub(crate) unsafe fn free_overflow(p: *mut u8, class: SizeClass) {
     let _errno = crate::util::ErrnoGuard::new(); // C free keeps errno
                                                  // SAFETY: non-null: it came from a validated free.
     let nn = unsafe { NonNull::new_unchecked(p) };
-    match crate::cpu_cache::SLABS.push(class.index(), nn) {
+    match crate::cpu_cache::SLABS.push(class.slab(), nn) {
         Ok(()) => {}
         // SAFETY: forwarded contract.
         Err(e) => unsafe { free_miss(p, class, e) },
@@ -217,11 +217,11 @@ pub(crate) unsafe fn free_small_slow(p: *mut u8, class: SizeClass, who: &'static
     unsafe { p.cast::<u64>().write(key) };
     // SAFETY: non-null object start.
     let nn = unsafe { NonNull::new_unchecked(p) };
-    if FAST.cas_ready() && crate::cpu_cache::SLABS.push_fast(class.index(), nn) {
+    if FAST.cas_ready() && crate::cpu_cache::SLABS.push_fast(class.slab(), nn) {
         return;
     }
     if global::cache_ready() {
-        match crate::cpu_cache::SLABS.push(class.index(), nn) {
+        match crate::cpu_cache::SLABS.push(class.slab(), nn) {
             Ok(()) => return,
             // SAFETY: `p` is marked free and in no structure.
             Err(e) => return unsafe { free_miss(p, class, e) },
@@ -253,7 +253,7 @@ unsafe fn free_miss(p: *mut u8, class: SizeClass, e: OpError) {
     let want = class.batch().clamp(1, MAX_BATCH);
     let _moving = InFlight::class(class);
     let n = crate::cpu_cache::SLABS
-        .pop_batch(class.index(), &mut buf[..want])
+        .pop_batch(class.slab(), &mut buf[..want])
         .unwrap_or(0);
     buf[n] = p;
     // SAFETY: the popped objects were free objects in our cache, now owned by

@@ -52,6 +52,18 @@ impl SizeClass {
     pub const fn index(self) -> usize {
         self.0 as usize
     }
+    /// This class's stack in the per-CPU caches (rseq-sys's class id: the
+    /// same index; every class index is below `MAX_CLASSES`, checked at
+    /// compile time).
+    #[inline(always)]
+    pub fn slab(self) -> rseq_sys::percpu::ClassId {
+        const _: () = assert!(NUM_CLASSES <= rseq_sys::percpu::MAX_CLASSES);
+        match rseq_sys::percpu::ClassId::new(self.index()) {
+            Some(c) => c,
+            // A `SizeClass` is below NUM_CLASSES by construction.
+            None => unreachable!(),
+        }
+    }
     /// Object size in bytes.
     #[inline(always)]
     pub fn size_bytes(self) -> usize {

@@ -13,10 +13,15 @@ mod common;
 
 use criterion::{black_box, criterion_group, criterion_main, Criterion};
 use rseq_alloc_bench::{current_cpu, mmap_aligned, pin_to_cpu};
-use rseq_sys::percpu::{Discipline, Index, OpError, PerCpuSlabs, REGION_BYTES};
+use rseq_sys::percpu::{ClassId, Discipline, Index, OpError, PerCpuSlabs, REGION_BYTES};
 use rseq_sys::registration;
 use std::ptr::NonNull;
 use std::sync::Mutex;
+
+/// Class `i` of a test structure.
+fn cls(i: usize) -> ClassId {
+    ClassId::new(i).expect("test class below MAX_CLASSES")
+}
 
 /// Number of classes and capacity of each stack in the bench structure.
 const CLASSES: usize = 8;
@@ -51,11 +56,11 @@ fn slabs(discipline: Discipline, index: Index) -> Option<&'static PerCpuSlabs> {
     }
     // A pop first: it initialises this CPU's region (lazily done by rseq-sys
     // on the first miss) and must find it empty.
-    assert_eq!(s.pop(0).err(), Some(OpError::Empty));
+    assert_eq!(s.pop(cls(0)).err(), Some(OpError::Empty));
     for it in items() {
         let p = NonNull::from(it).cast::<u8>();
         let before = rseq_sys::percpu::abort_count();
-        if let Err(e) = s.push(0, p) {
+        if let Err(e) = s.push(cls(0), p) {
             eprintln!(
                 "percpu: priming push on {discipline:?}/{index:?} failed: {e:?} \
                  (rseq aborts during it: {}): skipping that variant",
@@ -69,9 +74,9 @@ fn slabs(discipline: Discipline, index: Index) -> Option<&'static PerCpuSlabs> {
 
 #[inline(always)]
 fn pair(s: &PerCpuSlabs) {
-    match s.pop(0) {
+    match s.pop(cls(0)) {
         Ok(p) => {
-            let r = s.push(0, black_box(p));
+            let r = s.push(cls(0), black_box(p));
             debug_assert!(r.is_ok());
         }
         Err(e) => panic!("pop on a primed stack failed: {e:?}"),
@@ -124,7 +129,7 @@ fn bench(c: &mut Criterion) {
     let mut g = c.benchmark_group("percpu_error_paths");
     if let Some(s) = slabs(Discipline::Rseq, Index::Cpu) {
         g.bench_function("rseq_pop_empty", |b| {
-            b.iter(|| assert_eq!(black_box(s.pop(1)), Err(OpError::Empty)))
+            b.iter(|| assert_eq!(black_box(s.pop(cls(1))), Err(OpError::Empty)))
         });
     }
     g.finish();

@@ -5,7 +5,13 @@
 //! abort handler, exits outside the sections.
 
 use rseq_sys::abi::{RseqCs, RSEQ_SIG};
+use rseq_sys::percpu::ClassId;
 use std::process::Command;
+
+/// Class `i` of a test structure.
+fn cls(i: usize) -> ClassId {
+    ClassId::new(i).expect("test class below MAX_CLASSES")
+}
 
 extern "C" {
     static __start___rseq_cs_ptr_array: u8;
@@ -53,11 +59,11 @@ fn use_the_sections() {
         )
     });
     let item = std::ptr::NonNull::new(64 as *mut u8).unwrap();
-    let _ = slabs.push(0, item);
-    let _ = slabs.pop(0);
+    let _ = slabs.push(cls(0), item);
+    let _ = slabs.pop(cls(0));
     let mut buf = [std::ptr::null_mut(); 2];
-    let _ = slabs.push_batch(0, &[item.as_ptr()]);
-    let _ = slabs.pop_batch(0, &mut buf);
+    let _ = slabs.push_batch(cls(0), &[item.as_ptr()]);
+    let _ = slabs.pop_batch(cls(0), &mut buf);
 }
 
 #[test]

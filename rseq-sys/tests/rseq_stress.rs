@@ -13,12 +13,19 @@
 //! --target-dir target/inject --test rseq_stress`.
 #![cfg(rseq_inject_delay)]
 
-use rseq_sys::percpu::{self, Discipline, Index, OpError, PerCpuSlabs, REGION_BYTES};
+use rseq_sys::percpu::{
+    self, ClassId, Discipline, Index, OpError, PerCpuSlabs, RegionId, REGION_BYTES,
+};
 use rseq_sys::registration;
 use rseq_test_support::{gettid, Regions, Rng};
 use std::ptr::NonNull;
 use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU64, Ordering};
 use std::sync::{Arc, Barrier, Mutex};
+
+/// Class `i` of a test structure.
+fn cls(i: usize) -> ClassId {
+    ClassId::new(i).expect("test class below MAX_CLASSES")
+}
 
 const THREADS: usize = 32;
 const TOKENS_PER_THREAD: usize = 64;
@@ -151,14 +158,14 @@ fn worker(fx: &Fixture, id: usize, start: &Barrier, tids: &[AtomicI32]) -> Worke
         match rng.below(10) {
             0..=3 => {
                 if let Some(p) = held.pop() {
-                    match fx.slabs.push(class, NonNull::new(p).unwrap()) {
+                    match fx.slabs.push(cls(class), NonNull::new(p).unwrap()) {
                         Ok(()) => pushed += 1,
                         Err(OpError::Full | OpError::Exhausted) => held.push(p),
                         Err(e) => panic!("push: {e:?}"),
                     }
                 }
             }
-            4..=7 => match fx.slabs.pop(class) {
+            4..=7 => match fx.slabs.pop(cls(class)) {
                 Ok(p) => {
                     popped += 1;
                     held.push(p.as_ptr());
@@ -168,7 +175,7 @@ fn worker(fx: &Fixture, id: usize, start: &Barrier, tids: &[AtomicI32]) -> Worke
             },
             8 => {
                 let max = 1 + rng.below(buf.len() as u64) as usize;
-                match fx.slabs.pop_batch(class, &mut buf[..max]) {
+                match fx.slabs.pop_batch(cls(class), &mut buf[..max]) {
                     Ok(n) => {
                         assert!(n >= 1 && n <= max);
                         popped += n as u64;
@@ -182,7 +189,7 @@ fn worker(fx: &Fixture, id: usize, start: &Barrier, tids: &[AtomicI32]) -> Worke
                 let k = held.len().min(1 + rng.below(32) as usize);
                 if k > 0 {
                     let from = held.len() - k;
-                    match fx.slabs.push_batch(class, &held[from..]) {
+                    match fx.slabs.push_batch(cls(class), &held[from..]) {
                         Ok(n) => {
                             assert!(n >= 1 && n <= k);
                             pushed += n as u64;
@@ -224,7 +231,7 @@ fn drain_all(slabs: &PerCpuSlabs) -> Vec<*mut u8> {
     let mut out = Vec::new();
     for r in 0..slabs.nregions() {
         assert!(
-            slabs.drain(r, &mut |_, items| out.extend_from_slice(items)),
+            slabs.drain(RegionId(r), &mut |_, items| out.extend_from_slice(items)),
             "drain of region {r} failed"
         );
     }
@@ -264,12 +271,12 @@ fn run_tokens(discipline: Discipline, index: Index, drainer: bool) -> (u64, u64,
                 let mut took: Vec<*mut u8> = Vec::new();
                 assert!(fx
                     .slabs
-                    .drain(r, &mut |_, items| took.extend_from_slice(items)));
+                    .drain(RegionId(r), &mut |_, items| took.extend_from_slice(items)));
                 drained_items.fetch_add(took.len() as u64, Ordering::Relaxed);
                 // Put every other item back through the normal operations,
                 // keep the rest.
                 for (i, &p) in took.iter().enumerate() {
-                    if i % 2 == 0 && fx.slabs.push(0, NonNull::new(p).unwrap()).is_ok() {
+                    if i % 2 == 0 && fx.slabs.push(cls(0), NonNull::new(p).unwrap()).is_ok() {
                         returned += 1;
                     } else {
                         kept.push(p as usize);
@@ -431,8 +438,8 @@ fn fence_restarts_running_sections() {
             ready.wait();
             let mut ops = 0u64;
             while !stop.load(Ordering::Relaxed) {
-                let _ = fx.slabs.push(0, NonNull::new(token(0)).unwrap());
-                let _ = fx.slabs.pop(0);
+                let _ = fx.slabs.push(cls(0), NonNull::new(token(0)).unwrap());
+                let _ = fx.slabs.pop(cls(0));
                 ops += 1;
             }
             ops
@@ -496,10 +503,10 @@ fn back_to_back_drains(index: Index) {
                     }
                     if ops.is_multiple_of(2) {
                         let p = held.pop().unwrap();
-                        if fx.slabs.push(0, NonNull::new(p).unwrap()).is_err() {
+                        if fx.slabs.push(cls(0), NonNull::new(p).unwrap()).is_err() {
                             held.push(p);
                         }
-                    } else if let Ok(p) = fx.slabs.pop(0) {
+                    } else if let Ok(p) = fx.slabs.pop(cls(0)) {
                         held.push(p.as_ptr());
                     }
                     ops += 1;
@@ -514,7 +521,7 @@ fn back_to_back_drains(index: Index) {
     // Drain until enough items went through (bounded).
     while drains < 2_000_000 && (took < 2000 || drains < 20_000) {
         for r in 0..fx.slabs.nregions() {
-            assert!(fx.slabs.drain(r, &mut |_, items| {
+            assert!(fx.slabs.drain(RegionId(r), &mut |_, items| {
                 for &p in items {
                     took += 1;
                     if !seen.insert(p as usize) {

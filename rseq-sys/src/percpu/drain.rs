@@ -14,7 +14,7 @@
 //! orders them against the region's initialisation.
 
 use super::layout::{Region, STOPPED_BEGIN};
-use super::{Discipline, Index, PerCpuSlabs};
+use super::{ClassId, Discipline, Index, PerCpuSlabs, RegionId};
 use crate::fence;
 use core::sync::atomic::Ordering;
 
@@ -23,7 +23,8 @@ impl PerCpuSlabs {
     /// structure; `f(class, items)` receives what was removed. Returns false
     /// if the region could not be drained (rseq discipline without a
     /// working membarrier RSEQ fence), in which case nothing changed.
-    pub fn drain(&self, region: usize, f: &mut dyn FnMut(usize, &[*mut u8])) -> bool {
+    pub fn drain(&self, region: RegionId, f: &mut dyn FnMut(ClassId, &[*mut u8])) -> bool {
+        let region = region.0;
         if region >= self.nregions() {
             return true;
         }
@@ -42,7 +43,12 @@ impl PerCpuSlabs {
         ok
     }
 
-    fn drain_rseq(&self, region: usize, reg: Region, f: &mut dyn FnMut(usize, &[*mut u8])) -> bool {
+    fn drain_rseq(
+        &self,
+        region: usize,
+        reg: Region,
+        f: &mut dyn FnMut(ClassId, &[*mut u8]),
+    ) -> bool {
         let n = self.nclasses();
         for class in 0..n {
             let h = reg.header(class);
@@ -91,7 +97,7 @@ impl PerCpuSlabs {
         }
     }
 
-    fn drain_locked(&self, reg: Region, f: &mut dyn FnMut(usize, &[*mut u8])) -> bool {
+    fn drain_locked(&self, reg: Region, f: &mut dyn FnMut(ClassId, &[*mut u8])) -> bool {
         for class in 0..self.nclasses() {
             let h = reg.header(class);
             while h
@@ -125,14 +131,15 @@ unsafe fn hand_over(
     b: u16,
     load: Ordering,
     store: Ordering,
-    f: &mut dyn FnMut(usize, &[*mut u8]),
+    f: &mut dyn FnMut(ClassId, &[*mut u8]),
 ) {
     let current = &reg.header(class).current;
     let cur = current.load(load);
     if cur > b {
+        let id = ClassId::new(class).expect("a structure's classes are below MAX_CLASSES");
         // SAFETY: slots `b .. cur` hold this class's items, unchanged while
         // we read (the caller's promise).
-        f(class, unsafe { reg.items(b, cur) });
+        f(id, unsafe { reg.items(b, cur) });
     }
     current.store(b, store);
 }

@@ -41,6 +41,38 @@ const COUNTER_SLOT: usize = HEADER_SLOTS - 1;
 /// `begin` of a stopped header (see the module docs).
 pub(super) const STOPPED_BEGIN: u16 = 0xffff;
 
+/// Which class's stack an operation uses: a header slot below
+/// [`MAX_CLASSES`], checked once when the id is made, so every operation
+/// addresses a header inside the region. (A class the structure was not
+/// initialised with has an all-zero, inert header: empty and full.)
+#[repr(transparent)]
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Debug)]
+pub struct ClassId(u8);
+
+impl ClassId {
+    /// Class `i`, if `i < MAX_CLASSES`.
+    #[inline(always)]
+    pub const fn new(i: usize) -> Option<ClassId> {
+        if i < MAX_CLASSES {
+            Some(ClassId(i as u8))
+        } else {
+            None
+        }
+    }
+    /// The header slot.
+    #[inline(always)]
+    pub const fn index(self) -> usize {
+        self.0 as usize
+    }
+}
+
+/// Which region an operation on a given region (a drain, a snapshot)
+/// names: a CPU number or an mm_cid, as the structure is indexed. Any
+/// value is accepted; one at or above `nregions` names no region.
+#[repr(transparent)]
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Debug)]
+pub struct RegionId(pub usize);
+
 /// The header of one class's stack in one region. The critical sections
 /// address it as `region + class * 8` and its fields at their `offset_of!`
 /// offsets; they write only `current` (their commit store).

@@ -25,7 +25,9 @@ mod drain;
 mod rseq;
 mod trylock;
 
-pub use layout::{HEADER_SLOTS, MAX_CLASSES, MAX_SLOTS, REGION_BYTES, REGION_SHIFT};
+pub use layout::{
+    ClassId, RegionId, HEADER_SLOTS, MAX_CLASSES, MAX_SLOTS, REGION_BYTES, REGION_SHIFT,
+};
 
 use crate::arch;
 use crate::registration::{self, Mode};
@@ -244,7 +246,8 @@ impl PerCpuSlabs {
     }
 
     /// Capacity of a class's stack, in items.
-    pub fn capacity(&self, class: usize) -> usize {
+    pub fn capacity(&self, class: ClassId) -> usize {
+        let class = class.index();
         let (b, e) = self.bounds(class);
         (e - b) as usize
     }
@@ -314,7 +317,8 @@ impl PerCpuSlabs {
     /// rseq parameters itself, like the allocator's front end, calls
     /// [`arch::pop_or_null`] with [`fast_params`](Self::fast_params).)
     #[inline(always)]
-    pub fn pop_fast(&self, class: usize) -> *mut u8 {
+    pub fn pop_fast(&self, class: ClassId) -> *mut u8 {
+        let class = class.index();
         debug_assert!(class < MAX_CLASSES);
         if self.runs(Discipline::Rseq, Ordering::Relaxed) {
             return self.pop_fast_rseq(class);
@@ -326,7 +330,8 @@ impl PerCpuSlabs {
     /// The fast path of [`push`](Self::push): true if `item` was pushed;
     /// on false, call [`push`](Self::push) (see [`pop_fast`](Self::pop_fast)).
     #[inline(always)]
-    pub fn push_fast(&self, class: usize, item: NonNull<u8>) -> bool {
+    pub fn push_fast(&self, class: ClassId, item: NonNull<u8>) -> bool {
+        let class = class.index();
         debug_assert!(class < MAX_CLASSES);
         if self.runs(Discipline::Rseq, Ordering::Relaxed) {
             return self.push_fast_rseq(class, item);
@@ -336,7 +341,8 @@ impl PerCpuSlabs {
 
     /// Pops one item from the current CPU's stack of `class`.
     #[inline(always)]
-    pub fn pop(&self, class: usize) -> Result<NonNull<u8>, OpError> {
+    pub fn pop(&self, class: ClassId) -> Result<NonNull<u8>, OpError> {
+        let class = class.index();
         self.debug_check_class(class);
         if self.runs(Discipline::Rseq, Ordering::Relaxed) {
             return self.pop_rseq(class);
@@ -346,7 +352,8 @@ impl PerCpuSlabs {
 
     /// Pushes one item on the current CPU's stack of `class`.
     #[inline(always)]
-    pub fn push(&self, class: usize, item: NonNull<u8>) -> Result<(), OpError> {
+    pub fn push(&self, class: ClassId, item: NonNull<u8>) -> Result<(), OpError> {
+        let class = class.index();
         self.debug_check_class(class);
         if self.runs(Discipline::Rseq, Ordering::Relaxed) {
             return self.push_rseq(class, item);
@@ -355,7 +362,8 @@ impl PerCpuSlabs {
     }
 
     /// Pops up to `out.len()` items into `out[..n]`; `Ok(n)` with `n >= 1`.
-    pub fn pop_batch(&self, class: usize, out: &mut [*mut u8]) -> Result<usize, OpError> {
+    pub fn pop_batch(&self, class: ClassId, out: &mut [*mut u8]) -> Result<usize, OpError> {
+        let class = class.index();
         self.debug_check_class(class);
         if out.is_empty() {
             return Ok(0);
@@ -377,7 +385,8 @@ impl PerCpuSlabs {
     }
 
     /// Pushes a prefix of `items`; `Ok(n)` = how many were pushed (>= 1).
-    pub fn push_batch(&self, class: usize, items: &[*mut u8]) -> Result<usize, OpError> {
+    pub fn push_batch(&self, class: ClassId, items: &[*mut u8]) -> Result<usize, OpError> {
+        let class = class.index();
         self.debug_check_class(class);
         debug_assert!(items.iter().all(|p| !p.is_null()));
         if items.is_empty() {
@@ -412,7 +421,8 @@ impl PerCpuSlabs {
     /// Whether `item` is on the stack `(region, class)` right now (a racy
     /// scan with atomic loads: an item that a concurrent operation moves may
     /// be missed; a stopped header reads as empty).
-    pub fn contains(&self, region: usize, class: usize, item: *mut u8) -> bool {
+    pub fn contains(&self, region: RegionId, class: ClassId, item: *mut u8) -> bool {
+        let (region, class) = (region.0, class.index());
         if region >= self.nregions() || class >= self.nclasses() {
             return false;
         }
@@ -428,7 +438,8 @@ impl PerCpuSlabs {
     }
 
     /// Items currently in `(region, class)`: a racy snapshot, for statistics.
-    pub fn len(&self, region: usize, class: usize) -> usize {
+    pub fn len(&self, region: RegionId, class: ClassId) -> usize {
+        let (region, class) = (region.0, class.index());
         if region >= self.nregions() || class >= self.nclasses() {
             return 0;
         }
@@ -443,7 +454,11 @@ impl PerCpuSlabs {
 
     /// Whether every stack of the structure is empty (racy snapshot).
     pub fn is_empty(&self) -> bool {
-        (0..self.nregions()).all(|r| (0..self.nclasses()).all(|c| self.len(r, c) == 0))
+        (0..self.nregions()).all(|r| {
+            (0..self.nclasses())
+                .filter_map(ClassId::new)
+                .all(|c| self.len(RegionId(r), c) == 0)
+        })
     }
 
     /// In the child of `fork()`: releases every region lock, which a thread
@@ -508,6 +523,11 @@ impl PerCpuSlabs {
 mod tests {
     use super::*;
 
+    /// Class `i` of a test structure.
+    fn cls(i: usize) -> ClassId {
+        ClassId::new(i).expect("test class below MAX_CLASSES")
+    }
+
     use std::alloc::{alloc_zeroed, dealloc, Layout};
 
     /// Zeroed memory for `n` regions, aligned to REGION_BYTES, freed on drop.
@@ -540,15 +560,15 @@ mod tests {
         // SAFETY: fresh zeroed, aligned memory for n regions, outliving slabs.
         assert!(unsafe { slabs.init(mem.base, n, &[4, 8, 100], discipline, index) });
         assert_eq!(slabs.discipline(), discipline);
-        assert_eq!(slabs.pop(0), Err(OpError::Empty));
+        assert_eq!(slabs.pop(cls(0)), Err(OpError::Empty));
         let items: Vec<*mut u8> = (1..=8usize).map(|i| (i * 16) as *mut u8).collect();
         for &p in &items[..4] {
-            slabs.push(0, NonNull::new(p).unwrap()).unwrap();
+            slabs.push(cls(0), NonNull::new(p).unwrap()).unwrap();
         }
         // Capacity 4: the fifth push is refused unless we migrated.
-        let fifth = slabs.push(0, NonNull::new(items[4]).unwrap());
+        let fifth = slabs.push(cls(0), NonNull::new(items[4]).unwrap());
         let mut got = Vec::new();
-        while let Ok(p) = slabs.pop(0) {
+        while let Ok(p) = slabs.pop(cls(0)) {
             got.push(p.as_ptr());
         }
         let mut want: Vec<*mut u8> = items[..4].to_vec();
@@ -559,20 +579,20 @@ mod tests {
         want.sort();
         assert_eq!(got, want);
         // Batches.
-        let pushed = slabs.push_batch(2, &items).unwrap();
+        let pushed = slabs.push_batch(cls(2), &items).unwrap();
         assert!(pushed >= 1);
         let mut out = [core::ptr::null_mut(); 16];
         let mut total = 0;
-        while let Ok(k) = slabs.pop_batch(2, &mut out) {
+        while let Ok(k) = slabs.pop_batch(cls(2), &mut out) {
             total += k;
         }
         assert!(total >= pushed);
         // Drain.
-        slabs.push_batch(1, &items).unwrap();
+        slabs.push_batch(cls(1), &items).unwrap();
         let mut drained = Vec::new();
         for r in 0..n {
-            assert!(slabs.drain(r, &mut |class, it| {
-                assert_eq!(class, 1);
+            assert!(slabs.drain(RegionId(r), &mut |class, it| {
+                assert_eq!(class, cls(1));
                 drained.extend_from_slice(it)
             }));
         }
@@ -601,14 +621,17 @@ mod tests {
         assert!(!unsafe { slabs.init(mem.base, 1, &caps, Discipline::TryLock, Index::Cpu) });
         // Still inert: operations are refused, not run on bad memory.
         let item = NonNull::new(16 as *mut u8).unwrap();
-        assert_eq!(slabs.pop(0), Err(OpError::Unregistered));
-        assert_eq!(slabs.push(0, item), Err(OpError::Unregistered));
+        assert_eq!(slabs.pop(cls(0)), Err(OpError::Unregistered));
+        assert_eq!(slabs.push(cls(0), item), Err(OpError::Unregistered));
         let mut out = [core::ptr::null_mut(); 2];
-        assert_eq!(slabs.pop_batch(0, &mut out), Err(OpError::Unregistered));
         assert_eq!(
-            slabs.push_batch(0, &[item.as_ptr()]),
+            slabs.pop_batch(cls(0), &mut out),
             Err(OpError::Unregistered)
         );
-        assert!(slabs.drain(0, &mut |_, _| panic!("nothing to drain")));
+        assert_eq!(
+            slabs.push_batch(cls(0), &[item.as_ptr()]),
+            Err(OpError::Unregistered)
+        );
+        assert!(slabs.drain(RegionId(0), &mut |_, _| panic!("nothing to drain")));
     }
 }

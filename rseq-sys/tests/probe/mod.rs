@@ -25,11 +25,16 @@
 #![allow(dead_code)] // each test binary uses a different part
 
 use rseq_sys::percpu::REGION_BYTES;
-use rseq_sys::percpu::{self, Discipline, Index, OpError, PerCpuSlabs};
+use rseq_sys::percpu::{self, ClassId, Discipline, Index, OpError, PerCpuSlabs, RegionId};
 use rseq_sys::registration;
 use rseq_test_support::Regions;
 use std::process::Command;
 use std::ptr::NonNull;
+
+/// Class `i` of a test structure.
+fn cls(i: usize) -> ClassId {
+    ClassId::new(i).expect("test class below MAX_CLASSES")
+}
 
 /// The probe's arguments (space-separated) in the child's environment.
 pub const ARGS_VAR: &str = "RSEQ_PROBE_ARGS";
@@ -128,7 +133,7 @@ fn mode(seccomp: Option<&str>) -> String {
     let mut pushed = Vec::new();
     for i in 1..=1000usize {
         let p = (i * 16) as *mut u8;
-        match slabs.push(i % 2, NonNull::new(p).unwrap()) {
+        match slabs.push(cls(i % 2), NonNull::new(p).unwrap()) {
             Ok(()) => pushed.push(p),
             Err(OpError::Full) => {}
             Err(e) => panic!("push: {e:?}"),
@@ -136,12 +141,12 @@ fn mode(seccomp: Option<&str>) -> String {
     }
     let mut popped = Vec::new();
     for class in 0..2 {
-        while let Ok(p) = slabs.pop(class) {
+        while let Ok(p) = slabs.pop(cls(class)) {
             popped.push(p.as_ptr());
         }
     }
     for r in 0..slabs.nregions() {
-        slabs.drain(r, &mut |_, items| popped.extend_from_slice(items));
+        slabs.drain(RegionId(r), &mut |_, items| popped.extend_from_slice(items));
     }
     pushed.sort();
     popped.sort();
@@ -172,7 +177,10 @@ fn threads(n: usize) -> String {
                     let mut mine: Vec<usize> = Vec::new();
                     for i in 0..32usize {
                         let p = (t * 32 + i + 1) * 16;
-                        if slabs.push(0, NonNull::new(p as *mut u8).unwrap()).is_ok() {
+                        if slabs
+                            .push(cls(0), NonNull::new(p as *mut u8).unwrap())
+                            .is_ok()
+                        {
                             mine.push(p);
                         }
                     }
@@ -189,7 +197,7 @@ fn threads(n: usize) -> String {
         }
         let mut found = Vec::new();
         for r in 0..slabs.nregions() {
-            slabs.drain(r, &mut |_, items| {
+            slabs.drain(RegionId(r), &mut |_, items| {
                 found.extend(items.iter().map(|&p| p as usize))
             });
         }
@@ -217,14 +225,17 @@ pub fn singlestep(n: usize, fd: libc::c_int) -> ! {
     // Touch the region of every CPU first so the stepped loop runs the
     // critical sections, not the lazy initialisation.
     let item = NonNull::new(16 as *mut u8).unwrap();
-    let _ = slabs.push(0, item);
-    while slabs.pop(0).is_ok() {}
+    let _ = slabs.push(cls(0), item);
+    while slabs.pop(cls(0)).is_ok() {}
     let before = percpu::abort_count();
     // SAFETY: raise has no preconditions; the tracer resumes us.
     unsafe { libc::raise(libc::SIGSTOP) };
     let (mut ok, mut exhausted) = (0, 0);
     for _ in 0..n {
-        for r in [slabs.push(0, item).map(|_| ()), slabs.pop(0).map(|_| ())] {
+        for r in [
+            slabs.push(cls(0), item).map(|_| ()),
+            slabs.pop(cls(0)).map(|_| ()),
+        ] {
             match r {
                 Ok(()) => ok += 1,
                 Err(OpError::Exhausted) => exhausted += 1,
