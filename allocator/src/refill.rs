@@ -200,7 +200,6 @@ pub(crate) unsafe fn free_overflow(p: *mut u8, class: SizeClass) {
 #[cold]
 #[inline(never)]
 pub(crate) unsafe fn free_small_slow(p: *mut u8, class: SizeClass, who: &'static str) {
-    let _errno = crate::util::ErrnoGuard::new(); // C free keeps errno
     if global::is_boot(p as usize) {
         return;
     }
@@ -209,17 +208,44 @@ pub(crate) unsafe fn free_small_slow(p: *mut u8, class: SizeClass, who: &'static
     // first (a one-byte load always forwards), the whole word only if it
     // matches.
     let top = unsafe { p.add(7).read() };
-    // SAFETY: as above.
+    if FAST.cas_ready() && top != (key >> 56) as u8 {
+        // The CAS fallback's quick push, before the errno guard (two calls
+        // of `__errno_location` on every free): it makes no system call.
+        // The CPU number comes from the rseq area, rdpid or sched_getcpu,
+        // which reads the vDSO and sets errno only where getcpu does not
+        // exist at all.
+        // SAFETY: the object is the caller's to give up.
+        unsafe { p.cast::<u64>().write(key) };
+        // SAFETY: non-null object start.
+        let nn = unsafe { NonNull::new_unchecked(p) };
+        if crate::cpu_cache::SLABS.push_fast(class.slab(), nn) {
+            return;
+        }
+        // SAFETY: `p` is marked free and in no structure.
+        return unsafe { free_marked(p, class) };
+    }
+    let _errno = crate::util::ErrnoGuard::new(); // C free keeps errno
+                                                 // SAFETY: as above.
     if top == (key >> 56) as u8 && fast::is_marked(unsafe { p.cast::<u64>().read() }, key) {
         double_free::check(p, class, who);
     }
     // SAFETY: the object is the caller's to give up.
     unsafe { p.cast::<u64>().write(key) };
-    // SAFETY: non-null object start.
+    // SAFETY: `p` is marked free and in no structure.
+    unsafe { free_marked(p, class) }
+}
+
+/// Frees a marked object that is in no structure: the per-CPU cache, or
+/// its overflow or the central list. C free keeps errno here.
+///
+/// # Safety
+/// `p` is an object start of `class`, marked free, in no structure.
+#[cold]
+#[inline(never)]
+unsafe fn free_marked(p: *mut u8, class: SizeClass) {
+    let _errno = crate::util::ErrnoGuard::new(); // C free keeps errno
+                                                 // SAFETY: non-null object start.
     let nn = unsafe { NonNull::new_unchecked(p) };
-    if FAST.cas_ready() && crate::cpu_cache::SLABS.push_fast(class.slab(), nn) {
-        return;
-    }
     if global::cache_ready() {
         match crate::cpu_cache::SLABS.push(class.slab(), nn) {
             Ok(()) => return,
