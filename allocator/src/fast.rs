@@ -284,7 +284,8 @@ pub(crate) unsafe fn free_known(p: *mut u8, class: SizeClass, who: &'static str)
         // SAFETY: `p` is marked free and in no structure yet.
         return unsafe { crate::refill::free_overflow(p, class) };
     }
-    // SAFETY: forwarded contract.
+    // SAFETY: `p` is an object start of `class` the caller gives up (this
+    // function's contract), as `free_small_slow` requires.
     unsafe { crate::refill::free_small_slow(p, class, who) }
 }
 
@@ -304,7 +305,8 @@ pub(crate) unsafe fn free(p: *mut u8) {
             }
         }
     }
-    // SAFETY: forwarded contract; free_any validates and reports.
+    // SAFETY: `p` is null or a block of ours given up (this function's
+    // contract); free_any validates it and reports anything else.
     unsafe { crate::global::free_any(p, "free()") }
 }
 
@@ -325,7 +327,8 @@ pub(crate) unsafe fn dealloc(p: *mut u8, size: usize, align: usize) {
         // SAFETY: per the contract `p` is a live object of `class`.
         return unsafe { free_known(p, class, "free()") };
     }
-    // SAFETY: forwarded contract.
+    // SAFETY: `p` was allocated with (size, align) and is given up (this
+    // function's contract), as `dealloc_uncommon` requires.
     unsafe { crate::refill::dealloc_uncommon(p, size, align) }
 }
 

@@ -180,12 +180,14 @@ pub(crate) fn alloc_uncommon(size: usize, align: usize) -> *mut u8 {
 #[cold]
 #[inline(never)]
 pub(crate) unsafe fn free_overflow(p: *mut u8, class: SizeClass) {
-    let _errno = crate::util::ErrnoGuard::new(); // C free keeps errno
-                                                 // SAFETY: non-null: it came from a validated free.
+    // C free keeps errno.
+    let _errno = crate::util::ErrnoGuard::new();
+    // SAFETY: non-null: it came from a validated free.
     let nn = unsafe { NonNull::new_unchecked(p) };
     match crate::cpu_cache::SLABS.push(class.slab(), nn) {
         Ok(()) => {}
-        // SAFETY: forwarded contract.
+        // SAFETY: `p` is a marked free object of `class` in no structure
+        // (this function's contract; the refused push changed nothing).
         Err(e) => unsafe { free_miss(p, class, e) },
     }
 }
@@ -263,7 +265,8 @@ unsafe fn free_marked(p: *mut u8, class: SizeClass) {
 /// `p` is a free object of `class`, marked, in no structure.
 unsafe fn free_central(p: *mut u8, class: SizeClass) {
     global::SLOW_DIRECT_OPS.fetch_add(1, Ordering::Relaxed);
-    // SAFETY: forwarded contract.
+    // SAFETY: `p` is a marked free object of `class` in no structure (this
+    // function's contract), which is what the central list takes.
     unsafe { CENTRAL.get(class).push_batch(&HEAP, class, &[p]) };
 }
 
@@ -271,7 +274,8 @@ unsafe fn free_central(p: *mut u8, class: SizeClass) {
 /// As for `free_central`.
 unsafe fn free_miss(p: *mut u8, class: SizeClass, e: OpError) {
     if e != OpError::Full {
-        // SAFETY: forwarded contract.
+        // SAFETY: `p` is a marked free object of `class` in no structure
+        // (this function's contract).
         return unsafe { free_central(p, class) };
     }
     // Overflow: move a batch out of this CPU's cache, then free `p` with it.
@@ -299,6 +303,7 @@ pub(crate) unsafe fn dealloc_uncommon(p: *mut u8, size: usize, align: usize) {
         // SAFETY: per the contract p is a live object of class `c`.
         return unsafe { fast::free_known(p, c, "free()") };
     }
-    // SAFETY: forwarded contract.
+    // SAFETY: `p` is null or a block of ours given up (this function's
+    // contract); free_any validates it and reports anything else.
     unsafe { global::free_any(p, "free()") }
 }

@@ -58,7 +58,8 @@ fn alloc_touch<A: GlobalAlloc>(a: &A, layout: Layout) -> *mut u8 {
 /// `p` came from `a.alloc(layout)` and is not used afterwards.
 #[inline(always)]
 unsafe fn free<A: GlobalAlloc>(a: &A, p: *mut u8, layout: Layout) {
-    // SAFETY: forwarded contract.
+    // SAFETY: `p` came from `a.alloc(layout)` and is not used afterwards
+    // (this function's contract), which is `dealloc`'s.
     unsafe { a.dealloc(p, layout) }
 }
 
