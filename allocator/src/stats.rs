@@ -330,6 +330,20 @@ fn print_stats_uncancellable() {
 fn percent(a: u64, b: u64) -> u64 {
     a.saturating_mul(100).checked_div(b).unwrap_or(0)
 }
+/// One direction of central-list moves: `<label>visits<sep>objects per
+/// visit <dir>_transfer=P%` (the share of objects that went through the
+/// transfer stack). `v` is (visits, objects, objects via the transfer stack).
+fn direction(m: &mut MsgBuf, label: &str, v: [u64; 3], sep: &str, dir: &str) {
+    m.str(label)
+        .dec(v[0])
+        .str(sep)
+        .dec(v[1].checked_div(v[0]).unwrap_or(0))
+        .str(" ")
+        .str(dir)
+        .str("_transfer=")
+        .dec(percent(v[2], v[1]))
+        .str("%");
+}
 
 /// The middle-end section: totals over all classes, then one line per class
 /// the miss path visited (see `central::MoveStats`): visits and objects per
@@ -355,19 +369,10 @@ fn print_middle_end(m: &mut MsgBuf) {
         }
     }
     let visits = tot[0] + tot[3];
-    m.str("  middle: pops=")
-        .dec(tot[0])
-        .str(" objs/pop=")
-        .dec(tot[1].checked_div(tot[0]).unwrap_or(0))
-        .str(" from_transfer=")
-        .dec(percent(tot[2], tot[1]))
-        .str("% pushes=")
-        .dec(tot[3])
-        .str(" objs/push=")
-        .dec(tot[4].checked_div(tot[3]).unwrap_or(0))
-        .str(" to_transfer=")
-        .dec(percent(tot[5], tot[4]))
-        .str("% contended=")
+    m.str("  middle: ");
+    direction(m, "pops=", [tot[0], tot[1], tot[2]], " objs/pop=", "from");
+    direction(m, " pushes=", [tot[3], tot[4], tot[5]], " objs/push=", "to");
+    m.str(" contended=")
         .dec(percent(tot[6], visits))
         .str("% hold_ticks/visit=")
         .dec(tot[7].checked_div(visits).unwrap_or(0))
@@ -386,19 +391,16 @@ fn print_middle_end(m: &mut MsgBuf) {
             .dec(c.size_bytes() as u64)
             .str(" B, batch ")
             .dec(c.batch() as u64)
-            .str("): pops=")
-            .dec(pops)
-            .str("x")
-            .dec(po.checked_div(pops).unwrap_or(0))
-            .str(" from_transfer=")
-            .dec(percent(load(&v.pop_transfer), po))
-            .str("% pushes=")
-            .dec(pushes)
-            .str("x")
-            .dec(pu.checked_div(pushes).unwrap_or(0))
-            .str(" to_transfer=")
-            .dec(percent(load(&v.push_transfer), pu))
-            .str("% spans +")
+            .str("): ");
+        direction(m, "pops=", [pops, po, load(&v.pop_transfer)], "x", "from");
+        direction(
+            m,
+            " pushes=",
+            [pushes, pu, load(&v.push_transfer)],
+            "x",
+            "to",
+        );
+        m.str(" spans +")
             .dec(load(&v.spans_new))
             .str(" -")
             .dec(load(&v.spans_freed))

@@ -59,6 +59,11 @@ impl Params {
     }
 }
 
+/// A throughput figure: `ops` operations in `secs` seconds, as Mops/s.
+fn emit_mops(name: &str, ops: usize, secs: f64) {
+    emit(name, ops as f64 / secs / 1e6, "Mops/s", "higher");
+}
+
 fn emit(name: &str, value: f64, unit: &str, better: &str) {
     println!("RESULT name={name} value={value:.4} unit={unit} better={better}");
 }
@@ -278,12 +283,7 @@ pub fn larson(p: &Params) {
         // SAFETY: all workers have joined; each slot holds one live object.
         unsafe { obj_free(a.load(Ordering::Relaxed)) };
     }
-    emit(
-        "larson",
-        (threads * ops) as f64 / secs / 1e6,
-        "Mops/s",
-        "higher",
-    );
+    emit_mops("larson", threads * ops, secs);
 }
 
 /// The `prodcon` workload (see `crate::workloads`).
@@ -314,12 +314,7 @@ pub fn prodcon(p: &Params) {
         }
     });
     let secs = t.elapsed().as_secs_f64();
-    emit(
-        "prodcon",
-        (pairs * batches * batch) as f64 / secs / 1e6,
-        "Mops/s",
-        "higher",
-    );
+    emit_mops("prodcon", pairs * batches * batch, secs);
 }
 
 /// The `threads64` workload (see `crate::workloads`).
@@ -358,12 +353,7 @@ pub fn threads64(p: &Params) {
             .map(|h| h.join().expect("worker"))
             .collect()
     }));
-    emit(
-        "threads64",
-        (threads * ops) as f64 / secs / 1e6,
-        "Mops/s",
-        "higher",
-    );
+    emit_mops("threads64", threads * ops, secs);
 }
 
 /// The `frag` workload (see `crate::workloads`).
@@ -505,7 +495,7 @@ pub fn remote(p: &Params) {
         "remote: {:.1}% of frees on another CPU than the allocation",
         remote_frees.load(Ordering::Relaxed) as f64 * 100.0 / total as f64
     );
-    emit("remote", total as f64 / secs / 1e6, "Mops/s", "higher");
+    emit_mops("remote", total, secs);
 }
 
 /// A slot of `larson2t`: the object's address with its size in the top 16
@@ -603,12 +593,7 @@ pub fn larson2t(p: &Params) {
         // SAFETY: every thread has joined; each slot holds one live object.
         unsafe { free_packed(q) };
     }
-    emit(
-        "larson2t",
-        (chains * gens * ops) as f64 / secs / 1e6,
-        "Mops/s",
-        "higher",
-    );
+    emit_mops("larson2t", chains * gens * ops, secs);
 }
 
 /// Writes one word in every page of a fresh block, so every page is faulted in
