@@ -22,7 +22,7 @@ use ffi_common::*;
 
 fn exe() -> &'static PathBuf {
     static EXE: OnceLock<PathBuf> = OnceLock::new();
-    EXE.get_or_init(|| compile("cc", &["as_limit.c"], &scratch("as-limit"), "as_limit", &[]))
+    compile_c_once(&EXE, "as-limit", "as_limit", &[])
 }
 
 /// Runs `as_limit args` in `mode` (thp=never for the preloaded runs: the

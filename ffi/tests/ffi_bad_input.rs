@@ -18,20 +18,12 @@ use rseq_test_support::class_sizes;
 
 fn bad_input_exe() -> &'static PathBuf {
     static EXE: OnceLock<PathBuf> = OnceLock::new();
-    EXE.get_or_init(|| {
-        let dir = scratch("bad-input");
-        compile(
-            "cc",
-            &["bad_input.c"],
-            &dir,
-            "bad_input",
-            // The bad calls are the point: no builtin folding, no warnings.
-            &[
-                OsStr::new("-fno-builtin"),
-                OsStr::new("-Wno-free-nonheap-object"),
-            ],
-        )
-    })
+    // The bad calls are the point: no builtin folding, no warnings.
+    let extra = [
+        OsStr::new("-fno-builtin"),
+        OsStr::new("-Wno-free-nonheap-object"),
+    ];
+    compile_c_once(&EXE, "bad-input", "bad_input", &extra)
 }
 
 /// Parses "0x1a2b" (as printed by glibc's `%p`).

@@ -15,13 +15,7 @@ use ffi_common::*;
 #[test]
 fn ffi_free_errno_stats_cancellation_aligned_alloc() {
     let dir = scratch("errno-cancel-align");
-    let exe = compile(
-        "cc",
-        &["errno_cancel_align.c"],
-        &dir,
-        "errno_cancel_align",
-        &[],
-    );
+    let exe = compile_c(&dir, "errno_cancel_align");
     for mode in Mode::PRELOADED {
         let mut cmd = Command::new(&exe);
         mode.apply(&mut cmd, true);
@@ -70,7 +64,7 @@ fn ffi_free_errno_stats_cancellation_aligned_alloc() {
 fn ffi_valgrind_prints_one_init_line() {
     let valgrind = require_tool("valgrind", "valgrind");
     let dir = scratch("valgrind-one-line");
-    let exe = compile("cc", &["hello_alloc.c"], &dir, "hello_alloc", &[]);
+    let exe = compile_c(&dir, "hello_alloc");
     let mut cmd = Command::new(valgrind);
     cmd.args([
         "--quiet",

@@ -115,7 +115,7 @@ fn c_program_via_pkg_config() {
     let mut extra: Vec<&OsStr> = vec![OsStr::new("-fno-builtin")];
     extra.extend(flags.iter().map(OsStr::new));
     extra.push(OsStr::new(&rpath));
-    let exe = compile("cc", &["extension_api.c"], &dir, "extension_api", &extra);
+    let exe = compile_c_with(&dir, "extension_api", "extension_api", &extra);
     assert!(readelf_dynamic(&exe).contains("Shared library: [librseq_malloc.so.0]"));
     let mut cmd = Command::new(&exe);
     cmd.env_remove("LD_PRELOAD")
@@ -177,11 +177,7 @@ fn c_program_via_pkg_config() {
 
 fn hello() -> PathBuf {
     static EXE: OnceLock<PathBuf> = OnceLock::new();
-    EXE.get_or_init(|| {
-        let dir = scratch("c-surface-hello");
-        compile("cc", &["hello_alloc.c"], &dir, "hello_alloc", &[])
-    })
-    .clone()
+    compile_c_once(&EXE, "c-surface-hello", "hello_alloc", &[]).clone()
 }
 
 /// The program closes its stderr (as coreutils do before exiting); the

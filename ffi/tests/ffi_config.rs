@@ -14,10 +14,7 @@ use ffi_common::*;
 
 fn hello() -> &'static PathBuf {
     static EXE: OnceLock<PathBuf> = OnceLock::new();
-    EXE.get_or_init(|| {
-        let dir = scratch("config-hello");
-        compile("cc", &["hello_alloc.c"], &dir, "hello_alloc", &[])
-    })
+    compile_c_once(&EXE, "config-hello", "hello_alloc", &[])
 }
 
 /// Runs hello_alloc preloaded with `RSEQ_MALLOC_CONF=conf` and `extra_env`.

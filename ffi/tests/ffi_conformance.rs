@@ -19,16 +19,12 @@ const TIMEOUT: Duration = Duration::from_secs(120);
 /// conformance.c built once for LD_PRELOAD (not linked to the library).
 fn conformance_exe() -> &'static PathBuf {
     static EXE: OnceLock<PathBuf> = OnceLock::new();
-    EXE.get_or_init(|| {
-        let dir = scratch("conformance-preload");
-        compile(
-            "cc",
-            &["conformance.c"],
-            &dir,
-            "conformance",
-            &[OsStr::new("-fno-builtin")],
-        )
-    })
+    compile_c_once(
+        &EXE,
+        "conformance-preload",
+        "conformance",
+        &[OsStr::new("-fno-builtin")],
+    )
 }
 
 /// Checks the closing line `conformance: N checks, 0 failures`.
@@ -81,10 +77,9 @@ fn ffi_conformance_linked_cdylib() {
     rpath.push(&b.dir);
     let mut libdir = std::ffi::OsString::from("-L");
     libdir.push(&b.dir);
-    let exe = compile(
-        "cc",
-        &["conformance.c"],
+    let exe = compile_c_with(
         &dir,
+        "conformance",
         "conformance-cdylib",
         &[
             OsStr::new("-fno-builtin"),
@@ -122,7 +117,7 @@ fn ffi_conformance_linked_staticlib() {
     ] {
         extra.push(OsStr::new(lib));
     }
-    let exe = compile("cc", &["conformance.c"], &dir, "conformance-static", &extra);
+    let exe = compile_c_with(&dir, "conformance", "conformance-static", &extra);
     for mode in [Mode::Preload, Mode::PreloadRseqOff] {
         let mut cmd = Command::new(&exe);
         cmd.env_remove("LD_PRELOAD").env(

@@ -33,34 +33,34 @@ fn check(what: &str, r: &Run, expect: &str) {
     eprintln!("{what}: {} in {:.1?}", r.stdout.trim_end(), r.elapsed);
 }
 
+/// Runs `cmd` in `mode` (`verbose=1` when preloaded), [`check`]s it and,
+/// when preloaded, its init line.
+fn run_and_check(cmd: &mut Command, mode: Mode, what: &str, expect: &str) {
+    mode.apply(cmd, mode != Mode::Plain);
+    let r = run(cmd, TIMEOUT);
+    check(what, &r, expect);
+    if mode != Mode::Plain {
+        assert_init_line(&r.stderr, mode, what);
+    }
+}
+
 #[test]
 fn ffi_fork_while_threads_use_stdio() {
     let dir = scratch("fork-stdio-deadlock");
-    let exe = compile(
-        "cc",
-        &["fork_stdio_deadlock.c"],
-        &dir,
-        "fork_stdio_deadlock",
-        &[],
-    );
+    let exe = compile_c(&dir, "fork_stdio_deadlock");
     let expect = "fork_stdio_deadlock: 500 forks, 500 children exited 0";
     for mode in [Mode::Plain, Mode::Preload, Mode::PreloadRseqOff] {
         let mut cmd = Command::new(&exe);
         cmd.arg(dir.join(format!("lines-{mode:?}.txt")));
-        mode.apply(&mut cmd, mode != Mode::Plain);
-        let r = run(&mut cmd, TIMEOUT);
         let what = format!("fork while threads use stdio ({mode:?})");
-        check(&what, &r, expect);
-        if mode != Mode::Plain {
-            assert_init_line(&r.stderr, mode, &what);
-        }
+        run_and_check(&mut cmd, mode, &what, expect);
     }
 }
 
 #[test]
 fn ffi_fork_from_signal_handler_interrupting_malloc() {
     let dir = scratch("fork-signal");
-    let exe = compile("cc", &["fork_signal.c"], &dir, "fork_signal", &[]);
+    let exe = compile_c(&dir, "fork_signal");
     let expect = "fork_signal: 500 forks from the handler, 500 children exited 0";
     let runs: [(Mode, &[&str]); 5] = [
         // glibc's children cannot allocate reliably here (see the C file).
@@ -73,12 +73,7 @@ fn ffi_fork_from_signal_handler_interrupting_malloc() {
     for (mode, args) in runs {
         let mut cmd = Command::new(&exe);
         cmd.args(args);
-        mode.apply(&mut cmd, mode != Mode::Plain);
-        let r = run(&mut cmd, TIMEOUT);
         let what = format!("fork from a signal handler ({mode:?}, {args:?})");
-        check(&what, &r, expect);
-        if mode != Mode::Plain {
-            assert_init_line(&r.stderr, mode, &what);
-        }
+        run_and_check(&mut cmd, mode, &what, expect);
     }
 }

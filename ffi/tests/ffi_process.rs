@@ -7,7 +7,7 @@
 mod ffi_common;
 
 use std::ffi::OsStr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
@@ -33,55 +33,41 @@ fn run_preloaded_both(what: &str, exe: &Path, args: &[&OsStr], expect: &str, tim
     }
 }
 
+/// Compiles `ffi/tests/c/<name>.c` (in the scratch directory `name` with
+/// dashes) and runs it without arguments by [`run_preloaded_both`].
+fn run_c_preloaded_both(name: &str, what: &str, expect: &str, timeout_secs: u64) {
+    let dir = scratch(&name.replace('_', "-"));
+    let exe = compile_c(&dir, name);
+    run_preloaded_both(what, &exe, &[], expect, Duration::from_secs(timeout_secs));
+}
+
+/// `dlopen_lib.c` (allocates in its constructor, frees in its destructor,
+/// uses TLS) as the shared library `dir/<out_name>`.
+fn compile_allocating_lib(dir: &Path, out_name: &str) -> PathBuf {
+    compile_c_with(
+        dir,
+        "dlopen_lib",
+        out_name,
+        &[OsStr::new("-shared"), OsStr::new("-fPIC")],
+    )
+}
+
 #[test]
 fn ffi_fork_from_multithreaded_parent() {
-    let dir = scratch("fork-threads");
-    let exe = compile("cc", &["fork_threads.c"], &dir, "fork_threads", &[]);
-    run_preloaded_both(
-        "fork from threads",
-        &exe,
-        &[],
-        "children ok",
-        Duration::from_secs(120),
-    );
+    run_c_preloaded_both("fork_threads", "fork from threads", "children ok", 120);
 }
 
 #[test]
 fn ffi_dlopen_dlclose_allocating_library() {
     let dir = scratch("dlopen");
-    let lib = compile(
-        "cc",
-        &["dlopen_lib.c"],
-        &dir,
-        "libdlopen_lib.so",
-        &[OsStr::new("-shared"), OsStr::new("-fPIC")],
-    );
-    let exe = compile(
-        "cc",
-        &["dlopen_main.c"],
-        &dir,
-        "dlopen_main",
-        &[OsStr::new("-ldl")],
-    );
+    let lib = compile_allocating_lib(&dir, "libdlopen_lib.so");
+    let exe = compile_c_with(&dir, "dlopen_main", "dlopen_main", &[OsStr::new("-ldl")]);
     run_preloaded_both(
         "dlopen/dlclose",
         &exe,
         &[lib.as_os_str()],
         "cycles ok",
         Duration::from_secs(120),
-    );
-}
-
-#[test]
-fn ffi_thread_churn_bounded_rss() {
-    let dir = scratch("thread-churn");
-    let exe = compile("cc", &["thread_churn.c"], &dir, "thread_churn", &[]);
-    run_preloaded_both(
-        "thread churn",
-        &exe,
-        &[],
-        "threads ok",
-        Duration::from_secs(180),
     );
 }
 
@@ -92,14 +78,8 @@ fn ffi_thread_churn_bounded_rss() {
 #[test]
 fn ffi_preload_next_to_allocating_constructor() {
     let dir = scratch("preload-order");
-    let lib = compile(
-        "cc",
-        &["dlopen_lib.c"],
-        &dir,
-        "libctor_alloc.so",
-        &[OsStr::new("-shared"), OsStr::new("-fPIC")],
-    );
-    let exe = compile("cc", &["fork_threads.c"], &dir, "fork_threads", &[]);
+    let lib = compile_allocating_lib(&dir, "libctor_alloc.so");
+    let exe = compile_c(&dir, "fork_threads");
     let ours = built().cdylib.display().to_string();
     let other = lib.display().to_string();
     for order in [[&other, &ours], [&ours, &other]] {
@@ -113,4 +93,9 @@ fn ffi_preload_next_to_allocating_constructor() {
         assert_init_line(&r.stderr, Mode::Preload, &label);
         assert!(r.stdout.contains("children ok"), "{label}: {}", r.stdout);
     }
+}
+
+#[test]
+fn ffi_thread_churn_bounded_rss() {
+    run_c_preloaded_both("thread_churn", "thread churn", "threads ok", 180);
 }

@@ -97,15 +97,31 @@ fn assert_same_output(what: &str, want: &str, got: &str) {
     );
 }
 
+/// Checks `output` of each preloaded run equals `want` from the plain run;
+/// `stream` names the output in the message.
+fn assert_preloaded_same(
+    name: &str,
+    stream: &str,
+    runs: &[Run],
+    want: &str,
+    output: impl Fn(&Run) -> String,
+) {
+    for (mode, r) in MODES.iter().zip(runs).skip(1) {
+        assert_same_output(&format!("{name} ({mode:?}) {stream}"), want, &output(r));
+    }
+}
+
 /// Checks the stdout of the preloaded runs equals the plain run's.
 fn assert_outputs_match(name: &str, runs: &[Run]) {
-    for (mode, r) in MODES.iter().zip(runs).skip(1) {
-        assert_same_output(
-            &format!("{name} ({mode:?}) stdout"),
-            &runs[0].stdout,
-            &r.stdout,
-        );
-    }
+    assert_preloaded_same(name, "stdout", runs, &runs[0].stdout, |r| r.stdout.clone());
+}
+
+/// Checks the stderr of the preloaded runs, without the library's init
+/// lines, equals the plain run's.
+fn assert_stderrs_match(name: &str, runs: &[Run]) {
+    assert_preloaded_same(name, "stderr", runs, &runs[0].stderr, |r| {
+        without_init_lines(&r.stderr)
+    });
 }
 
 /// A python3 whose standard test suite is installed, as a real executable
@@ -296,13 +312,7 @@ fn ffi_program_git() {
         runs[0].stdout
     );
     assert_outputs_match("git", &runs);
-    for (mode, r) in MODES.iter().zip(&runs).skip(1) {
-        assert_same_output(
-            &format!("git ({mode:?}) stderr"),
-            &runs[0].stderr,
-            &without_init_lines(&r.stderr),
-        );
-    }
+    assert_stderrs_match("git", &runs);
 }
 
 #[test]
@@ -361,20 +371,14 @@ fn ffi_program_gcc() {
                 "{compiler} {source} ({mode:?}): object file differs from the one built without the library"
             );
         }
-        for (mode, r) in MODES.iter().zip(&runs).skip(1) {
-            assert_same_output(
-                &format!("{compiler} ({mode:?}) stderr"),
-                &runs[0].stderr,
-                &without_init_lines(&r.stderr),
-            );
-        }
+        assert_stderrs_match(compiler, &runs);
     }
 }
 
 #[test]
 fn ffi_program_cxx_threads() {
     let dir = scratch("cxx-threads-build");
-    let exe = compile("c++", &["threads.cpp"], &dir, "threads", &[]);
+    let exe = compile("c++", &c_dir(), &["threads.cpp"], &dir, "threads", &[]);
     let runs = run_modes("cxx-threads", Duration::from_secs(120), true, |_, _| {
         Command::new(&exe)
     });

@@ -223,11 +223,7 @@ fn main() {
         .env_remove("CARGO_TARGET_DIR")
         .output()
         .unwrap();
-    assert!(
-        out.status.success(),
-        "building the user crate failed:\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    ffi_common::assert_exit_ok(&out, "building the user crate");
     let exe = dir.join("target/release/golden-user");
     let run = Command::new(&exe).output().unwrap();
     assert_eq!(

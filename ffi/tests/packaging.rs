@@ -5,7 +5,7 @@
 
 mod ffi_common;
 
-use ffi_common::{scratch, workspace_root};
+use ffi_common::{cargo, scratch};
 use std::process::Command;
 
 const CRATES: [&str; 3] = ["rseq-sys", "rseq-alloc", "rseq-malloc"];
@@ -41,27 +41,11 @@ fn tar_file(krate: &std::path::Path, member: &str) -> String {
 #[test]
 fn cargo_package_the_three_crates() {
     let target = scratch("package");
-    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-    let mut cmd = Command::new(&cargo);
-    cmd.current_dir(workspace_root()).args([
-        "package",
-        "--no-verify",
-        "--offline",
-        "--allow-dirty",
-    ]);
+    let mut args = vec!["package", "--no-verify", "--offline", "--allow-dirty"];
     for c in CRATES {
-        cmd.args(["-p", c]);
+        args.extend(["-p", c]);
     }
-    let out = cmd
-        .arg("--target-dir")
-        .arg(&target)
-        .output()
-        .expect("cargo");
-    assert!(
-        out.status.success(),
-        "cargo package failed:\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    cargo(&args, &target, "cargo package");
     for c in CRATES {
         let krate = target.join("package").join(format!("{c}-0.1.0.crate"));
         let files = tar_list(&krate);

@@ -1,6 +1,6 @@
 //! Running programs from tests: the workspace and target directories,
 //! scratch directories, required tools, compiling C test programs with the
-//! system compiler, and running a program with a timeout.
+//! system compiler, running cargo, and running a program with a timeout.
 //!
 //! A tool that is missing is a test failure that says what to install,
 //! never a silent skip.
@@ -9,7 +9,7 @@ use std::ffi::OsStr;
 use std::io::Read;
 use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
-use std::process::{Command, ExitStatus, Stdio};
+use std::process::{Command, ExitStatus, Output, Stdio};
 use std::time::{Duration, Instant};
 
 /// The workspace root (parent of `test-support/`).
@@ -99,6 +99,31 @@ pub fn compile(
         String::from_utf8_lossy(&res.stderr)
     );
     out
+}
+
+/// Panics with `out`'s stderr, as "`what` failed:\n<stderr>", unless the
+/// process exited 0.
+pub fn assert_exit_ok(out: &Output, what: &str) {
+    assert!(
+        out.status.success(),
+        "{what} failed:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Runs `cargo <args> --target-dir <target_dir>` in the workspace root (the
+/// cargo running the tests, `$CARGO`, else the one on PATH) and panics with
+/// its stderr unless it succeeds; `what` names the command in that message.
+pub fn cargo(args: &[&str], target_dir: &Path, what: &str) {
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let out = Command::new(&cargo)
+        .current_dir(workspace_root())
+        .args(args)
+        .arg("--target-dir")
+        .arg(target_dir)
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {cargo:?}: {e}"));
+    assert_exit_ok(&out, what);
 }
 
 /// The result of [`run`].

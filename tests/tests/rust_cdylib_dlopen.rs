@@ -5,9 +5,7 @@
 //! allocate memory in static TLS block" was the failure), and it shares
 //! the rseq area glibc registered.
 
-use rseq_test_support::process::{
-    compile, require_tool, run, scratch, scratch_path, workspace_root,
-};
+use rseq_test_support::process::{cargo, compile, require_tool, run, scratch, scratch_path};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::OnceLock;
@@ -25,23 +23,10 @@ fn cdylib() -> &'static PathBuf {
     static LIB: OnceLock<PathBuf> = OnceLock::new();
     LIB.get_or_init(|| {
         let target = scratch_path("cdylib-target");
-        let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-        let out = Command::new(&cargo)
-            .current_dir(workspace_root())
-            .args([
-                "build",
-                "--offline",
-                "-p",
-                "rseq-alloc-cdylib-test",
-                "--target-dir",
-            ])
-            .arg(&target)
-            .output()
-            .unwrap_or_else(|e| panic!("cannot run {cargo:?}: {e}"));
-        assert!(
-            out.status.success(),
-            "cargo build -p rseq-alloc-cdylib-test failed:\n{}",
-            String::from_utf8_lossy(&out.stderr)
+        cargo(
+            &["build", "--offline", "-p", "rseq-alloc-cdylib-test"],
+            &target,
+            "cargo build -p rseq-alloc-cdylib-test",
         );
         let lib = target.join("debug").join("librseq_alloc_cdylib_test.so");
         assert!(lib.is_file(), "{} missing", lib.display());

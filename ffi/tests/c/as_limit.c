@@ -74,6 +74,26 @@ static void free_all(void *head) {
     }
 }
 
+/* Two blocks allocated before the measurement (so that the allocator is
+ * set up, small and large); exits 4 if either fails. */
+struct pair {
+    void *small, *large;
+};
+
+static struct pair alloc_pair(size_t small, size_t large) {
+    struct pair w;
+    w.small = malloc(small);
+    w.large = malloc(large);
+    if (!w.small || !w.large)
+        exit(4);
+    return w;
+}
+
+static void free_pair(struct pair w) {
+    free(w.small);
+    free(w.large);
+}
+
 static void *thread_main(void *arg) {
     (void)arg;
     void *blocks[1000];
@@ -108,10 +128,7 @@ int main(int argc, char **argv) {
         return 0;
     }
     if (argc == 3 && strcmp(argv[1], "thread") == 0) {
-        void *p = malloc(1000);
-        void *q = malloc(200000);
-        if (!p || !q)
-            return 4;
+        struct pair w = alloc_pair(1000, 200000);
         set_limit(atol(argv[2]));
         pthread_t t;
         int e = pthread_create(&t, NULL, thread_main, NULL);
@@ -125,19 +142,14 @@ int main(int argc, char **argv) {
             printf("the thread's allocations failed\n");
             return 6;
         }
-        free(p);
-        free(q);
+        free_pair(w);
         printf("thread ok\n");
         return 0;
     }
     if (argc == 2 && strcmp(argv[1], "vmsize") == 0) {
-        void *p = malloc(1);
-        void *q = malloc(100000);
-        if (!p || !q)
-            return 4;
+        struct pair w = alloc_pair(1, 100000);
         printf("vmsize %ld\n", vmsize_kib());
-        free(p);
-        free(q);
+        free_pair(w);
         return 0;
     }
     fprintf(stderr, "usage: as_limit fill MIB BYTES | thread MIB | vmsize\n");

@@ -394,6 +394,21 @@ static void test_realloc(void)
     }
 }
 
+/* Checks a block `api`(a, n) returned: not NULL, aligned to `align`, at
+ * least n usable bytes; fills it with the pattern of `seed`. Returns
+ * whether there is a block. */
+static int check_aligned_block(unsigned char *p, const char *api, size_t a, size_t n, size_t align,
+                               uintptr_t seed)
+{
+    CHECK(p != NULL, "%s(%zu, %zu) returned NULL", api, a, n);
+    if (!p)
+        return 0;
+    CHECK(is_aligned(p, align), "%s(%zu, %zu) = %p misaligned", api, a, n, (void *)p);
+    CHECK(malloc_usable_size(p) >= n, "%s usable", api);
+    fill(p, n, seed);
+    return 1;
+}
+
 /* Every power-of-two alignment up to 1 MiB through every aligned API. */
 static void test_alignment(void)
 {
@@ -420,11 +435,7 @@ static void test_alignment(void)
             }
 
             p = aligned_alloc(a, n);
-            CHECK(p != NULL, "aligned_alloc(%zu, %zu) returned NULL", a, n);
-            if (p) {
-                CHECK(is_aligned(p, a), "aligned_alloc(%zu, %zu) = %p misaligned", a, n, (void *)p);
-                CHECK(malloc_usable_size(p) >= n, "aligned_alloc usable");
-                fill(p, n, a ^ n);
+            if (check_aligned_block(p, "aligned_alloc", a, n, a, a ^ n)) {
                 CHECK(verify(p, n, a ^ n) == (size_t)-1, "aligned_alloc block content");
                 if (free_aligned_sized && n > 0)
                     free_aligned_sized(p, a, n);
@@ -433,11 +444,7 @@ static void test_alignment(void)
             }
 
             p = memalign(a, n);
-            CHECK(p != NULL, "memalign(%zu, %zu) returned NULL", a, n);
-            if (p) {
-                CHECK(is_aligned(p, want), "memalign(%zu, %zu) = %p misaligned", a, n, (void *)p);
-                CHECK(malloc_usable_size(p) >= n, "memalign usable");
-                fill(p, n, a * 3 + n);
+            if (check_aligned_block(p, "memalign", a, n, want, a * 3 + n)) {
                 /* An aligned block survives realloc with its contents. */
                 unsigned char *r = realloc(p, n + 1000);
                 CHECK(r != NULL, "realloc of memalign(%zu) block", a);

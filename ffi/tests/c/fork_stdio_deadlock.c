@@ -76,44 +76,41 @@ static void *getline_thread(void *arg) {
   return NULL;
 }
 
-static void *memstream_thread(void *arg) {
-  (void)arg;
+/* A worker without state between passes: runs `pass` at a lower priority
+ * until stop is set. */
+static void *repeat_pass(void (*pass)(void)) {
   lower_priority();
-  while (!atomic_load(&stop)) {
-    char *buf = NULL;
-    size_t len = 0;
-    FILE *m = open_memstream(&buf, &len);
-    if (!m) { perror("open_memstream"); exit(1); }
-    for (int i = 0; i < 200 && !atomic_load(&stop); i++)
-      fprintf(m, "%d: %0*d\n", i, i % 97, i);
-    fclose(m);
-    free(buf);
-  }
+  while (!atomic_load(&stop)) pass();
   return NULL;
 }
 
-static void *fflush_thread(void *arg) {
-  (void)arg;
-  lower_priority();
-  while (!atomic_load(&stop)) {
-    fflush(NULL);
-    sched_yield(); /* the list lock is unfair: let the forker in */
-  }
-  return NULL;
+static void memstream_pass(void) {
+  char *buf = NULL;
+  size_t len = 0;
+  FILE *m = open_memstream(&buf, &len);
+  if (!m) { perror("open_memstream"); exit(1); }
+  for (int i = 0; i < 200 && !atomic_load(&stop); i++)
+    fprintf(m, "%d: %0*d\n", i, i % 97, i);
+  fclose(m);
+  free(buf);
 }
 
-static void *fopen_thread(void *arg) {
-  (void)arg;
-  lower_priority();
-  while (!atomic_load(&stop)) {
-    FILE *f = fopen("/dev/null", "w");
-    if (!f) { perror("fopen /dev/null"); exit(1); }
-    fputs("x", f);
-    fclose(f);
-    sched_yield();
-  }
-  return NULL;
+static void fflush_pass(void) {
+  fflush(NULL);
+  sched_yield(); /* the list lock is unfair: let the forker in */
 }
+
+static void fopen_pass(void) {
+  FILE *f = fopen("/dev/null", "w");
+  if (!f) { perror("fopen /dev/null"); exit(1); }
+  fputs("x", f);
+  fclose(f);
+  sched_yield();
+}
+
+static void *memstream_thread(void *arg) { (void)arg; return repeat_pass(memstream_pass); }
+static void *fflush_thread(void *arg) { (void)arg; return repeat_pass(fflush_pass); }
+static void *fopen_thread(void *arg) { (void)arg; return repeat_pass(fopen_pass); }
 
 static void *realloc_thread(void *arg) {
   (void)arg;

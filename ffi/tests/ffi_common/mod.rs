@@ -20,22 +20,41 @@ pub fn c_source(name: &str) -> PathBuf {
 }
 
 /// `ffi/tests/c/`.
-fn c_dir() -> PathBuf {
+pub fn c_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("tests")
         .join("c")
 }
 
-/// Compiles C (or C++, by `compiler`) sources from `ffi/tests/c/` into
-/// `out_dir/out_name` with `-O2 -Wall -Werror` plus `extra` arguments.
-pub fn compile(
-    compiler: &str,
-    sources: &[&str],
-    out_dir: &Path,
-    out_name: &str,
+/// Compiles `ffi/tests/c/<name>.c` with `cc` into `out_dir/<name>` (see
+/// [`compile_c_with`]).
+pub fn compile_c(out_dir: &Path, name: &str) -> PathBuf {
+    compile_c_with(out_dir, name, name, &[])
+}
+
+/// Compiles `ffi/tests/c/<name>.c` with `cc` into `out_dir/<out_name>` with
+/// `-O2 -Wall -Werror` plus `extra` arguments (C++ and several sources:
+/// [`compile`] with [`c_dir`]).
+pub fn compile_c_with(out_dir: &Path, name: &str, out_name: &str, extra: &[&OsStr]) -> PathBuf {
+    compile(
+        "cc",
+        &c_dir(),
+        &[&format!("{name}.c")],
+        out_dir,
+        out_name,
+        extra,
+    )
+}
+
+/// [`compile_c_with`] into a fresh scratch directory `scratch_name`, once
+/// per test binary: `exe` keeps the program's path.
+pub fn compile_c_once(
+    exe: &'static OnceLock<PathBuf>,
+    scratch_name: &str,
+    name: &str,
     extra: &[&OsStr],
-) -> PathBuf {
-    rseq_test_support::process::compile(compiler, &c_dir(), sources, out_dir, out_name, extra)
+) -> &'static PathBuf {
+    exe.get_or_init(|| compile_c_with(&scratch(scratch_name), name, name, extra))
 }
 
 /// Where the release build of `rseq-malloc` puts its artefacts.
@@ -56,17 +75,10 @@ pub fn built() -> &'static Built {
     static BUILT: OnceLock<Built> = OnceLock::new();
     BUILT.get_or_init(|| {
         let target = target_root();
-        let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-        let out = Command::new(&cargo)
-            .current_dir(workspace_root())
-            .args(["build", "--release", "-p", "rseq-malloc", "--target-dir"])
-            .arg(&target)
-            .output()
-            .unwrap_or_else(|e| panic!("cannot run {cargo:?}: {e}"));
-        assert!(
-            out.status.success(),
-            "cargo build --release -p rseq-malloc failed:\n{}",
-            String::from_utf8_lossy(&out.stderr)
+        cargo(
+            &["build", "--release", "-p", "rseq-malloc"],
+            &target,
+            "cargo build --release -p rseq-malloc",
         );
         // The SONAME is librseq_malloc.so.0: a program linked against the
         // build directory needs that name next to the library, as an
