@@ -5,8 +5,9 @@
 //! - [`Rng`]: a fixed-seed PRNG (xorshift64*), so runs are reproducible;
 //! - [`Regions`], [`mmap_aligned`]: anonymous memory aligned to a per-CPU
 //!   region size, for per-CPU structures built outside the allocator;
-//! - [`run_in_child`], [`in_child`]: re-run one test of the current test
-//!   binary in a child process (own configuration, own address space);
+//! - [`run_in_child`], [`in_child`], [`child_test`]: re-run one test of the
+//!   current test binary in a child process (own configuration, own address
+//!   space);
 //! - [`process`]: run a program with a timeout, compile C test programs,
 //!   scratch directories under the target directory.
 #![warn(missing_docs, clippy::undocumented_unsafe_blocks)]
@@ -16,7 +17,9 @@ pub mod process;
 mod regions;
 mod rng;
 
-pub use child::{assert_child_ok, child_command, in_child, run_in_child, CHILD_VAR};
+pub use child::{
+    assert_child_ok, child_command, child_test, child_test_env, in_child, run_in_child, CHILD_VAR,
+};
 pub use regions::{mmap_aligned, Regions};
 pub use rng::Rng;
 
