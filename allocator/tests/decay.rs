@@ -219,23 +219,8 @@ fn forbid_threads() {
         f(ret, 0, 0, libc::SECCOMP_RET_ERRNO | libc::EPERM as u32),
         f(ret, 0, 0, libc::SECCOMP_RET_ALLOW),
     ];
-    let fprog = libc::sock_fprog {
-        len: prog.len() as u16,
-        filter: prog.as_ptr() as *mut libc::sock_filter,
-    };
-    // SAFETY: plain prctl calls with a valid filter program that outlives
-    // the call (the kernel copies it).
-    unsafe {
-        assert_eq!(libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0), 0);
-        assert_eq!(
-            libc::prctl(
-                libc::PR_SET_SECCOMP,
-                libc::SECCOMP_MODE_FILTER,
-                &fprog as *const libc::sock_fprog
-            ),
-            0
-        );
-    }
+    // On this thread only (flags 0).
+    assert_eq!(rseq_test_support::install_seccomp_filter(&prog, 0), 0);
     let t = std::thread::Builder::new().spawn(|| ());
     assert!(t.is_err(), "the filter forbids threads");
 }
