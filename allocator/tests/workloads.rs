@@ -172,22 +172,21 @@ fn workloads_forced_cas_mode() {
         assert!(st.fallback_ops > 0, "CAS fallback did the work: {st:?}");
         assert_eq!(st.rseq_aborts, 0);
     };
-    let Some((_, stderr)) = child_test(
+    if let Some((_, stderr)) = child_test(
         "workloads_forced_cas_mode",
         Some("rseq=off,verbose=1"),
         cas_body,
-    ) else {
-        return;
-    };
-    let line = stderr
-        .lines()
-        .find(|l| l.starts_with("rseq-malloc: mode="))
-        .unwrap_or("");
-    assert!(
-        line.starts_with("rseq-malloc: mode=cmpxchg index="),
-        "{stderr}"
-    );
-    assert!(line.contains(" cpus="), "{line}");
+    ) {
+        let line = stderr
+            .lines()
+            .find(|l| l.starts_with("rseq-malloc: mode="))
+            .unwrap_or("");
+        assert!(
+            line.starts_with("rseq-malloc: mode=cmpxchg index="),
+            "{stderr}"
+        );
+        assert!(line.contains(" cpus="), "{line}");
+    }
 }
 
 /// glibc told not to register rseq: this crate's rseq-sys registers its own
@@ -199,15 +198,14 @@ fn workloads_rseq_own_mode() {
         assert!(mode == "rseq-own" || mode == "cmpxchg", "{mode}");
         all_bodies();
     };
-    let Some((_, stderr)) = child_test_env(
+    if let Some((_, stderr)) = child_test_env(
         "workloads_rseq_own_mode",
         Some("verbose=1"),
         &[("GLIBC_TUNABLES", "glibc.pthread.rseq=0")],
         own_body,
-    ) else {
-        return;
-    };
-    assert!(stderr.contains("rseq-malloc: mode="), "{stderr}");
+    ) {
+        assert!(stderr.contains("rseq-malloc: mode="), "{stderr}");
+    }
 }
 
 /// Caches indexed by CPU number instead of mm_cid.
@@ -228,31 +226,30 @@ fn verbose_and_stats_lines() {
         let st = rseq_alloc::raw::stats();
         assert!(st.fast_hits > 0, "stats=1 counts fast-path hits: {st:?}");
     };
-    let Some((_, stderr)) = child_test(
+    if let Some((_, stderr)) = child_test(
         "verbose_and_stats_lines",
         Some("verbose=1,stats=1,bogus=2"),
         stats_body,
-    ) else {
-        return;
-    };
-    let mut lines = stderr.lines();
-    let mode_line = stderr
-        .lines()
-        .find(|l| l.starts_with("rseq-malloc: mode="))
-        .unwrap();
-    let modes = ["rseq-glibc", "rseq-own", "cmpxchg"];
-    assert!(modes
-        .iter()
-        .any(|m| mode_line.starts_with(&format!("rseq-malloc: mode={m} index="))));
-    assert!(
-        stderr.contains("RSEQ_MALLOC_CONF: unknown key 'bogus=2' ignored"),
-        "{stderr}"
-    );
-    assert_eq!(
-        stderr.matches("rseq-malloc: mode=").count(),
-        1,
-        "printed once"
-    );
-    assert!(lines.any(|l| l == "rseq-malloc: stats"), "{stderr}");
-    assert!(stderr.contains("fast_hits="), "{stderr}");
+    ) {
+        let mut lines = stderr.lines();
+        let mode_line = stderr
+            .lines()
+            .find(|l| l.starts_with("rseq-malloc: mode="))
+            .unwrap();
+        let modes = ["rseq-glibc", "rseq-own", "cmpxchg"];
+        assert!(modes
+            .iter()
+            .any(|m| mode_line.starts_with(&format!("rseq-malloc: mode={m} index="))));
+        assert!(
+            stderr.contains("RSEQ_MALLOC_CONF: unknown key 'bogus=2' ignored"),
+            "{stderr}"
+        );
+        assert_eq!(
+            stderr.matches("rseq-malloc: mode=").count(),
+            1,
+            "printed once"
+        );
+        assert!(lines.any(|l| l == "rseq-malloc: stats"), "{stderr}");
+        assert!(stderr.contains("fast_hits="), "{stderr}");
+    }
 }
