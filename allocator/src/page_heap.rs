@@ -1178,12 +1178,33 @@ pub(crate) mod tests {
         h
     }
 
+    /// A large span of `pages` pages from `h` (the zeroed flag dropped).
+    fn large(h: &PageHeap, pages: usize) -> &Span {
+        h.alloc_span(pages, 0, SpanState::Large, 0).unwrap().0
+    }
+
+    /// [`large`] spans of the given sizes, allocated in order.
+    fn large_spans<const N: usize>(h: &PageHeap, pages: [usize; N]) -> [&Span; N] {
+        pages.map(|n| large(h, n))
+    }
+
+    /// Writes `byte` over the first `bytes` bytes of span `s`.
+    ///
+    /// # Safety
+    ///
+    /// `s` is a live span of `h`, committed for at least `bytes` bytes.
+    unsafe fn fill(h: &PageHeap, s: &Span, byte: u8, bytes: usize) {
+        // SAFETY: the caller's contract: `bytes` committed bytes at the
+        // span's address.
+        unsafe { (h.span_addr(s) as *mut u8).write_bytes(byte, bytes) };
+    }
+
     #[test]
     fn alloc_free_coalesce() {
         let h = heap();
         let (a, z) = h.alloc_span(3, 0, SpanState::Large, 0).unwrap();
         assert!(z);
-        let (b, _) = h.alloc_span(5, 0, SpanState::Large, 0).unwrap();
+        let b = large(h, 5);
         let (c, _) = h.alloc_span(2, 0, SpanState::Small, 7).unwrap();
         let a0 = a.start();
         assert_eq!(h.span_addr(a) % CHUNK_ALIGN_BYTES, 0, "a fresh chunk");
@@ -1229,7 +1250,7 @@ pub(crate) mod tests {
     #[test]
     fn aligned_spans() {
         let h = heap();
-        let (_x, _) = h.alloc_span(1, 0, SpanState::Large, 0).unwrap();
+        let _x = large(h, 1);
         for align in [16 << 10, 64 << 10, 1 << 20] {
             let (s, _) = h.alloc_span(3, align, SpanState::Large, 0).unwrap();
             assert_eq!(h.span_addr(s) % align, 0);
@@ -1274,9 +1295,7 @@ pub(crate) mod tests {
     #[test]
     fn resize_large_in_place() {
         let h = heap();
-        let (a, _) = h.alloc_span(4, 0, SpanState::Large, 0).unwrap();
-        let (b, _) = h.alloc_span(4, 0, SpanState::Large, 0).unwrap();
-        let (c, _) = h.alloc_span(2, 0, SpanState::Large, 0).unwrap();
+        let [a, b, c] = large_spans(h, [4, 4, 2]);
         // a cannot grow: b follows.
         // SAFETY: a, b, c are ours.
         unsafe {
@@ -1357,9 +1376,7 @@ pub(crate) mod tests {
     #[test]
     fn free_spans_give_back_address_space() {
         let h = heap();
-        let (a, _) = h.alloc_span(4, 0, SpanState::Large, 0).unwrap();
-        let (b, _) = h.alloc_span(8, 0, SpanState::Large, 0).unwrap();
-        let (c, _) = h.alloc_span(4, 0, SpanState::Large, 0).unwrap();
+        let [a, b, c] = large_spans(h, [4, 8, 4]);
         let b0 = b.start();
         let mapped = h.stats().committed_bytes;
         // SAFETY: b is ours.
@@ -1374,15 +1391,15 @@ pub(crate) mod tests {
         assert_eq!(h.inner.lock().nchunks, 2, "the chunk split around the hole");
         // SAFETY: a and c are mapped and ours.
         unsafe {
-            (h.span_addr(a) as *mut u8).write_bytes(7, 4 << PAGE_SHIFT);
-            (h.span_addr(c) as *mut u8).write_bytes(7, 4 << PAGE_SHIFT);
+            fill(h, a, 7, 4 << PAGE_SHIFT);
+            fill(h, c, 7, 4 << PAGE_SHIFT);
             h.free_span(a);
             h.free_span(c);
         }
         h.check_invariants();
         assert_eq!(h.stats().free_bytes, 8 << PAGE_SHIFT);
         // The heap grows again, and the hole is not ours any more.
-        let (d, _) = h.alloc_span(16, 0, SpanState::Large, 0).unwrap();
+        let d = large(h, 16);
         assert!(
             d.start() + 16 <= b0 || d.start() >= b0 + 8,
             "not in the hole"
@@ -1434,15 +1451,13 @@ pub(crate) mod tests {
     #[test]
     fn decay_releases_old_dirty_spans_only() {
         let h = heap();
-        let (a, _) = h.alloc_span(8, 0, SpanState::Large, 0).unwrap();
-        let (b, _) = h.alloc_span(8, 0, SpanState::Large, 0).unwrap();
-        let (_c, _) = h.alloc_span(1, 0, SpanState::Large, 0).unwrap();
+        let [a, b, _c] = large_spans(h, [8, 8, 1]);
         // The rest of the first chunk is free and clean.
         let clean = h.stats().free_bytes;
         // SAFETY: a and b are ours and committed.
         unsafe {
-            (h.span_addr(a) as *mut u8).write_bytes(1, 8 * PAGE_BYTES);
-            (h.span_addr(b) as *mut u8).write_bytes(1, 8 * PAGE_BYTES);
+            fill(h, a, 1, 8 * PAGE_BYTES);
+            fill(h, b, 1, 8 * PAGE_BYTES);
             h.free_span(a);
         }
         let now = crate::decay::now_ms();
@@ -1481,12 +1496,11 @@ pub(crate) mod tests {
         // `b` starts the (hugepage-aligned) first chunk; `c` right after it
         // stays in use, so freed `b` is one free span: one whole hugepage
         // and 88 pages that share the next hugepage with `c`.
-        let (b, _) = h.alloc_span(n, 0, SpanState::Large, 0).unwrap();
-        let (_c, _) = h.alloc_span(1, 0, SpanState::Large, 0).unwrap();
+        let [b, _c] = large_spans(h, [n, 1]);
         assert_eq!(h.span_addr(b) % CHUNK_ALIGN_BYTES, 0);
         // SAFETY: b is ours and committed.
         unsafe {
-            (h.span_addr(b) as *mut u8).write_bytes(1, n * PAGE_BYTES);
+            fill(h, b, 1, n * PAGE_BYTES);
             h.free_span(b);
         }
         let now = crate::decay::now_ms();

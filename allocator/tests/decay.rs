@@ -34,6 +34,16 @@ fn run_child(name: &str, conf: &str) {
     assert!(text.contains("1 passed"), "child {name} ran no test");
 }
 
+/// A test that runs in a child: there, runs `body`; in the parent,
+/// [`run_child`]`(name, conf)`.
+fn decay_test(name: &str, conf: &str, body: impl FnOnce()) {
+    if in_child() {
+        body();
+    } else {
+        run_child(name, conf);
+    }
+}
+
 struct Rng(u64);
 impl Rng {
     fn next(&mut self) -> usize {
@@ -135,6 +145,16 @@ fn light_activity(dur: Duration) {
     }
 }
 
+/// [`spike`], then `wait`, then the RSS [`report`]ed as `what`; returns
+/// the RSS (base, peak, after).
+fn spike_then(what: &str, wait: impl FnOnce()) -> (usize, usize, usize) {
+    let (base, peak) = spike();
+    wait();
+    let after = rss_bytes();
+    report(what, base, peak, after);
+    (base, peak, after)
+}
+
 fn report(what: &str, base: usize, peak: usize, after: usize) {
     eprintln!(
         "{what}: rss base {} MiB, peak {} MiB, after {} MiB; {:?}",
@@ -148,42 +168,40 @@ fn report(what: &str, base: usize, peak: usize, after: usize) {
 /// (a) decay driven by activity: RSS falls below 32 MiB within decay + 2 s.
 #[test]
 fn spike_then_light_activity_returns_memory() {
-    if !in_child() {
-        return run_child(
-            "spike_then_light_activity_returns_memory",
-            &format!("decay_ms={DECAY_MS}"),
-        );
-    }
-    let (base, peak) = spike();
-    light_activity(Duration::from_millis(DECAY_MS + 2000));
-    let after = rss_bytes();
-    report("activity", base, peak, after);
-    assert!(after < RSS_AFTER_BYTES, "rss {after} after decay + 2 s");
-    // Only what the activity itself freed lately may still be kept.
-    let kept = raw::stats().huge_kept_bytes;
-    assert!(kept <= 2 * MIB, "kept {kept}: the spike's ranges decayed");
-    assert!(!rseq_alloc::raw::background_running());
+    decay_test(
+        "spike_then_light_activity_returns_memory",
+        &format!("decay_ms={DECAY_MS}"),
+        || {
+            let (_, _, after) = spike_then("activity", || {
+                light_activity(Duration::from_millis(DECAY_MS + 2000))
+            });
+            assert!(after < RSS_AFTER_BYTES, "rss {after} after decay + 2 s");
+            // Only what the activity itself freed lately may still be kept.
+            let kept = raw::stats().huge_kept_bytes;
+            assert!(kept <= 2 * MIB, "kept {kept}: the spike's ranges decayed");
+            assert!(!rseq_alloc::raw::background_running());
+        },
+    );
 }
 
 /// (b) background=1: an idle process returns its memory.
 #[test]
 fn spike_then_idle_with_background_thread_returns_memory() {
-    if !in_child() {
-        return run_child(
-            "spike_then_idle_with_background_thread_returns_memory",
-            &format!("decay_ms={DECAY_MS},background=1"),
-        );
-    }
-    let (base, peak) = spike();
-    assert!(rseq_alloc::raw::background_running());
-    std::thread::sleep(Duration::from_millis(DECAY_MS + 2000));
-    let after = rss_bytes();
-    report("idle, background", base, peak, after);
-    assert!(
-        after < RSS_AFTER_BYTES,
-        "rss {after} after decay + 2 s idle"
+    decay_test(
+        "spike_then_idle_with_background_thread_returns_memory",
+        &format!("decay_ms={DECAY_MS},background=1"),
+        || {
+            let (_, _, after) = spike_then("idle, background", || {
+                assert!(rseq_alloc::raw::background_running());
+                std::thread::sleep(Duration::from_millis(DECAY_MS + 2000));
+            });
+            assert!(
+                after < RSS_AFTER_BYTES,
+                "rss {after} after decay + 2 s idle"
+            );
+            assert_eq!(raw::stats().huge_kept_bytes, 0, "kept ranges decayed");
+        },
     );
-    assert_eq!(raw::stats().huge_kept_bytes, 0, "kept ranges decayed");
 }
 
 /// Makes `clone3` fail with ENOSYS and `clone` with EPERM for this thread
@@ -201,23 +219,8 @@ fn forbid_threads() {
         f(ret, 0, 0, libc::SECCOMP_RET_ERRNO | libc::EPERM as u32),
         f(ret, 0, 0, libc::SECCOMP_RET_ALLOW),
     ];
-    let fprog = libc::sock_fprog {
-        len: prog.len() as u16,
-        filter: prog.as_ptr() as *mut libc::sock_filter,
-    };
-    // SAFETY: plain prctl calls with a valid filter program that outlives
-    // the call (the kernel copies it).
-    unsafe {
-        assert_eq!(libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0), 0);
-        assert_eq!(
-            libc::prctl(
-                libc::PR_SET_SECCOMP,
-                libc::SECCOMP_MODE_FILTER,
-                &fprog as *const libc::sock_fprog
-            ),
-            0
-        );
-    }
+    // On this thread only (flags 0).
+    assert_eq!(rseq_test_support::install_seccomp_filter(&prog, 0), 0);
     let t = std::thread::Builder::new().spawn(|| ());
     assert!(t.is_err(), "the filter forbids threads");
 }
@@ -226,114 +229,109 @@ fn forbid_threads() {
 /// activity-driven decay still returns the memory.
 #[test]
 fn background_thread_creation_failure_is_harmless() {
-    if !in_child() {
-        return run_child(
-            "background_thread_creation_failure_is_harmless",
-            &format!("decay_ms={DECAY_MS},background=1"),
-        );
-    }
-    forbid_threads();
-    let (base, peak) = spike();
-    assert!(!rseq_alloc::raw::background_running());
-    light_activity(Duration::from_millis(DECAY_MS + 2000));
-    let after = rss_bytes();
-    report("no thread possible", base, peak, after);
-    assert!(!rseq_alloc::raw::background_running());
-    assert!(after < RSS_AFTER_BYTES, "rss {after} after decay + 2 s");
+    decay_test(
+        "background_thread_creation_failure_is_harmless",
+        &format!("decay_ms={DECAY_MS},background=1"),
+        || {
+            forbid_threads();
+            let (_, _, after) = spike_then("no thread possible", || {
+                assert!(!rseq_alloc::raw::background_running());
+                light_activity(Duration::from_millis(DECAY_MS + 2000));
+            });
+            assert!(!rseq_alloc::raw::background_running());
+            assert!(after < RSS_AFTER_BYTES, "rss {after} after decay + 2 s");
+        },
+    );
 }
 
 /// (c) decay_ms=-1: nothing goes back by itself (the knob works); `trim`
 /// still returns it.
 #[test]
 fn decay_never_keeps_memory_until_trim() {
-    if !in_child() {
-        return run_child("decay_never_keeps_memory_until_trim", "decay_ms=-1");
-    }
-    let (base, peak) = spike();
-    light_activity(Duration::from_millis(DECAY_MS + 2000));
-    let after = rss_bytes();
-    report("never", base, peak, after);
-    assert!(
-        after >= base + 700 * MIB,
-        "rss {after} fell with decay_ms=-1"
-    );
-    let kept = raw::stats().huge_kept_bytes;
-    assert!(kept >= 256 * MIB, "kept {kept}");
-    assert!(raw::trim());
-    let trimmed = rss_bytes();
-    report("never, after trim", base, peak, trimmed);
-    assert!(trimmed < RSS_AFTER_BYTES, "rss {trimmed} after trim");
-    assert_eq!(raw::stats().huge_kept_bytes, 0);
+    decay_test("decay_never_keeps_memory_until_trim", "decay_ms=-1", || {
+        let (base, peak, after) = spike_then("never", || {
+            light_activity(Duration::from_millis(DECAY_MS + 2000))
+        });
+        assert!(
+            after >= base + 700 * MIB,
+            "rss {after} fell with decay_ms=-1"
+        );
+        let kept = raw::stats().huge_kept_bytes;
+        assert!(kept >= 256 * MIB, "kept {kept}");
+        assert!(raw::trim());
+        let trimmed = rss_bytes();
+        report("never, after trim", base, peak, trimmed);
+        assert!(trimmed < RSS_AFTER_BYTES, "rss {trimmed} after trim");
+        assert_eq!(raw::stats().huge_kept_bytes, 0);
+    });
 }
 
 /// (d) 1000 rounds of a 16 MiB malloc/write/free (and calloc, which must
 /// read as zero although the memory is reused) make fewer than 10 mmaps.
 #[test]
 fn huge_blocks_are_reused() {
-    if !in_child() {
-        return run_child("huge_blocks_are_reused", "");
-    }
-    raw::init();
-    let maps0 = raw::stats().huge_maps;
-    let mut first = std::ptr::null_mut();
-    for round in 0..1000 {
-        let p = if round % 10 == 9 {
-            let p = raw::calloc(16 * MIB);
+    decay_test("huge_blocks_are_reused", "", || {
+        raw::init();
+        let maps0 = raw::stats().huge_maps;
+        let mut first = std::ptr::null_mut();
+        for round in 0..1000 {
+            let p = if round % 10 == 9 {
+                let p = raw::calloc(16 * MIB);
+                assert!(!p.is_null());
+                let mut i = 0;
+                while i < 16 * MIB {
+                    // SAFETY: inside the 16 MiB block.
+                    assert_eq!(unsafe { *p.add(i) }, 0, "calloc of a reused range at {i}");
+                    i += 4096;
+                }
+                p
+            } else {
+                raw::malloc(16 * MIB)
+            };
             assert!(!p.is_null());
-            let mut i = 0;
-            while i < 16 * MIB {
-                // SAFETY: inside the 16 MiB block.
-                assert_eq!(unsafe { *p.add(i) }, 0, "calloc of a reused range at {i}");
-                i += 4096;
+            if round == 0 {
+                first = p;
             }
-            p
-        } else {
-            raw::malloc(16 * MIB)
-        };
-        assert!(!p.is_null());
-        if round == 0 {
-            first = p;
+            touch(p, 16 * MIB, (round % 250) as u8 + 1);
+            // SAFETY: live block, freed once.
+            unsafe { raw::free(p) };
         }
-        touch(p, 16 * MIB, (round % 250) as u8 + 1);
-        // SAFETY: live block, freed once.
-        unsafe { raw::free(p) };
-    }
-    let st = raw::stats();
-    eprintln!("reuse: {st:?}");
-    assert!(st.huge_maps - maps0 < 10, "{} mmaps", st.huge_maps - maps0);
-    assert_eq!(st.huge_bytes, 0);
-    assert_eq!(st.huge_kept_bytes, 16 * MIB);
-    // The kept range is still a free range, not a block: freeing it again
-    // aborts (bad_pointers covers the message); trim unmaps it.
-    assert!(mapped(first as usize));
-    assert!(raw::trim());
-    assert!(!mapped(first as usize));
-    assert_eq!(raw::stats().huge_kept_bytes, 0);
-    raw::check_invariants();
+        let st = raw::stats();
+        eprintln!("reuse: {st:?}");
+        assert!(st.huge_maps - maps0 < 10, "{} mmaps", st.huge_maps - maps0);
+        assert_eq!(st.huge_bytes, 0);
+        assert_eq!(st.huge_kept_bytes, 16 * MIB);
+        // The kept range is still a free range, not a block: freeing it again
+        // aborts (bad_pointers covers the message); trim unmaps it.
+        assert!(mapped(first as usize));
+        assert!(raw::trim());
+        assert!(!mapped(first as usize));
+        assert_eq!(raw::stats().huge_kept_bytes, 0);
+        raw::check_invariants();
+    });
 }
 
 /// decay_ms=0: freed memory goes back at once (huge blocks are unmapped on
 /// free, free spans released).
 #[test]
 fn decay_zero_returns_at_once() {
-    if !in_child() {
-        return run_child("decay_zero_returns_at_once", "decay_ms=0");
-    }
-    let p = raw::malloc(64 * MIB);
-    assert!(!p.is_null());
-    touch(p, 64 * MIB, 9);
-    let rss = rss_bytes();
-    // SAFETY: live block.
-    unsafe { raw::free(p) };
-    assert!(!mapped(p as usize), "huge block still mapped after free");
-    assert!(rss_bytes() + 60 * MIB <= rss);
-    let q = raw::malloc(512 << 10);
-    touch(q, 512 << 10, 1);
-    // SAFETY: live block.
-    unsafe { raw::free(q) };
-    let st = raw::stats();
-    assert_eq!(st.huge_kept_bytes, 0);
-    assert!(st.released_bytes >= 512 << 10, "{st:?}");
+    decay_test("decay_zero_returns_at_once", "decay_ms=0", || {
+        let p = raw::malloc(64 * MIB);
+        assert!(!p.is_null());
+        touch(p, 64 * MIB, 9);
+        let rss = rss_bytes();
+        // SAFETY: live block.
+        unsafe { raw::free(p) };
+        assert!(!mapped(p as usize), "huge block still mapped after free");
+        assert!(rss_bytes() + 60 * MIB <= rss);
+        let q = raw::malloc(512 << 10);
+        touch(q, 512 << 10, 1);
+        // SAFETY: live block.
+        unsafe { raw::free(q) };
+        let st = raw::stats();
+        assert_eq!(st.huge_kept_bytes, 0);
+        assert!(st.released_bytes >= 512 << 10, "{st:?}");
+    });
 }
 
 extern "C" fn prepare() {
@@ -382,56 +380,61 @@ fn alloc_work(seed: usize) -> bool {
 /// and exits 0.
 #[test]
 fn fork_with_background_thread() {
-    if !in_child() {
-        return run_child("fork_with_background_thread", "decay_ms=40,background=1");
-    }
-    // SAFETY: registering plain extern "C" handlers with no state.
-    assert_eq!(
-        unsafe { libc::pthread_atfork(Some(prepare), Some(parent), Some(child)) },
-        0
-    );
-    assert!(alloc_work(0));
-    assert!(rseq_alloc::raw::background_running());
-    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let workers: Vec<_> = (0..2)
-        .map(|t| {
-            let stop = stop.clone();
-            std::thread::spawn(move || {
-                let mut ok = true;
-                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-                    ok &= alloc_work(t);
+    decay_test(
+        "fork_with_background_thread",
+        "decay_ms=40,background=1",
+        || {
+            // SAFETY: registering plain extern "C" handlers with no state.
+            assert_eq!(
+                unsafe { libc::pthread_atfork(Some(prepare), Some(parent), Some(child)) },
+                0
+            );
+            assert!(alloc_work(0));
+            assert!(rseq_alloc::raw::background_running());
+            let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+            let workers: Vec<_> = (0..2)
+                .map(|t| {
+                    let stop = stop.clone();
+                    std::thread::spawn(move || {
+                        let mut ok = true;
+                        while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                            ok &= alloc_work(t);
+                        }
+                        ok
+                    })
+                })
+                .collect();
+            for round in 0..10 {
+                std::thread::sleep(Duration::from_millis(15));
+                // SAFETY: fork in a test process; the child only allocates, waits
+                // and leaves with _exit.
+                let pid = unsafe { libc::fork() };
+                assert!(pid >= 0);
+                if pid == 0 {
+                    let mut ok = alloc_work(round);
+                    // The child's thread comes back on its first slow paths, and
+                    // decays what the child freed while the child sleeps.
+                    let mut done = false;
+                    for _ in 0..25 {
+                        std::thread::sleep(Duration::from_millis(200));
+                        if rseq_alloc::raw::background_running()
+                            && raw::stats().huge_kept_bytes == 0
+                        {
+                            done = true;
+                            break;
+                        }
+                        ok &= alloc_work(round + 1);
+                    }
+                    ok &= done;
+                    // SAFETY: leave without the parent's atexit handlers or harness.
+                    unsafe { libc::_exit(if ok { 0 } else { 3 }) };
                 }
-                ok
-            })
-        })
-        .collect();
-    for round in 0..10 {
-        std::thread::sleep(Duration::from_millis(15));
-        // SAFETY: fork in a test process; the child only allocates, waits
-        // and leaves with _exit.
-        let pid = unsafe { libc::fork() };
-        assert!(pid >= 0);
-        if pid == 0 {
-            let mut ok = alloc_work(round);
-            // The child's thread comes back on its first slow paths, and
-            // decays what the child freed while the child sleeps.
-            let mut done = false;
-            for _ in 0..25 {
-                std::thread::sleep(Duration::from_millis(200));
-                if rseq_alloc::raw::background_running() && raw::stats().huge_kept_bytes == 0 {
-                    done = true;
-                    break;
-                }
-                ok &= alloc_work(round + 1);
+                common::wait_forked_child(pid, "hung after fork");
             }
-            ok &= done;
-            // SAFETY: leave without the parent's atexit handlers or harness.
-            unsafe { libc::_exit(if ok { 0 } else { 3 }) };
-        }
-        common::wait_forked_child(pid, "hung after fork");
-    }
-    stop.store(true, std::sync::atomic::Ordering::Relaxed);
-    for w in workers {
-        assert!(w.join().unwrap());
-    }
+            stop.store(true, std::sync::atomic::Ordering::Relaxed);
+            for w in workers {
+                assert!(w.join().unwrap());
+            }
+        },
+    );
 }

@@ -115,58 +115,44 @@ fn child_entry() {
 
 const MODES: [&str; 2] = ["", "rseq=off"];
 
-#[test]
-fn immediate_double_free_every_class() {
+/// [`expect_double_free`] of case `{kind}:{size}` for every size, in every
+/// mode.
+fn expect_double_free_in_every_mode(kind: &str, sizes: &[usize], who: &str) {
     for conf in MODES {
-        for size in class_sizes() {
-            expect_double_free(&format!("now:{size}"), conf, "free()");
+        for size in sizes {
+            expect_double_free(&format!("{kind}:{size}"), conf, who);
         }
     }
+}
+
+#[test]
+fn immediate_double_free_every_class() {
+    expect_double_free_in_every_mode("now", &class_sizes(), "free()");
 }
 
 #[test]
 fn double_free_after_many_frees() {
-    for conf in MODES {
-        for size in [8, 48, 1024, 4000, 32 << 10] {
-            expect_double_free(&format!("after:{size}"), conf, "free()");
-        }
-    }
+    expect_double_free_in_every_mode("after", &[8, 48, 1024, 4000, 32 << 10], "free()");
 }
 
 #[test]
 fn double_free_after_trim() {
-    for conf in MODES {
-        for size in [16, 4000, 16 << 10] {
-            expect_double_free(&format!("trimmed:{size}"), conf, "free()");
-        }
-    }
+    expect_double_free_in_every_mode("trimmed", &[16, 4000, 16 << 10], "free()");
 }
 
 #[test]
 fn double_free_on_another_cpu() {
-    for conf in MODES {
-        for size in [32, 4000] {
-            expect_double_free(&format!("other_cpu:{size}"), conf, "free()");
-        }
-    }
+    expect_double_free_in_every_mode("other_cpu", &[32, 4000], "free()");
 }
 
 #[test]
 fn realloc_of_freed_block() {
-    for conf in MODES {
-        for size in [32, 4000, 100 << 10] {
-            expect_double_free(&format!("realloc:{size}"), conf, "realloc()");
-        }
-    }
+    expect_double_free_in_every_mode("realloc", &[32, 4000, 100 << 10], "realloc()");
 }
 
 #[test]
 fn double_dealloc_through_global_alloc() {
-    for conf in MODES {
-        for size in [8, 24, 640, 4096, 20000] {
-            expect_double_free(&format!("dealloc:{size}"), conf, "free()");
-        }
-    }
+    expect_double_free_in_every_mode("dealloc", &[8, 24, 640, 4096, 20000], "free()");
 }
 
 /// A long random workload whose live blocks hold the free mark (read back

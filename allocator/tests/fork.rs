@@ -9,7 +9,7 @@
 static GLOBAL: rseq_alloc::RseqAlloc = rseq_alloc::RseqAlloc;
 
 mod common;
-use rseq_test_support::{assert_child_ok, in_child, run_in_child};
+use rseq_test_support::child_test;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
@@ -52,28 +52,18 @@ fn fork_while_threads_allocate() {
 /// manual registration from another test is in force).
 #[test]
 fn fork_handlers_registered_by_constructor() {
-    if in_child() {
-        fork_body(false);
-        return;
-    }
-    assert_child_ok(&run_in_child(
-        "fork_handlers_registered_by_constructor",
-        None,
-    ));
+    child_test("fork_handlers_registered_by_constructor", None, || {
+        fork_body(false)
+    });
 }
 
 /// The same in forced CAS mode (a child process, as config is read once).
 #[test]
 fn fork_while_threads_allocate_cas() {
-    if in_child() {
+    child_test("fork_while_threads_allocate_cas", Some("rseq=off"), || {
         assert_eq!(rseq_alloc::mode_name(), "cmpxchg");
         fork_body(true);
-        return;
-    }
-    assert_child_ok(&run_in_child(
-        "fork_while_threads_allocate_cas",
-        Some("rseq=off"),
-    ));
+    });
 }
 
 fn fork_body(register: bool) {

@@ -5,7 +5,7 @@
 //! with `RSEQ_MALLOC_CONF=index=cpu` so that regions are CPU numbers.
 
 use rseq_alloc::raw;
-use rseq_test_support::{assert_child_ok, in_child, run_in_child};
+use rseq_test_support::child_test;
 
 fn pin(cpu: usize) -> bool {
     // SAFETY: a zeroed cpu_set_t is valid; CPU_SET writes inside it;
@@ -59,12 +59,5 @@ fn body() {
 
 #[test]
 fn idle_cpu_cache_is_drained() {
-    if in_child() {
-        body();
-        return;
-    }
-    assert_child_ok(&run_in_child(
-        "idle_cpu_cache_is_drained",
-        Some("index=cpu"),
-    ));
+    child_test("idle_cpu_cache_is_drained", Some("index=cpu"), body);
 }

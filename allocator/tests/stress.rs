@@ -8,7 +8,7 @@
 //! CAS mode in a child process.
 
 use rseq_alloc::raw;
-use rseq_test_support::{assert_child_ok, in_child, run_in_child};
+use rseq_test_support::child_test;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
@@ -180,13 +180,12 @@ fn stress_rseq_mode_with_concurrent_trim() {
 
 #[test]
 fn stress_cas_mode_with_concurrent_trim() {
-    if in_child() {
-        assert_eq!(rseq_alloc::mode_name(), "cmpxchg");
-        body();
-        return;
-    }
-    assert_child_ok(&run_in_child(
+    child_test(
         "stress_cas_mode_with_concurrent_trim",
         Some("rseq=off"),
-    ));
+        || {
+            assert_eq!(rseq_alloc::mode_name(), "cmpxchg");
+            body();
+        },
+    );
 }

@@ -8,7 +8,7 @@
 #[global_allocator]
 static GLOBAL: rseq_alloc::RseqAlloc = rseq_alloc::RseqAlloc;
 
-use rseq_test_support::{assert_child_ok, child_command, in_child};
+use rseq_test_support::{child_test, child_test_env};
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::mpsc;
 use std::thread;
@@ -158,20 +158,6 @@ fn all_bodies() {
     rseq_alloc::raw::check_invariants();
 }
 
-/// Runs the named test body in a child process with the given
-/// RSEQ_MALLOC_CONF; returns (stdout, stderr).
-fn run_child(test_name: &str, conf: &str) -> (String, String) {
-    run_child_env(test_name, conf, &[])
-}
-
-fn run_child_env(test_name: &str, conf: &str, env: &[(&str, &str)]) -> (String, String) {
-    let out = child_command(test_name, Some(conf))
-        .envs(env.iter().copied())
-        .output()
-        .unwrap();
-    assert_child_ok(&out)
-}
-
 #[test]
 fn workloads_default_mode() {
     all_bodies();
@@ -179,84 +165,91 @@ fn workloads_default_mode() {
 
 #[test]
 fn workloads_forced_cas_mode() {
-    if in_child() {
+    let cas_body = || {
         assert_eq!(rseq_alloc::mode_name(), "cmpxchg");
         all_bodies();
         let st = rseq_alloc::raw::stats();
         assert!(st.fallback_ops > 0, "CAS fallback did the work: {st:?}");
         assert_eq!(st.rseq_aborts, 0);
-        return;
+    };
+    if let Some((_, stderr)) = child_test(
+        "workloads_forced_cas_mode",
+        Some("rseq=off,verbose=1"),
+        cas_body,
+    ) {
+        let line = stderr
+            .lines()
+            .find(|l| l.starts_with("rseq-malloc: mode="))
+            .unwrap_or("");
+        assert!(
+            line.starts_with("rseq-malloc: mode=cmpxchg index="),
+            "{stderr}"
+        );
+        assert!(line.contains(" cpus="), "{line}");
     }
-    let (_, stderr) = run_child("workloads_forced_cas_mode", "rseq=off,verbose=1");
-    let line = stderr
-        .lines()
-        .find(|l| l.starts_with("rseq-malloc: mode="))
-        .unwrap_or("");
-    assert!(
-        line.starts_with("rseq-malloc: mode=cmpxchg index="),
-        "{stderr}"
-    );
-    assert!(line.contains(" cpus="), "{line}");
 }
 
 /// glibc told not to register rseq: this crate's rseq-sys registers its own
 /// area per thread (mode rseq-own), including 2000 short-lived threads.
 #[test]
 fn workloads_rseq_own_mode() {
-    if in_child() {
+    let own_body = || {
         let mode = rseq_alloc::mode_name();
         assert!(mode == "rseq-own" || mode == "cmpxchg", "{mode}");
         all_bodies();
-        return;
-    }
-    let (_, stderr) = run_child_env(
+    };
+    if let Some((_, stderr)) = child_test_env(
         "workloads_rseq_own_mode",
-        "verbose=1",
+        Some("verbose=1"),
         &[("GLIBC_TUNABLES", "glibc.pthread.rseq=0")],
-    );
-    assert!(stderr.contains("rseq-malloc: mode="), "{stderr}");
+        own_body,
+    ) {
+        assert!(stderr.contains("rseq-malloc: mode="), "{stderr}");
+    }
 }
 
 /// Caches indexed by CPU number instead of mm_cid.
 #[test]
 fn workloads_index_cpu() {
-    if in_child() {
+    child_test("workloads_index_cpu", Some("index=cpu"), || {
         assert_eq!(rseq_alloc::index_name(), "cpu");
         all_bodies();
-        return;
-    }
-    run_child("workloads_index_cpu", "index=cpu");
+    });
 }
 
 #[test]
 fn verbose_and_stats_lines() {
-    if in_child() {
+    let stats_body = || {
         let v: Vec<Box<u64>> = (0..1000).map(Box::new).collect();
         assert_eq!(v.iter().map(|b| **b).sum::<u64>(), 499_500);
         drop(v);
         let st = rseq_alloc::raw::stats();
         assert!(st.fast_hits > 0, "stats=1 counts fast-path hits: {st:?}");
-        return;
+    };
+    if let Some((_, stderr)) = child_test(
+        "verbose_and_stats_lines",
+        Some("verbose=1,stats=1,bogus=2"),
+        stats_body,
+    ) {
+        let mut lines = stderr.lines();
+        let mode_line = stderr
+            .lines()
+            .find(|l| l.starts_with("rseq-malloc: mode="))
+            .unwrap();
+        let modes = ["rseq-glibc", "rseq-own", "cmpxchg"];
+        assert!(modes
+            .iter()
+            .any(|m| mode_line.starts_with(&format!("rseq-malloc: mode={m} index="))));
+        assert!(
+            stderr.contains("RSEQ_MALLOC_CONF: unknown key 'bogus=2' ignored"),
+            "{stderr}"
+        );
+        assert_eq!(
+            stderr.matches("rseq-malloc: mode=").count(),
+            1,
+            "printed once"
+        );
+        assert!(lines.any(|l| l == "rseq-malloc: stats"), "{stderr}");
+        assert!(stderr.contains("fast_hits="), "{stderr}");
     }
-    let (_, stderr) = run_child("verbose_and_stats_lines", "verbose=1,stats=1,bogus=2");
-    let mut lines = stderr.lines();
-    let mode_line = stderr
-        .lines()
-        .find(|l| l.starts_with("rseq-malloc: mode="))
-        .unwrap();
-    let modes = ["rseq-glibc", "rseq-own", "cmpxchg"];
-    assert!(modes
-        .iter()
-        .any(|m| mode_line.starts_with(&format!("rseq-malloc: mode={m} index="))));
-    assert!(
-        stderr.contains("RSEQ_MALLOC_CONF: unknown key 'bogus=2' ignored"),
-        "{stderr}"
-    );
-    assert_eq!(
-        stderr.matches("rseq-malloc: mode=").count(),
-        1,
-        "printed once"
-    );
-    assert!(lines.any(|l| l == "rseq-malloc: stats"), "{stderr}");
-    assert!(stderr.contains("fast_hits="), "{stderr}");
 }

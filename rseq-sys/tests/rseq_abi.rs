@@ -5,32 +5,45 @@ use rseq_sys::abi::{self, offset, Rseq, RseqCs};
 use std::mem::{align_of, offset_of, size_of};
 use std::process::Command;
 
-const PROGRAM: &str = r#"
-#include <stddef.h>
-#include <stdio.h>
-#include <linux/rseq.h>
-#include <sys/rseq.h>
-int main(void) {
-    printf("rseq_size=%zu\n", sizeof(struct rseq));
-    printf("rseq_align=%zu\n", _Alignof(struct rseq));
-    printf("cpu_id_start=%zu\n", offsetof(struct rseq, cpu_id_start));
-    printf("cpu_id=%zu\n", offsetof(struct rseq, cpu_id));
-    printf("rseq_cs=%zu\n", offsetof(struct rseq, rseq_cs));
-    printf("flags=%zu\n", offsetof(struct rseq, flags));
-    printf("cs_size=%zu\n", sizeof(struct rseq_cs));
-    printf("cs_align=%zu\n", _Alignof(struct rseq_cs));
-    printf("cs_version=%zu\n", offsetof(struct rseq_cs, version));
-    printf("cs_flags=%zu\n", offsetof(struct rseq_cs, flags));
-    printf("cs_start_ip=%zu\n", offsetof(struct rseq_cs, start_ip));
-    printf("cs_post_commit_offset=%zu\n", offsetof(struct rseq_cs, post_commit_offset));
-    printf("cs_abort_ip=%zu\n", offsetof(struct rseq_cs, abort_ip));
-    printf("sig=%u\n", (unsigned)RSEQ_SIG);
-    printf("uninit=%d\n", (int)RSEQ_CPU_ID_UNINITIALIZED);
-    printf("failed=%d\n", (int)RSEQ_CPU_ID_REGISTRATION_FAILED);
-    printf("unregister=%d\n", (int)RSEQ_FLAG_UNREGISTER);
-    return 0;
+/// What the C program prints, one `key=value` line each: the key and the
+/// C expression of the value.
+const QUERIES: &[(&str, &str)] = &[
+    ("rseq_size", "sizeof(struct rseq)"),
+    ("rseq_align", "_Alignof(struct rseq)"),
+    ("cpu_id_start", "offsetof(struct rseq, cpu_id_start)"),
+    ("cpu_id", "offsetof(struct rseq, cpu_id)"),
+    ("rseq_cs", "offsetof(struct rseq, rseq_cs)"),
+    ("flags", "offsetof(struct rseq, flags)"),
+    ("cs_size", "sizeof(struct rseq_cs)"),
+    ("cs_align", "_Alignof(struct rseq_cs)"),
+    ("cs_version", "offsetof(struct rseq_cs, version)"),
+    ("cs_flags", "offsetof(struct rseq_cs, flags)"),
+    ("cs_start_ip", "offsetof(struct rseq_cs, start_ip)"),
+    (
+        "cs_post_commit_offset",
+        "offsetof(struct rseq_cs, post_commit_offset)",
+    ),
+    ("cs_abort_ip", "offsetof(struct rseq_cs, abort_ip)"),
+    ("sig", "RSEQ_SIG"),
+    ("uninit", "RSEQ_CPU_ID_UNINITIALIZED"),
+    ("failed", "RSEQ_CPU_ID_REGISTRATION_FAILED"),
+    ("unregister", "RSEQ_FLAG_UNREGISTER"),
+];
+
+/// The C program that prints [`QUERIES`] (each value as a `long long`).
+fn program() -> String {
+    let mut c = String::from(
+        "#include <stddef.h>\n#include <stdio.h>\n#include <linux/rseq.h>\n\
+         #include <sys/rseq.h>\nint main(void) {\n",
+    );
+    for (key, expr) in QUERIES {
+        c.push_str(&format!(
+            "    printf(\"{key}=%lld\\n\", (long long)({expr}));\n"
+        ));
+    }
+    c.push_str("    return 0;\n}\n");
+    c
 }
-"#;
 
 #[test]
 fn abi_matches_system_headers() {
@@ -38,7 +51,7 @@ fn abi_matches_system_headers() {
     std::fs::create_dir_all(&dir).unwrap();
     let src = dir.join("abi.c");
     let exe = dir.join("abi");
-    std::fs::write(&src, PROGRAM).unwrap();
+    std::fs::write(&src, program()).unwrap();
     let cc = Command::new("cc")
         .arg("-o")
         .arg(&exe)

@@ -240,8 +240,19 @@ fn drain_all(slabs: &PerCpuSlabs) -> Vec<*mut u8> {
     out
 }
 
-/// Runs the token test; returns (aborts, cas ops, signals sent).
-fn run_tokens(discipline: Discipline, index: Index, drainer: bool) -> (u64, u64, u64, u64) {
+/// What one token run counted.
+struct TokenRun {
+    /// rseq aborts (restarts).
+    aborts: u64,
+    /// Operations done by the CAS (trylock) discipline.
+    cas_ops: u64,
+    /// Tokens the drainer took.
+    drained: u64,
+}
+
+/// Runs the token test alone (it holds [`SERIAL`]) and returns its counts.
+fn run_tokens(discipline: Discipline, index: Index, drainer: bool) -> TokenRun {
+    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     install_sigusr1();
     let fx = fixture(discipline, index);
     let tids: Arc<Vec<AtomicI32>> = Arc::new((0..THREADS).map(|_| AtomicI32::new(0)).collect());
@@ -333,7 +344,27 @@ fn run_tokens(discipline: Discipline, index: Index, drainer: bool) -> (u64, u64,
         "{discipline:?}/{index:?} drainer={drainer}: pushes {pushed}, pops {popped}, aborts {aborts}, cas ops {}, signals {signals}, drained {drained_total}",
         fx.slabs.fallback_ops()
     );
-    (aborts, fx.slabs.fallback_ops(), signals, drained_total)
+    TokenRun {
+        aborts,
+        cas_ops: fx.slabs.fallback_ops(),
+        drained: drained_total,
+    }
+}
+
+/// Asserts that the run restarted some rseq section.
+fn assert_restarted(run: &TokenRun) {
+    assert!(
+        run.aborts > 0,
+        "no rseq abort happened: the test did not exercise restarts"
+    );
+}
+
+/// Asserts that the drainer of the run took some token.
+fn assert_drained(run: &TokenRun) {
+    assert!(
+        run.drained > 0,
+        "the drainer never took anything: no race was tested"
+    );
 }
 
 #[test]
@@ -342,13 +373,9 @@ fn run_tokens(discipline: Discipline, index: Index, drainer: bool) -> (u64, u64,
     ignore = "asserts rseq aborts: needs the delay of RUSTFLAGS=\"--cfg rseq_inject_delay\""
 )]
 fn tokens_rseq_cpu() {
-    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
-    let (aborts, cas, _, _) = run_tokens(Discipline::Rseq, Index::Cpu, false);
-    assert!(
-        aborts > 0,
-        "no rseq abort happened: the test did not exercise restarts"
-    );
-    assert_eq!(cas, 0);
+    let run = run_tokens(Discipline::Rseq, Index::Cpu, false);
+    assert_restarted(&run);
+    assert_eq!(run.cas_ops, 0);
 }
 
 #[test]
@@ -357,19 +384,13 @@ fn tokens_rseq_cpu() {
     ignore = "asserts rseq aborts: needs the delay of RUSTFLAGS=\"--cfg rseq_inject_delay\""
 )]
 fn tokens_rseq_cid() {
-    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
-    let (aborts, _, _, _) = run_tokens(Discipline::Rseq, Index::Cid, false);
-    assert!(
-        aborts > 0,
-        "no rseq abort happened: the test did not exercise restarts"
-    );
+    assert_restarted(&run_tokens(Discipline::Rseq, Index::Cid, false));
 }
 
 #[test]
 fn tokens_cas() {
-    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
-    let (_, cas, _, _) = run_tokens(Discipline::TryLock, Index::Cpu, false);
-    assert!(cas > 0, "the CAS discipline did no operation");
+    let run = run_tokens(Discipline::TryLock, Index::Cpu, false);
+    assert!(run.cas_ops > 0, "the CAS discipline did no operation");
 }
 
 #[test]
@@ -378,33 +399,19 @@ fn tokens_cas() {
     ignore = "asserts rseq aborts: needs the delay of RUSTFLAGS=\"--cfg rseq_inject_delay\""
 )]
 fn drain_races_rseq_cpu() {
-    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
-    let (aborts, _, _, drained) = run_tokens(Discipline::Rseq, Index::Cpu, true);
-    assert!(aborts > 0);
-    assert!(
-        drained > 0,
-        "the drainer never took anything: no race was tested"
-    );
+    let run = run_tokens(Discipline::Rseq, Index::Cpu, true);
+    assert!(run.aborts > 0);
+    assert_drained(&run);
 }
 
 #[test]
 fn drain_races_rseq_cid() {
-    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
-    let (_, _, _, drained) = run_tokens(Discipline::Rseq, Index::Cid, true);
-    assert!(
-        drained > 0,
-        "the drainer never took anything: no race was tested"
-    );
+    assert_drained(&run_tokens(Discipline::Rseq, Index::Cid, true));
 }
 
 #[test]
 fn drain_races_cas() {
-    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
-    let (_, _, _, drained) = run_tokens(Discipline::TryLock, Index::Cpu, true);
-    assert!(
-        drained > 0,
-        "the drainer never took anything: no race was tested"
-    );
+    assert_drained(&run_tokens(Discipline::TryLock, Index::Cpu, true));
 }
 
 /// A membarrier fence aimed at a CPU restarts the critical section running

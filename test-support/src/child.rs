@@ -16,6 +16,9 @@
 //!     assert_child_ok(&run_in_child("works_in_cas_mode", Some("rseq=off")));
 //! }
 //! ```
+//!
+//! [`child_test`] does the same in one call: `child_test("works_in_cas_mode",
+//! Some("rseq=off"), body);`.
 
 use std::process::{Command, Output};
 
@@ -57,4 +60,31 @@ pub fn assert_child_ok(out: &Output) -> (String, String) {
     let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
     assert!(out.status.success(), "child failed: {stdout}\n{stderr}");
     (stdout, stderr)
+}
+
+/// One test that runs in a child: in the child ([`in_child`]), runs `body`
+/// and returns `None`; in the parent, re-runs test `test` of this binary
+/// with `conf` ([`child_command`]), asserts that it passed
+/// ([`assert_child_ok`]) and returns `Some((stdout, stderr))`.
+pub fn child_test(test: &str, conf: Option<&str>, body: impl FnOnce()) -> Option<(String, String)> {
+    child_test_env(test, conf, &[], body)
+}
+
+/// [`child_test`] with the variables `env` added to the child's
+/// environment.
+pub fn child_test_env(
+    test: &str,
+    conf: Option<&str>,
+    env: &[(&str, &str)],
+    body: impl FnOnce(),
+) -> Option<(String, String)> {
+    if in_child() {
+        body();
+        return None;
+    }
+    let out = child_command(test, conf)
+        .envs(env.iter().copied())
+        .output()
+        .unwrap_or_else(|e| panic!("cannot re-run test {test}: {e}"));
+    Some(assert_child_ok(&out))
 }

@@ -5,8 +5,10 @@
 //! - [`Rng`]: a fixed-seed PRNG (xorshift64*), so runs are reproducible;
 //! - [`Regions`], [`mmap_aligned`]: anonymous memory aligned to a per-CPU
 //!   region size, for per-CPU structures built outside the allocator;
-//! - [`run_in_child`], [`in_child`]: re-run one test of the current test
-//!   binary in a child process (own configuration, own address space);
+//! - [`run_in_child`], [`in_child`], [`child_test`]: re-run one test of the
+//!   current test binary in a child process (own configuration, own address
+//!   space);
+//! - [`install_seccomp_filter`]: a seccomp filter, as in a sandbox;
 //! - [`process`]: run a program with a timeout, compile C test programs,
 //!   scratch directories under the target directory.
 #![warn(missing_docs, clippy::undocumented_unsafe_blocks)]
@@ -16,7 +18,9 @@ pub mod process;
 mod regions;
 mod rng;
 
-pub use child::{assert_child_ok, child_command, in_child, run_in_child, CHILD_VAR};
+pub use child::{
+    assert_child_ok, child_command, child_test, child_test_env, in_child, run_in_child, CHILD_VAR,
+};
 pub use regions::{mmap_aligned, Regions};
 pub use rng::Rng;
 
@@ -24,6 +28,28 @@ pub use rng::Rng;
 pub fn gettid() -> libc::pid_t {
     // SAFETY: gettid has no preconditions.
     unsafe { libc::gettid() }
+}
+
+/// Sets `PR_SET_NO_NEW_PRIVS` (asserted) and installs the seccomp BPF
+/// program `filter` with the `seccomp(2)` flags `flags` (0: on the calling
+/// thread; `SECCOMP_FILTER_FLAG_TSYNC`: on every thread of the process).
+/// Returns what `seccomp` returned: 0 once the filter is in force.
+pub fn install_seccomp_filter(filter: &[libc::sock_filter], flags: libc::c_ulong) -> libc::c_long {
+    let prog = libc::sock_fprog {
+        len: filter.len() as u16,
+        filter: filter.as_ptr() as *mut libc::sock_filter,
+    };
+    // SAFETY: prctl with plain integer arguments, and seccomp with a valid
+    // BPF program that outlives the call (the kernel copies it).
+    unsafe {
+        assert_eq!(libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0), 0);
+        libc::syscall(
+            libc::SYS_seccomp,
+            libc::SECCOMP_SET_MODE_FILTER,
+            flags,
+            &prog as *const libc::sock_fprog,
+        )
+    }
 }
 
 /// The allocator's size classes (8 B, 16..128 by 16, then four steps per

@@ -87,27 +87,14 @@ fn install_seccomp(action: u32) {
             k: 0x7fff_0000,
         },
     ];
-    let prog = libc::sock_fprog {
-        len: filter.len() as u16,
-        filter: filter.as_ptr() as *mut _,
-    };
     // The probe runs in a test thread: the filter goes on every thread of
     // the process (TSYNC), as in a program filtered from its start (and as
     // `/proc/self/status`, the main thread's, then says).
-    // SAFETY: prctl and seccomp with a valid, live BPF program.
-    unsafe {
-        assert_eq!(libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0), 0);
-        assert_eq!(
-            libc::syscall(
-                libc::SYS_seccomp,
-                libc::SECCOMP_SET_MODE_FILTER,
-                libc::SECCOMP_FILTER_FLAG_TSYNC,
-                &prog as *const libc::sock_fprog
-            ),
-            0,
-            "seccomp filter refused"
-        );
-    }
+    assert_eq!(
+        rseq_test_support::install_seccomp_filter(&filter, libc::SECCOMP_FILTER_FLAG_TSYNC),
+        0,
+        "seccomp filter refused"
+    );
 }
 
 fn fixture() -> (Regions, PerCpuSlabs) {
