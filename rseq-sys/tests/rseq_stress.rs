@@ -8,7 +8,7 @@
 //!
 //! The delay loop exists only in a build with `--cfg rseq_inject_delay`
 //! (never in a shipped one), so this file runs in its own invocation
-//! (`scripts/test.sh` does it):
+//! (`rseq_stress_injected.rs` does it inside the normal suite):
 //! `RUSTFLAGS="--cfg rseq_inject_delay" cargo test --release -p rseq-sys
 //! --target-dir target/inject --test rseq_stress`.
 #![cfg(rseq_inject_delay)]
