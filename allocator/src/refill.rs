@@ -173,28 +173,34 @@ pub(crate) fn alloc_uncommon(size: usize, align: usize) -> *mut u8 {
 
 // ---------------------------------------------------------------- free
 
-/// The fast push of `p` (marked free, in no structure) missed.
+/// Frees a marked object that is in no structure, when the fast push
+/// missed or could not run: the full per-CPU push, its overflow, or the
+/// central list. C free keeps errno here.
 ///
 /// # Safety
-/// `p` is a free object of `class`, marked, owned by the caller.
+/// `p` is an object start of `class`, marked free, owned by the caller and
+/// in no structure.
 #[cold]
 #[inline(never)]
 pub(crate) unsafe fn free_overflow(p: *mut u8, class: SizeClass) {
-    // C free keeps errno.
     let _errno = crate::util::ErrnoGuard::new();
-    // SAFETY: non-null: it came from a validated free.
+    // SAFETY: non-null: an object start.
     let nn = unsafe { NonNull::new_unchecked(p) };
-    match crate::cpu_cache::SLABS.push(class.slab(), nn) {
-        Ok(()) => {}
-        // SAFETY: `p` is a marked free object of `class` in no structure
-        // (this function's contract; the refused push changed nothing).
-        Err(e) => unsafe { free_miss(p, class, e) },
+    if global::cache_ready() {
+        match crate::cpu_cache::SLABS.push(class.slab(), nn) {
+            Ok(()) => return,
+            // SAFETY: `p` is a marked free object of `class` in no structure
+            // (this function's contract; the refused push changed nothing).
+            Err(e) => return unsafe { free_miss(p, class, e) },
+        }
     }
+    // SAFETY: as above.
+    unsafe { free_central(p, class) }
 }
 
 /// Frees a validated object start of `class` when the fast path could not:
-/// checks the free mark, marks, then pushes through the full per-CPU push
-/// or the central list.
+/// checks the free mark, marks, then pushes (the CAS fallback's quick push,
+/// else `free_overflow`).
 ///
 /// # Safety
 /// `p` is an object start of `class` of this allocator, given up by the
@@ -210,53 +216,25 @@ pub(crate) unsafe fn free_small_slow(p: *mut u8, class: SizeClass, who: &'static
     // first (a one-byte load always forwards), the whole word only if it
     // matches.
     let top = unsafe { p.add(7).read() };
-    if FAST.cas_ready() && top != (key >> 56) as u8 {
-        // The CAS fallback's quick push, before the errno guard (two calls
-        // of `__errno_location` on every free): it makes no system call.
-        // The CPU number comes from the rseq area, rdpid or sched_getcpu,
-        // which reads the vDSO and sets errno only where getcpu does not
-        // exist at all.
-        // SAFETY: the object is the caller's to give up.
-        unsafe { p.cast::<u64>().write(key) };
-        // SAFETY: non-null object start.
-        let nn = unsafe { NonNull::new_unchecked(p) };
-        if crate::cpu_cache::SLABS.push_fast(class.slab(), nn) {
-            return;
-        }
-        // SAFETY: `p` is marked free and in no structure.
-        return unsafe { free_marked(p, class) };
-    }
-    let _errno = crate::util::ErrnoGuard::new(); // C free keeps errno
-                                                 // SAFETY: as above.
+    // SAFETY: as above.
     if top == (key >> 56) as u8 && fast::is_marked(unsafe { p.cast::<u64>().read() }, key) {
+        // C free keeps errno: the exact check may take locks.
+        let _errno = crate::util::ErrnoGuard::new();
         double_free::check(p, class, who);
     }
     // SAFETY: the object is the caller's to give up.
     unsafe { p.cast::<u64>().write(key) };
-    // SAFETY: `p` is marked free and in no structure.
-    unsafe { free_marked(p, class) }
-}
-
-/// Frees a marked object that is in no structure: the per-CPU cache, or
-/// its overflow or the central list. C free keeps errno here.
-///
-/// # Safety
-/// `p` is an object start of `class`, marked free, in no structure.
-#[cold]
-#[inline(never)]
-unsafe fn free_marked(p: *mut u8, class: SizeClass) {
-    let _errno = crate::util::ErrnoGuard::new(); // C free keeps errno
-                                                 // SAFETY: non-null object start.
+    // SAFETY: non-null object start.
     let nn = unsafe { NonNull::new_unchecked(p) };
-    if global::cache_ready() {
-        match crate::cpu_cache::SLABS.push(class.slab(), nn) {
-            Ok(()) => return,
-            // SAFETY: `p` is marked free and in no structure.
-            Err(e) => return unsafe { free_miss(p, class, e) },
-        }
+    // The CAS fallback's quick push runs without an errno guard (two calls
+    // of `__errno_location` on every free): it makes no system call. The
+    // CPU number comes from the rseq area, rdpid or sched_getcpu, which
+    // reads the vDSO and sets errno only where getcpu does not exist at all.
+    if FAST.cas_ready() && crate::cpu_cache::SLABS.push_fast(class.slab(), nn) {
+        return;
     }
     // SAFETY: `p` is marked free and in no structure.
-    unsafe { free_central(p, class) }
+    unsafe { free_overflow(p, class) }
 }
 
 /// Frees straight into the central list (bypassing the per-CPU cache).
