@@ -11,8 +11,9 @@
 //! └─ align <= 8 : t8[(size+7)>>3] | align == 16 : t16 | else refill::alloc_uncommon
 //! free(p)                   C ABI, raw::free
 //! ├─ e = page map entry of p (0: not ours / null)      : global::free_any (tail call)
-//! ├─ class = e.class != 0, FAST.ready, p is an object start (in-page limit
-//! │  from e, divisibility by one multiplication with FAST.divm[class])
+//! ├─ class = e.class != 0, p is an object start (offset from the span
+//! │  start from e; one multiplication by FAST.starts[class][0], one
+//! │  compare with FAST.starts[class][1])
 //! │                                                     : global::free_any
 //! └─ free_known(p, class)
 //!    ├─ byte 7 of p == FAST.mark ? (maybe freed)        : refill::free_small_slow
@@ -37,11 +38,13 @@
 //! its width) and, when it matches, the slow path compares the word and
 //! asks `double_free` for an exact answer (a live block may hold the key).
 //!
-//! `free`'s validation costs one load beyond finding the class: the page
-//! map entry already carries the class, the page's index in its span and
-//! the page's object-start limit, so the offset from the span start needs
-//! no span record; divisibility by the object size is one multiplication by
-//! `FAST.divm[class]` (the extra load) and a compare.
+//! `free`'s validation costs one 16-byte table entry beyond finding the
+//! class: the page map entry already carries the class and the page's index
+//! in its span, so the offset from the span start needs no span record;
+//! whether that offset starts one of the span's objects (a multiple of the
+//! size, not in the span's tail waste) is one multiplication by
+//! `FAST.starts[class][0]` and one compare with `FAST.starts[class][1]`
+//! (`size_class::object_start_table` has the proof).
 
 use crate::pagemap::PageMap;
 use crate::size_class::{self, SizeClass, FAST_MAX_BYTES};
@@ -81,9 +84,9 @@ pub(crate) struct Fast {
     /// instruction.
     mark: AtomicU8,
 
-    /// Per class byte, the divisibility multiplier
-    /// (`size_class::divisibility_table`; 0 for non-classes).
-    divm: [u64; 256],
+    /// Per class byte, the object-start test `[multiplier, bound]`
+    /// (`size_class::object_start_table`; `[0, 0]` for non-classes).
+    starts: [[u64; 2]; 256],
     /// Size -> class for 16-byte alignment, step 16 B.
     t16: [u8; T16_LEN],
     /// Size -> class for alignment <= 8, step 8 B.
@@ -97,7 +100,7 @@ pub(crate) static FAST: Fast = Fast {
     idx_off: AtomicIsize::new(0),
     key: AtomicU64::new(0),
     mark: AtomicU8::new(0),
-    divm: size_class::divisibility_table(),
+    starts: size_class::object_start_table(),
     t16: size_class::fast_table::<T16_LEN>(4),
     t8: size_class::fast_table::<T8_LEN>(3),
 };
@@ -167,12 +170,12 @@ impl Fast {
         SizeClass::from_table(self.t8[(size + 7) >> 3])
     }
 
-    /// Whether `off` (an offset from a span start, below 2^32) is a multiple
-    /// of `class`'s object size.
+    /// Whether `off` (an offset from the start of a span of `class`, below
+    /// 2^32) is the start of one of the span's objects.
     #[inline(always)]
-    pub(crate) fn divides(&self, class: usize, off: usize) -> bool {
-        let m = self.divm[class & 0xff];
-        (off as u64).wrapping_mul(m) < m
+    pub(crate) fn is_object_start(&self, class: usize, off: usize) -> bool {
+        let [m, bound] = self.starts[class & 0xff];
+        (off as u64).wrapping_mul(m) < bound
     }
 }
 
@@ -298,11 +301,10 @@ pub(crate) unsafe fn free(p: *mut u8) {
     let e = map().entry_of(p as usize);
     let class = PageMap::entry_class(e);
     if class != 0 {
-        if let Some(off) = PageMap::small_offset(e, p as usize) {
-            if fast().divides(class, off) {
-                // SAFETY: the page map says `p` is an object start of `class`.
-                return unsafe { free_known(p, SizeClass::from_table(class as u8), "free()") };
-            }
+        if fast().is_object_start(class, PageMap::small_offset(e, p as usize)) {
+            // SAFETY: the page map and the class's object-start test say `p`
+            // is an object start of `class`.
+            return unsafe { free_known(p, SizeClass::from_table(class as u8), "free()") };
         }
     }
     // SAFETY: `p` is null or a block of ours given up (this function's

@@ -320,14 +320,12 @@ pub(crate) fn classify(p: *mut u8, who: &str) -> Block<'static> {
     if let Some((_, entry)) = HEAP.map.lookup(addr) {
         let class_idx = PageMap::entry_class(entry);
         if let Some(class) = SizeClass::from_index(class_idx) {
-            // A page of small objects: the entry alone gives the class, the
-            // offset from the span start and the page's object-start limit.
-            match PageMap::small_offset(entry, addr) {
-                Some(off) if crate::fast::FAST.divides(class_idx, off) => {
-                    return Block::Small(class)
-                }
-                _ => util::invalid_pointer(who, p),
+            // A page of small objects: the entry alone gives the class and
+            // the offset from the span start.
+            if crate::fast::FAST.is_object_start(class_idx, PageMap::small_offset(entry, addr)) {
+                return Block::Small(class);
             }
+            util::invalid_pointer(who, p);
         }
         return classify_span(p, SpanId::from_entry(entry), who);
     }
@@ -346,7 +344,7 @@ fn classify_span(p: *mut u8, id: SpanId, who: &str) -> Block<'static> {
                 if let Some(class) = SizeClass::from_index(s.class() as usize) {
                     let off = addr.wrapping_sub(start);
                     if off < s.pages() << PAGE_SHIFT
-                        && crate::fast::FAST.divides(class.index(), off)
+                        && crate::fast::FAST.is_object_start(class.index(), off)
                     {
                         return Block::Small(class);
                     }

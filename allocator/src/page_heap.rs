@@ -318,7 +318,12 @@ impl PageHeap {
         l.carved = 0;
         l.on_list = false;
         s.state.store(state, Ordering::Relaxed);
-        if state == SpanState::Small && npages <= 255 {
+        // Small-object entries only for a span of its class's size: the
+        // object-start test of `free` (`size_class::object_start_table`)
+        // assumes that layout; any other span is classified by its record.
+        let class_layout = crate::size_class::SizeClass::from_index(class as usize)
+            .is_some_and(|c| c.span_pages() == npages);
+        if state == SpanState::Small && class_layout {
             self.map.set_small_range(start + front, npages, id, class);
         } else {
             self.map.set_range(start + front, npages, id);

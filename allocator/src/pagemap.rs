@@ -17,8 +17,8 @@
 //!
 //! Entry layout: bits 0..32 span id; for pages of a span of small objects,
 //! bits 32..40 the page's index inside its span and bits 40..48 the size
-//! class (0 for every other page), bits 48..63 the page's object-start
-//! limit (see `small_offset`). `free(ptr)` reads one entry and, for a small
+//! class (0 for every other page); bits 48..64 are 0. `free(ptr)` reads one
+//! entry (see `small_offset`) and, for a small
 //! object, needs no span record to find and validate its class.
 //!
 //! Invariants (writers hold the page-heap lock):
@@ -57,12 +57,6 @@ const _: () = assert!(ADDR_BITS - LEAF_ALIGN_SHIFT <= 32);
 static ROOT: [AtomicU32; ROOT_LEN] = [const { AtomicU32::new(0) }; ROOT_LEN];
 /// Leaves installed so far (statistics).
 static LEAVES: core::sync::atomic::AtomicUsize = core::sync::atomic::AtomicUsize::new(0);
-
-/// Bits 48..62 of a small-object page entry: how many bytes at the start of
-/// the page may hold an object start (`PAGE_BYTES` for every page but the
-/// span's last ones, less where the tail waste begins).
-const LIMIT_SHIFT: u32 = 48;
-const LIMIT_MASK: u64 = 0x7fff;
 
 /// The page map (a handle on the static root).
 pub struct PageMap {
@@ -176,21 +170,8 @@ impl PageMap {
     /// (`n <= 255`; page-heap lock held).
     pub fn set_small_range(&self, page: usize, n: usize, id: SpanId, class: u8) {
         debug_assert!(n <= 255 && class != 0);
-        let c = crate::size_class::SizeClass::from_index(class as usize);
-        let (size, objs) = c.map_or((0, 0), |c| (c.size_bytes(), c.objects_per_span()));
-        // Offset of the last object start in the span.
-        let last = (objs.max(1) - 1) * size;
         for i in 0..n {
-            let lo = i << PAGE_SHIFT;
-            let lim = if objs == 0 || last < lo {
-                0
-            } else {
-                (last - lo + 1).min(PAGE_BYTES)
-            };
-            let e = id.entry_bits()
-                | ((i as u64) << 32)
-                | ((class as u64) << 40)
-                | ((lim as u64) << LIMIT_SHIFT);
+            let e = id.entry_bits() | ((i as u64) << 32) | ((class as u64) << 40);
             self.store(page + i, e);
         }
     }
@@ -213,18 +194,11 @@ impl PageMap {
     }
 
     /// For a small-object page entry: the offset of `addr` from its span's
-    /// start if an object of the span may start at `addr`'s position in the
-    /// page (before the page's limit, which excludes the span's tail waste),
-    /// else `None`. Divisibility by the object size is the caller's check.
+    /// start (below 2^21). Whether an object starts there is the caller's
+    /// check (`Fast::is_object_start`, which also excludes the tail waste).
     #[inline(always)]
-    pub const fn small_offset(entry: u64, addr: usize) -> Option<usize> {
-        let in_page = addr & (PAGE_BYTES - 1);
-        let lim = ((entry >> LIMIT_SHIFT) & LIMIT_MASK) as usize;
-        if in_page < lim {
-            Some(((((entry >> 32) & 0xff) as usize) << PAGE_SHIFT) | in_page)
-        } else {
-            None
-        }
+    pub const fn small_offset(entry: u64, addr: usize) -> usize {
+        ((((entry >> 32) & 0xff) as usize) << PAGE_SHIFT) | (addr & (PAGE_BYTES - 1))
     }
 
     /// Makes sure leaves cover `[addr, addr + len)` (mapping the missing

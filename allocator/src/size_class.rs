@@ -101,7 +101,7 @@ impl SizeClass {
     }
     /// `offset / size_bytes()` by multiplication (valid for offsets below
     /// one span, checked exhaustively in the tests). The allocator checks
-    /// object starts with the fast path's divisibility table instead; this
+    /// object starts with the fast path's object-start table instead; this
     /// stays as the tests' reference for the span layout.
     #[cfg(test)]
     #[inline(always)]
@@ -312,16 +312,40 @@ pub(crate) const fn fast_table<const N: usize>(shift: u32) -> [u8; N] {
     t
 }
 
-/// Per class, `u64::MAX / size + 1`: `off` (below 2^32) is a multiple of the
-/// size iff `off.wrapping_mul(m) < m` (Lemire's divisibility test), one
-/// multiplication and no division on `free`'s path.
+/// Per class, the object-start test of `free`: `[m, bound]` with
+/// `m = u64::MAX / size + 1`, and `off` (an offset from a span start, below
+/// 2^32) is the start of one of the span's objects iff
+/// `off.wrapping_mul(m) < bound`: one multiplication and one compare check
+/// divisibility and the span's tail waste at once.
+///
+/// Why: let `d` be the size, `e = d * m - 2^64` (so `0 <= e < d`), and
+/// `off = q * d + r` with `r < d`. For `r = 0` the product is `q * e`. For
+/// `r > 0` it is `q * e + r * m >= m` (no wrap: `(q + 1) * e < 2^32 + d < m`
+/// since `d <= 2^18`). So with `e > 0` the bound `n * e` (`n` objects per
+/// span; `n * e < n * d <= 2^21 < m`) accepts exactly `r = 0, q < n`. With
+/// `e = 0` (`d` a power of two) every multiple gives 0 and the bound is `m`;
+/// the span then has no tail waste (asserted), so every multiple below the
+/// span's size is an object. The page map writes small-object entries only
+/// for spans of exactly `span_pages_for(d)` pages, so `off` is below that.
 /// The table has 256 entries so that any class byte indexes it; entries
-/// that are not classes are 0, which no offset passes.
-pub(crate) const fn divisibility_table() -> [u64; 256] {
-    let mut t = [0u64; 256];
+/// that are not classes are `[0, 0]`, which no offset passes.
+pub(crate) const fn object_start_table() -> [[u64; 2]; 256] {
+    let mut t = [[0u64; 2]; 256];
     let mut i = 1;
     while i < NUM_CLASSES {
-        t[i] = u64::MAX / SIZES[i] as u64 + 1;
+        let d = SIZES[i] as u64;
+        let m = u64::MAX / d + 1;
+        let e = d.wrapping_mul(m);
+        let span = span_pages_for(SIZES[i] as usize) as u64 * PAGE_BYTES as u64;
+        let n = span / d;
+        assert!(d <= 1 << 18 && span <= 1 << 21);
+        let bound = if e == 0 {
+            assert!(span % d == 0);
+            m
+        } else {
+            n * e
+        };
+        t[i] = [m, bound];
         i += 1;
     }
     t
@@ -443,6 +467,33 @@ mod tests {
                 );
             }
         }
+    }
+
+    #[test]
+    fn object_start_table_accepts_exactly_the_object_starts() {
+        let t = object_start_table();
+        // Every offset a small-object page entry can give (the page map
+        // writes such entries only for spans of the class's size), for
+        // every class: accepted iff a multiple of the size below the last
+        // object's end (so never in the tail waste).
+        for c in SizeClass::all() {
+            let [m, bound] = t[c.index()];
+            let d = c.size_bytes();
+            let objects_end = c.objects_per_span() * d;
+            for off in 0..c.span_pages() * PAGE_BYTES {
+                let accepted = (off as u64).wrapping_mul(m) < bound;
+                assert_eq!(
+                    accepted,
+                    off % d == 0 && off < objects_end,
+                    "class {c:?} off {off}"
+                );
+            }
+        }
+        // Bytes that are not classes accept nothing.
+        for (i, e) in t.iter().enumerate().skip(NUM_CLASSES) {
+            assert_eq!(*e, [0, 0], "byte {i}");
+        }
+        assert_eq!(t[0], [0, 0]);
     }
 
     #[test]
