@@ -11,7 +11,7 @@
 //! └─ align <= 8 : t8[(size+7)>>3] | align == 16 : t16 | else refill::alloc_uncommon
 //! free(p)                   C ABI, raw::free
 //! ├─ e = page map entry of p (0: not ours / null)      : global::free_any (tail call)
-//! ├─ class = e.class != 0, p is an object start (offset from the span
+//! ├─ p is an object start of class e.class (offset from the span
 //! │  start from e; one multiplication by FAST.starts[class][0], one
 //! │  compare with FAST.starts[class][1])
 //! │                                                     : global::free_any
@@ -300,12 +300,13 @@ pub(crate) unsafe fn free_known(p: *mut u8, class: SizeClass, who: &'static str)
 pub(crate) unsafe fn free(p: *mut u8) {
     let e = map().entry_of(p as usize);
     let class = PageMap::entry_class(e);
-    if class != 0 {
-        if fast().is_object_start(class, PageMap::small_offset(e, p as usize)) {
-            // SAFETY: the page map and the class's object-start test say `p`
-            // is an object start of `class`.
-            return unsafe { free_known(p, SizeClass::from_table(class as u8), "free()") };
-        }
+    // Class 0 (not a small-object page, not ours, null) would fail the
+    // object-start test too (its bound is 0); testing it first lets the
+    // page map's misses jump straight to `free_any`.
+    if class != 0 && fast().is_object_start(class, PageMap::small_offset(e, p as usize)) {
+        // SAFETY: the page map and the class's object-start test say `p`
+        // is an object start of `class`.
+        return unsafe { free_known(p, SizeClass::from_table(class as u8), "free()") };
     }
     // SAFETY: `p` is null or a block of ours given up (this function's
     // contract); free_any validates it and reports anything else.

@@ -62,6 +62,8 @@ struct Kept {
     since: u64,
     /// `mremap` refused to grow it (it spans two kernel mappings).
     no_remap: bool,
+    /// Its pages were given back (`MADV_DONTNEED`): it reads as zero.
+    clean: bool,
 }
 
 const NO_KEPT: Kept = Kept {
@@ -69,6 +71,7 @@ const NO_KEPT: Kept = Kept {
     len: 0,
     since: 0,
     no_remap: false,
+    clean: false,
 };
 
 struct Inner {
@@ -76,6 +79,9 @@ struct Inner {
     count: usize,
     kept: [Kept; KEPT_SLOTS],
     nkept: usize,
+    /// An allocation has reused a kept range: from then on freed blocks
+    /// stay resident (see `free`).
+    reused: bool,
 }
 
 // SAFETY: the slot array is only touched under the lock.
@@ -174,6 +180,7 @@ impl HugeTable {
                 count: 0,
                 kept: [NO_KEPT; KEPT_SLOTS],
                 nkept: 0,
+                reused: false,
             }),
             bytes: AtomicUsize::new(0),
             count: AtomicUsize::new(0),
@@ -324,7 +331,11 @@ impl HugeTable {
         if a + blen < end {
             self.add_kept(g, a + blen, end - (a + blen), k.since);
         }
-        Some((a, blen, blen))
+        // The split-off parts are added as dirty (conservative: a clean
+        // range's parts are still clean, `zero_kept` then finds no resident
+        // page to clear).
+        g.reused = true;
+        Some((a, blen, if k.clean { 0 } else { blen }))
     }
 
     /// No kept range fits: grows the biggest smaller one to `len` with
@@ -344,7 +355,8 @@ impl HugeTable {
         match unsafe { os::remap(k.addr as *mut u8, k.len, len) } {
             Some(q) => {
                 self.remove_kept(g, i);
-                Some((q.as_ptr() as usize, len, k.len))
+                g.reused = true;
+                Some((q.as_ptr() as usize, len, if k.clean { 0 } else { k.len }))
             }
             None => {
                 g.kept[i].no_remap = true;
@@ -365,6 +377,12 @@ impl HugeTable {
     /// kept neighbours (the merged range has the oldest stamp). If the array
     /// is full, the oldest range is unmapped first.
     fn add_kept(&self, g: &mut Inner, addr: usize, len: usize, since: u64) {
+        self.add_kept_as(g, addr, len, since, false);
+    }
+
+    /// `add_kept`, saying whether the range's pages were given back
+    /// (a merge is clean only if all its parts are).
+    fn add_kept_as(&self, g: &mut Inner, addr: usize, len: usize, since: u64, clean: bool) {
         let pos = g.kept[..g.nkept].partition_point(|k| k.addr < addr);
         let left = pos > 0 && g.kept[pos - 1].addr + g.kept[pos - 1].len == addr;
         let right = pos < g.nkept && g.kept[pos].addr == addr + len;
@@ -376,6 +394,7 @@ impl HugeTable {
                 l.len += len + r.len;
                 l.since = l.since.min(since).min(r.since);
                 l.no_remap |= r.no_remap;
+                l.clean &= clean && r.clean;
                 g.kept.copy_within(pos + 1..g.nkept, pos);
                 g.nkept -= 1;
             }
@@ -383,12 +402,14 @@ impl HugeTable {
                 let l = &mut g.kept[pos - 1];
                 l.len += len;
                 l.since = l.since.min(since);
+                l.clean &= clean;
             }
             (false, true) => {
                 let r = &mut g.kept[pos];
                 r.addr = addr;
                 r.len += len;
                 r.since = r.since.min(since);
+                r.clean &= clean;
             }
             (false, false) => {
                 let mut pos = pos;
@@ -408,6 +429,7 @@ impl HugeTable {
                     len,
                     since,
                     no_remap: false,
+                    clean,
                 };
                 g.nkept += 1;
             }
@@ -488,13 +510,20 @@ impl HugeTable {
     /// `decay_ms=0`); false if there is none (foreign or already freed
     /// pointer), and then nothing is touched.
     ///
+    /// Until some allocation has reused a kept range, a freed block's pages
+    /// are given back at once (`MADV_DONTNEED`) and only its mapping is
+    /// kept: a program that frees a big buffer once (a grown vector's old
+    /// storage, a loaded file) does not hold it resident for the decay
+    /// delay, while one that frees and allocates huge blocks in a loop pays
+    /// the page faults of one round and then reuses resident memory.
+    ///
     /// # Safety
     /// If `addr` is a live huge block, the caller owns it and will not use it
     /// again.
     pub unsafe fn free(&self, addr: usize) -> bool {
         let keep = decay::keeps();
         let now = if keep { decay::now_ms() } else { 0 };
-        let len = {
+        let (len, kept) = {
             let mut g = self.inner.lock();
             let Some(i) = Self::find(&g, addr) else {
                 return false;
@@ -503,12 +532,23 @@ impl HugeTable {
             Self::remove_at(&mut g, i);
             self.count.store(g.count, Ordering::Relaxed);
             self.bytes.fetch_sub(len, Ordering::Relaxed);
-            if keep {
+            let kept = keep && g.reused;
+            if kept {
                 self.add_kept(&mut g, addr, len, now);
             }
-            len
+            (len, kept)
         };
-        if keep {
+        if kept {
+            decay::note_dirty(now);
+        } else if keep {
+            // The block is in neither structure now: nobody can take it
+            // while its pages are given back outside the lock.
+            // SAFETY: the block was ours, the caller gave it up; page
+            // aligned and mapped.
+            let clean = unsafe { os::release(addr as *mut u8, len) };
+            let mut g = self.inner.lock();
+            self.add_kept_as(&mut g, addr, len, now, clean);
+            drop(g);
             decay::note_dirty(now);
         } else {
             // SAFETY: the block was ours and is now unknown to the table;
@@ -720,6 +760,15 @@ mod tests {
         t.check_invariants();
     }
 
+    /// Resident 4 KiB pages of `[p, p + len)` (mincore).
+    fn resident_pages(p: *mut u8, len: usize) -> usize {
+        let mut v = std::vec![0u8; len / 4096];
+        // SAFETY: `[p, p + len)` is mapped (a live block or a kept range);
+        // `v` holds one byte per page.
+        assert_eq!(unsafe { libc::mincore(p.cast(), len, v.as_mut_ptr()) }, 0);
+        v.iter().filter(|&&b| b & 1 != 0).count()
+    }
+
     #[test]
     fn kept_ranges_are_reused_split_and_coalesced() {
         const MIB: usize = 1 << 20;
@@ -732,6 +781,9 @@ mod tests {
         // SAFETY: ours, freed once.
         assert!(unsafe { t.free(a as usize) });
         assert_eq!((t.bytes(), t.kept_bytes()), (0, 16 * MIB));
+        // No kept range was reused yet: the mapping is kept, its pages are
+        // given back.
+        assert_eq!(resident_pages(a, 16 * MIB), 0);
         // SAFETY: a second free is rejected, the kept range is untouched.
         assert!(!unsafe { t.free(a as usize) });
         t.check_invariants();
@@ -743,8 +795,13 @@ mod tests {
         assert!(unsafe { core::slice::from_raw_parts(b, 16 * MIB) }
             .iter()
             .all(|&x| x == 0));
+        // SAFETY: the block is 16 MiB long and ours.
+        unsafe { b.write_bytes(0x55, 16 * MIB) };
         // SAFETY: ours.
         assert!(unsafe { t.free(b as usize) });
+        // A kept range was reused: freed blocks now stay resident.
+        assert_eq!(resident_pages(b, 16 * MIB), 16 * MIB / 4096);
+        assert_eq!(t.maps(), 1);
         // Much smaller: split off the front, the rest stays kept.
         let c = t.alloc(4 * MIB, 4096, false);
         assert_eq!(c, a);

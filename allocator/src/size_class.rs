@@ -340,7 +340,7 @@ pub(crate) const fn object_start_table() -> [[u64; 2]; 256] {
         let n = span / d;
         assert!(d <= 1 << 18 && span <= 1 << 21);
         let bound = if e == 0 {
-            assert!(span % d == 0);
+            assert!(span.is_multiple_of(d));
             m
         } else {
             n * e
