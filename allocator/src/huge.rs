@@ -510,9 +510,9 @@ impl HugeTable {
     /// `decay_ms=0`); false if there is none (foreign or already freed
     /// pointer), and then nothing is touched.
     ///
-    /// Until some allocation has reused a kept range, a freed block's pages
-    /// are given back at once (`MADV_DONTNEED`) and only its mapping is
-    /// kept: a program that frees a big buffer once (a grown vector's old
+    /// Until some allocation has reused a kept range (and unless
+    /// `decay_ms=-1`), a freed block's pages are given back at once
+    /// (`MADV_DONTNEED`) and only its mapping is kept: a program that frees a big buffer once (a grown vector's old
     /// storage, a loaded file) does not hold it resident for the decay
     /// delay, while one that frees and allocates huge blocks in a loop pays
     /// the page faults of one round and then reuses resident memory.
@@ -532,7 +532,8 @@ impl HugeTable {
             Self::remove_at(&mut g, i);
             self.count.store(g.count, Ordering::Relaxed);
             self.bytes.fetch_sub(len, Ordering::Relaxed);
-            let kept = keep && g.reused;
+            // `decay_ms=-1` promises that nothing goes back by itself.
+            let kept = keep && (g.reused || decay::decay_ms() < 0);
             if kept {
                 self.add_kept(&mut g, addr, len, now);
             }
