@@ -623,7 +623,14 @@ impl PageHeap {
         let mut unmapped = false;
         let addr = loop {
             if let Some(p) = self.map_chunk(g, len) {
-                break p;
+                if self.map.ensure_leaves(p, len) {
+                    break p;
+                }
+                // The chunk reaches a GiB with no page-map leaf yet and the
+                // leaf could not be mapped (an address-space limit the chunk
+                // itself just reached): a smaller chunk leaves room for it.
+                // SAFETY: the chunk was just mapped and nobody knows it.
+                unsafe { os::unmap(p as *mut u8, len) };
             }
             if len == exact {
                 // Out of address space: free spans too small for the request
@@ -641,11 +648,6 @@ impl PageHeap {
                 (((len / 2) >> PAGE_SHIFT) << PAGE_SHIFT).max(exact)
             };
         };
-        if !self.map.ensure_leaves(addr, len) {
-            // SAFETY: the chunk was just mapped and nobody knows it.
-            unsafe { os::unmap(addr as *mut u8, len) };
-            return None;
-        }
         let start = addr >> PAGE_SHIFT;
         let npages = len >> PAGE_SHIFT;
         if !self.add_chunk(g, start, npages) {
