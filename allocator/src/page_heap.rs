@@ -1108,7 +1108,12 @@ impl PageHeap {
                     SpanState::Small | SpanState::Large => {
                         for q in p..p + n {
                             assert_eq!(self.map.get(q), id, "page {q} of a used span");
-                            let want = if s.state() == SpanState::Small && n <= 255 {
+                            // Small-object entries only for a span laid out
+                            // as its class's (see `alloc_span`).
+                            let class_layout =
+                                crate::size_class::SizeClass::from_index(s.class() as usize)
+                                    .is_some_and(|c| c.span_pages() == n);
+                            let want = if s.state() == SpanState::Small && class_layout {
                                 (s.class() as usize, q - p)
                             } else {
                                 (0, 0)
