@@ -326,14 +326,11 @@ impl HugeTable {
             blen = end - a;
         }
         if a > k.addr {
-            self.add_kept(g, k.addr, a - k.addr, k.since);
+            self.add_kept_as(g, k.addr, a - k.addr, k.since, k.clean);
         }
         if a + blen < end {
-            self.add_kept(g, a + blen, end - (a + blen), k.since);
+            self.add_kept_as(g, a + blen, end - (a + blen), k.since, k.clean);
         }
-        // The split-off parts are added as dirty (conservative: a clean
-        // range's parts are still clean, `zero_kept` then finds no resident
-        // page to clear).
         g.reused = true;
         Some((a, blen, if k.clean { 0 } else { blen }))
     }
@@ -512,10 +509,11 @@ impl HugeTable {
     ///
     /// Until some allocation has reused a kept range (and unless
     /// `decay_ms=-1`), a freed block's pages are given back at once
-    /// (`MADV_DONTNEED`) and only its mapping is kept: a program that frees a big buffer once (a grown vector's old
-    /// storage, a loaded file) does not hold it resident for the decay
-    /// delay, while one that frees and allocates huge blocks in a loop pays
-    /// the page faults of one round and then reuses resident memory.
+    /// (`MADV_DONTNEED`) and only its mapping is kept: a program that frees
+    /// a big buffer once (a grown vector's old storage, a loaded file) does
+    /// not hold it resident for the decay delay, while one that frees and
+    /// allocates huge blocks in a loop pays the page faults of one round and
+    /// then reuses resident memory.
     ///
     /// # Safety
     /// If `addr` is a live huge block, the caller owns it and will not use it

@@ -318,12 +318,7 @@ impl PageHeap {
         l.carved = 0;
         l.on_list = false;
         s.state.store(state, Ordering::Relaxed);
-        // Small-object entries only for a span of its class's size: the
-        // object-start test of `free` (`size_class::object_start_table`)
-        // assumes that layout; any other span is classified by its record.
-        let class_layout = crate::size_class::SizeClass::from_index(class as usize)
-            .is_some_and(|c| c.span_pages() == npages);
-        if state == SpanState::Small && class_layout {
+        if PageMap::has_small_entries(state, class, npages) {
             self.map.set_small_range(start + front, npages, id, class);
         } else {
             self.map.set_range(start + front, npages, id);
@@ -1108,12 +1103,7 @@ impl PageHeap {
                     SpanState::Small | SpanState::Large => {
                         for q in p..p + n {
                             assert_eq!(self.map.get(q), id, "page {q} of a used span");
-                            // Small-object entries only for a span laid out
-                            // as its class's (see `alloc_span`).
-                            let class_layout =
-                                crate::size_class::SizeClass::from_index(s.class() as usize)
-                                    .is_some_and(|c| c.span_pages() == n);
-                            let want = if s.state() == SpanState::Small && class_layout {
+                            let want = if PageMap::has_small_entries(s.state(), s.class(), n) {
                                 (s.class() as usize, q - p)
                             } else {
                                 (0, 0)

@@ -18,8 +18,9 @@
 //! Entry layout: bits 0..32 span id; for pages of a span of small objects,
 //! bits 32..40 the page's index inside its span and bits 40..48 the size
 //! class (0 for every other page); bits 48..64 are 0. `free(ptr)` reads one
-//! entry (see `small_offset`) and, for a small
-//! object, needs no span record to find and validate its class.
+//! entry (see `small_offset`) and, for a small object, needs no span record
+//! to find and validate its class. Only spans laid out as their class's
+//! (`has_small_entries`) get such entries.
 //!
 //! Invariants (writers hold the page-heap lock):
 //! - every page of a span in use (small or large) maps to that span's id;
@@ -166,8 +167,18 @@ impl PageMap {
         }
     }
 
+    /// Whether a span of `npages` pages in state `state` with class byte
+    /// `class` gets small-object entries: a small span of exactly its
+    /// class's size, the layout `size_class::object_start_table` assumes
+    /// (any other span is classified by its record).
+    pub fn has_small_entries(state: crate::span::SpanState, class: u8, npages: usize) -> bool {
+        state == crate::span::SpanState::Small
+            && crate::size_class::SizeClass::from_index(class as usize)
+                .is_some_and(|c| c.span_pages() == npages)
+    }
+
     /// Sets the `n` entries of a span of small objects of class `class`
-    /// (`n <= 255`; page-heap lock held).
+    /// (`has_small_entries`; page-heap lock held).
     pub fn set_small_range(&self, page: usize, n: usize, id: SpanId, class: u8) {
         debug_assert!(n <= 255 && class != 0);
         for i in 0..n {
