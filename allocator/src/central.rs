@@ -42,6 +42,9 @@ struct Inner {
     nonempty: SpanId,
     transfer: [*mut u8; TRANSFER_SLOTS],
     transfer_len: usize,
+    /// The lowest `transfer_len` since the last `plunder`: the objects
+    /// below it sat there unused all that time.
+    transfer_low: usize,
     free_objects: usize,
     span_objects: usize,
     /// The key to the fields of this class's spans.
@@ -166,6 +169,7 @@ impl Central {
                 nonempty: SpanId::NONE,
                 transfer: [core::ptr::null_mut(); TRANSFER_SLOTS],
                 transfer_len: 0,
+                transfer_low: 0,
                 free_objects: 0,
                 span_objects: 0,
                 // SAFETY: the one key of this list, inside the data of its
@@ -227,6 +231,7 @@ impl Central {
             out[n] = g.transfer[g.transfer_len];
             n += 1;
         }
+        g.transfer_low = g.transfer_low.min(g.transfer_len);
         bump(&self.moves.pop_transfer, n as u64);
         let size = class.size_bytes();
         let objs = class.objects_per_span() as u32;
@@ -370,7 +375,31 @@ impl Central {
             // SAFETY: transfer objects are free objects of this class.
             unsafe { self.return_to_span(heap, &mut g, class, o) };
         }
+        g.transfer_low = 0;
         self.publish(&g);
+    }
+
+    /// Gives the objects that stayed at the bottom of the transfer stack
+    /// since the previous call (below its low-water mark: no refill needed
+    /// them) back to their spans, so that the spans they pin can reach the
+    /// page heap; a stack in steady use keeps what it uses. Run by the
+    /// decay pass, a quarter of the decay apart. Returns the objects the
+    /// stack still holds.
+    pub fn plunder(&self, heap: &PageHeap, class: SizeClass) -> usize {
+        let mut g = self.inner.lock();
+        let n = g.transfer_low.min(g.transfer_len);
+        for i in 0..n {
+            let o = g.transfer[i];
+            // SAFETY: transfer objects are free objects of this class; `o`
+            // leaves the stack below (the copy_within), so it is nowhere else.
+            unsafe { self.return_to_span(heap, &mut g, class, o) };
+        }
+        let len = g.transfer_len;
+        g.transfer.copy_within(n..len, 0);
+        g.transfer_len = len - n;
+        g.transfer_low = g.transfer_len;
+        self.publish(&g);
+        g.transfer_len
     }
 
     /// # Safety

@@ -121,14 +121,16 @@ fn region_fingerprint(region: usize) -> u64 {
 }
 
 /// Drains the regions that look idle (see the module doc). Never blocks: if
-/// another drain or a fork is in progress, it does nothing.
+/// another drain or a fork is in progress, it does nothing. Returns whether
+/// some region still holds objects (a later scan may find it idle).
 #[cold]
 #[inline(never)]
-pub(crate) fn drain_idle_regions(central: &CentralLists, heap: &PageHeap) {
+pub(crate) fn drain_idle_regions(central: &CentralLists, heap: &PageHeap) -> bool {
     let sigs = IDLE_SIGS.load(Ordering::Acquire);
     if sigs.is_null() || !DRAIN_LOCK.try_lock() {
-        return;
+        return false;
     }
+    let mut holding = false;
     for r in 0..SLABS.nregions() {
         // SAFETY: IDLE_SIGS has `nregions` entries (mapped at init).
         let slot = unsafe { &*sigs.add(r) };
@@ -147,10 +149,12 @@ pub(crate) fn drain_idle_regions(central: &CentralLists, heap: &PageHeap) {
             slot.store(region_fingerprint(r), Ordering::Relaxed);
         } else {
             slot.store(sig, Ordering::Relaxed);
+            holding |= !empty;
         }
     }
     // SAFETY: taken above by this thread.
     unsafe { DRAIN_LOCK.unlock() };
+    holding
 }
 
 /// Serialises drains with `fork_prepare`: a drain holds rseq-sys's region

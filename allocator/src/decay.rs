@@ -12,12 +12,24 @@
 //! range that keeps being reused is still returned once per period; a big
 //! old range does not stay for ever because small pieces of it are reused).
 //!
+//! Memory a spike leaves behind is bounded without waiting for a pass: the
+//! page heap keeps at most max(an eighth of the pages in use, 8 MiB) dirty
+//! and releases the rest as it is freed (`PageHeap::dirty_cap_pages`). A
+//! pass also collects the front end: per-CPU caches that did not move since
+//! the previous pass are drained and transfer stacks give back what stayed
+//! below their low-water mark, so the spans those objects pin can decay.
+//! Blocks above 32 KiB bypass the per-CPU caches
+//! (`size_class::CPU_CACHE_MAX_OBJECT_BYTES`), so their malloc and free are
+//! events too: a program whose remaining activity is pairs of small objects
+//! (which never miss) still gets its passes from anything bigger, or from
+//! the background thread.
+//!
 //! `background=1`: a detached thread, created lazily from the first tick at
 //! a point where the caller holds no allocator lock (not during init, where
 //! loader locks may be held), wakes every `decay_ms / 4` (10 ms .. 1 s) and
-//! runs the same decay, and drains idle per-CPU caches, so an idle process
-//! returns memory too. `pthread_create` itself may call `malloc`: the state
-//! is `CREATING` while it runs, so that nested call does not recurse. A
+//! runs the same pass, so an idle process returns memory too.
+//! `pthread_create` itself may call `malloc`: the state is `CREATING`
+//! while it runs, so that nested call does not recurse. A
 //! failed creation (EAGAIN under RLIMIT_NPROC, seccomp) leaves the
 //! activity-driven decay alone in charge. A fork child has no such thread:
 //! [`fork_child`] makes the next tick in the child create it again.
@@ -29,8 +41,9 @@ pub const TICK_EVENTS: u32 = 16;
 
 /// The decay delay in ms (-1 = never).
 static DECAY_MS: AtomicI64 = AtomicI64::new(10_000);
-/// Earliest time (ms, [`now_ms`]) at which some dirty memory may be due;
-/// `u64::MAX` when nothing is dirty (then `tick` is one load).
+/// Earliest time (ms, [`now_ms`]) at which some dirty memory may be due
+/// or the next idle-cache scan is wanted (see [`run`]); `u64::MAX` when
+/// nothing is dirty and the caches were empty (then `tick` is one load).
 static NEXT_DUE: AtomicU64 = AtomicU64::new(u64::MAX);
 static EVENTS: AtomicU32 = AtomicU32::new(0);
 /// One decay pass at a time (others skip theirs).
@@ -145,7 +158,7 @@ fn tick_slow(can_spawn: bool) {
     }
     let now = now_ms();
     if now >= NEXT_DUE.load(Ordering::Relaxed) {
-        run(now);
+        run(now, can_spawn);
     }
 }
 
@@ -153,7 +166,9 @@ fn tick_slow(can_spawn: bool) {
 /// Takes the page-heap and huge locks (one after the other); skips if
 /// another pass is running. The next pass is due when the oldest remaining
 /// range is, but not before `decay_ms / 4` (at most 1 s) from now.
-pub fn run(now: u64) {
+/// `unlocked`: the caller holds no allocator lock, so the pass may also
+/// drain idle per-CPU caches (which takes central locks).
+pub fn run(now: u64, unlocked: bool) {
     let d = decay_ms();
     if d < 0 || BUSY.swap(true, Ordering::Acquire) {
         return;
@@ -161,11 +176,36 @@ pub fn run(now: u64) {
     // Anything stamped from here on lowers NEXT_DUE again; what is stamped
     // before is seen by the scans below (they take the locks after this).
     NEXT_DUE.store(u64::MAX, Ordering::Relaxed);
+    // First the front: per-CPU caches whose stacks have not moved since
+    // the previous pass give their objects back, and each transfer stack
+    // what sat below its low-water mark, so that the spans those objects
+    // pin reach the page heap (a program that frees a big heap, then runs
+    // alloc/free pairs, keeps the last objects freed cached, about one per
+    // span, and never misses again). Anything still held keeps a pass
+    // pending: the next one may find it idle. A pass run under a central
+    // lock (`unlocked` false) cannot take central locks: it leaves this to
+    // the next pass.
+    let holding = if unlocked {
+        let caches = crate::global::cache_ready()
+            && crate::cpu_cache::drain_idle_regions(&crate::global::CENTRAL, &crate::global::HEAP);
+        let mut transfer = 0;
+        for c in crate::size_class::SizeClass::all() {
+            transfer += crate::global::CENTRAL
+                .get(c)
+                .plunder(&crate::global::HEAP, c);
+        }
+        caches || transfer > 0
+    } else {
+        crate::global::cache_ready()
+    };
     let a = crate::global::HEAP.decay(now, d as u64);
     let b = crate::global::HUGE.decay(now, d as u64);
     // Passes are at least a quarter of the decay apart (a pass is
     // O(free spans)): memory is returned at most 25% late.
-    let next = a.min(b);
+    let mut next = a.min(b);
+    if holding {
+        next = next.min(now);
+    }
     if next != u64::MAX {
         NEXT_DUE.fetch_min(next.max(now + gap_ms(d as u64)), Ordering::Relaxed);
     }
@@ -256,14 +296,12 @@ extern "C" fn bg_main(_: *mut libc::c_void) -> *mut libc::c_void {
         // SAFETY: `ts` is a valid timespec; an interruption just shortens
         // the sleep.
         unsafe { libc::nanosleep(&ts, core::ptr::null_mut()) };
-        if crate::global::cache_ready() {
-            // Idle per-CPU caches give their objects back, so that their
-            // spans can reach the page heap and decay.
-            crate::cpu_cache::drain_idle_regions(&crate::global::CENTRAL, &crate::global::HEAP);
-        }
+        // Every period when nothing is pending (the pass drains idle
+        // per-CPU caches too, so that their spans reach the page heap).
         let now = now_ms();
-        if now >= NEXT_DUE.load(Ordering::Relaxed) {
-            run(now);
+        let due = NEXT_DUE.load(Ordering::Relaxed);
+        if due == u64::MAX || now >= due {
+            run(now, true);
         }
         BG_PASSES.fetch_add(1, Ordering::Relaxed);
     }

@@ -76,6 +76,9 @@ pub const CHUNK_ALIGN_BYTES: usize = 2 << 20;
 pub const FIRST_CHUNK_BYTES: usize = 4 << 20;
 /// The usual size of a new chunk once the heap has reached it.
 pub const CHUNK_BYTES: usize = 64 << 20;
+/// The dirty free pages kept whatever the heap's size (see
+/// `PageHeap::dirty_cap_pages`).
+pub const DIRTY_FLOOR_BYTES: usize = 8 << 20;
 /// Largest chunk added for growth alone (a bigger request gets a chunk of
 /// its own size).
 pub const MAX_CHUNK_BYTES: usize = 1 << 30;
@@ -373,6 +376,27 @@ impl PageHeap {
         let now = crate::decay::now_ms();
         self.insert_free(g, start, n, n, now as u32, id);
         crate::decay::note_dirty(now);
+        if crate::decay::decay_ms() > 0 {
+            let cap = self.dirty_cap_pages();
+            if g.free_dirty_pages > cap {
+                self.release_down_to(g, cap - cap / 4);
+            }
+        }
+    }
+
+    /// The most dirty free pages the heap keeps waiting for their decay
+    /// delay: an eighth of the pages in use, at least
+    /// [`DIRTY_FLOOR_BYTES`]. Past it, a free releases the biggest dirty
+    /// spans at once, down to three quarters of the cap (so a heap sitting
+    /// at the cap does not pay a release on every free). Decay alone
+    /// cannot bound what a spike leaves: it runs on slow paths, and a
+    /// program whose later activity stays in the per-CPU caches reaches
+    /// none. `decay_ms=-1` (keep everything) and `0` (release at once) do
+    /// not use it.
+    fn dirty_cap_pages(&self) -> usize {
+        let in_use =
+            self.small_bytes.load(Ordering::Relaxed) + self.large_bytes.load(Ordering::Relaxed);
+        (in_use / 8).max(DIRTY_FLOOR_BYTES) >> PAGE_SHIFT
     }
 
     /// Resizes a LARGE span in place to `new_pages`: shrinking gives the tail

@@ -152,10 +152,23 @@ const fn clamp(v: usize, lo: usize, hi: usize) -> usize {
     }
 }
 
+/// Largest object size the per-CPU caches hold. Classes above it have
+/// capacity 0: every malloc and free of them goes to the central list
+/// (a lock and the transfer stack, small next to writing 32 KiB), which
+/// makes them slow-path events that drive decay (`decay::tick`); a
+/// program whose light activity is pairs of such blocks returns its idle
+/// memory on time (jemalloc's `tcache_max` is the same 32 KiB).
+pub const CPU_CACHE_MAX_OBJECT_BYTES: usize = 32 * 1024;
+
 /// Per-CPU cache capacity rule: about 64 KiB worth of objects per class,
-/// between 1 and 1024 objects; (16 KiB of 16 B objects, 1 object of 256 KiB).
+/// between 2 and 1024 objects (16 KiB of 16 B objects, 2 of 32 KiB); 0
+/// above [`CPU_CACHE_MAX_OBJECT_BYTES`].
 const fn capacity_for(size: usize) -> usize {
-    clamp(64 * 1024 / size, 1, 1024)
+    if size > CPU_CACHE_MAX_OBJECT_BYTES {
+        0
+    } else {
+        clamp(64 * 1024 / size, 1, 1024)
+    }
 }
 
 /// Batch rule: about 32 KiB per move, between 1 and 32 objects, and at most
@@ -502,7 +515,11 @@ mod tests {
         let mut bytes = 0;
         for c in SizeClass::all() {
             assert!(c.batch() >= 1);
-            assert!(c.capacity() >= 1);
+            assert_eq!(
+                c.capacity() >= 1,
+                c.size_bytes() <= CPU_CACHE_MAX_OBJECT_BYTES,
+                "{c:?}"
+            );
             assert!(c.batch() <= c.capacity().max(1));
             slots += c.capacity();
             bytes += c.capacity() * c.size_bytes();
