@@ -3,7 +3,8 @@
 //! One region per possible CPU (or per `mm_cid`), each holding one bounded
 //! stack of free objects per size class; capacities come from
 //! [`size_class::CLASS_CAPACITY`], so one region holds at most
-//! [`size_class::CPU_CACHE_MAX_BYTES`] (about 3.8 MiB) of free objects.
+//! [`size_class::CPU_CACHE_MAX_BYTES`] (about 2.4 MiB) of free objects;
+//! blocks above 32 KiB are not cached here (capacity 0).
 //! `malloc` pops, `free` pushes; a miss or an overflow moves a batch through
 //! the central list (see `global`).
 //!

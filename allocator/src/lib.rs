@@ -62,7 +62,7 @@
 //! is served from a static bootstrap arena.
 //!
 //! Bounds: per-CPU cache at most `CPU_CACHE_MAX_BYTES`
-//! (≈3.8 MiB) per CPU or cid; internal waste `< max(16 B, size/4)`; dirty
+//! (≈2.4 MiB) per CPU or cid; internal waste `< max(16 B, size/4)`; dirty
 //! free pages (page heap) and kept huge ranges go back to the OS once unused
 //! for `decay_ms` (`decay.rs`).
 #![deny(unsafe_op_in_unsafe_fn)]

@@ -243,9 +243,9 @@ const fn cache_bytes_bound() -> usize {
 }
 
 /// Upper bound on the bytes of free objects one per-CPU (or per-cid) cache can
-/// hold: the sum over classes of capacity x size = 3 960 448 bytes (about
-/// 3.8 MiB, asserted below at 4 MiB; 1.5 MiB of it is the one-object slots of
-/// the nine classes >= 64 KiB).
+/// hold: the sum over classes of capacity x size = 2 469 504 bytes (about
+/// 2.4 MiB, asserted below at 4 MiB; the twelve classes above 32 KiB have no
+/// slots).
 pub const CPU_CACHE_MAX_BYTES: usize = cache_bytes_bound();
 const _: () = assert!(CPU_CACHE_MAX_BYTES <= 4 * 1024 * 1024);
 
