@@ -8,13 +8,14 @@
 //!   fence is needed because a section reads `current` and the bounds with
 //!   separate loads (see `drain_rseq`).
 //! - try-lock: take each stack lock in turn (waiting for it, unlike an
-//!   operation), hand the items over, reset `current`.
+//!   operation), hand the items over, and release the lock with the reset
+//!   index (one store of the `current` word, as in `trylock.rs`).
 //!
 //! Drains of one region are serialised by the region lock, which also
 //! orders them against the region's initialisation.
 
 use super::layout::{Region, STOPPED_BEGIN};
-use super::{ClassId, Discipline, Index, PerCpuSlabs, RegionId};
+use super::{trylock, ClassId, Discipline, Index, PerCpuSlabs, RegionId};
 use crate::fence;
 use core::sync::atomic::Ordering;
 
@@ -59,10 +60,14 @@ impl PerCpuSlabs {
         if fenced.is_ok() {
             for class in 0..n {
                 let (b, _) = self.bounds(class);
+                let h = reg.header(class);
+                let cur = h.index(Ordering::Acquire);
                 // SAFETY: the header is stopped and fenced: no section that
                 // read it before can still commit, and every later one sees
                 // it empty and full, so nobody writes slots `b .. current`.
-                unsafe { hand_over(reg, class, b, Ordering::Acquire, Ordering::Release, f) };
+                unsafe { hand_over(reg, class, b, cur, f) };
+                // Under rseq the word is the bare index (no lock bit).
+                h.current.store(b as u32, Ordering::Release);
             }
             // Second fence, before the bounds come back: a section reads
             // `current` and the bounds with separate loads, so one that read
@@ -100,46 +105,35 @@ impl PerCpuSlabs {
     fn drain_locked(&self, reg: Region, f: &mut dyn FnMut(ClassId, &[*mut u8])) -> bool {
         for class in 0..self.nclasses() {
             let h = reg.header(class);
-            while h
-                .lock
-                .compare_exchange_weak(0, 1, Ordering::Acquire, Ordering::Relaxed)
-                .is_err()
-            {
-                // SAFETY: sched_yield has no preconditions.
-                unsafe { libc::sched_yield() };
-            }
+            let cur = trylock::acquire_waiting(h) as u16;
             let b = h.begin.load(Ordering::Relaxed);
             // SAFETY: we hold the stack lock, so nobody else touches the
             // stack's `current` or slots.
-            unsafe { hand_over(reg, class, b, Ordering::Relaxed, Ordering::Relaxed, f) };
-            h.lock.store(0, Ordering::Release);
+            unsafe { hand_over(reg, class, b, cur, f) };
+            trylock::release_waited(h, b);
         }
         true
     }
 }
 
-/// Hands the items of `class` (slots `b .. current`) to `f` and resets
-/// `current` to `b`, loading and storing `current` with the given orderings.
+/// Hands the items of `class` (slots `b .. cur`) to `f`; the caller then
+/// resets `current` to `b`.
 ///
 /// # Safety
-/// Nobody else writes the stack's `current` or slots until this returns
-/// (its header is stopped and fenced, or its stack lock is held); `b` is
-/// the class's `begin`.
+/// Nobody else writes the stack's `current` or slots until the caller has
+/// reset it (its header is stopped and fenced, or its stack lock is held);
+/// `b` is the class's `begin` and `cur` its `current` index.
 unsafe fn hand_over(
     reg: Region,
     class: usize,
     b: u16,
-    load: Ordering,
-    store: Ordering,
+    cur: u16,
     f: &mut dyn FnMut(ClassId, &[*mut u8]),
 ) {
-    let current = &reg.header(class).current;
-    let cur = current.load(load);
     if cur > b {
         let id = ClassId::new(class).expect("a structure's classes are below MAX_CLASSES");
         // SAFETY: slots `b .. cur` hold this class's items, unchanged while
         // we read (the caller's promise).
         f(id, unsafe { reg.items(b, cur) });
     }
-    current.store(b, store);
 }

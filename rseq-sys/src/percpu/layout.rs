@@ -4,7 +4,7 @@
 //!
 //! ```text
 //! region r   = base + (r << REGION_SHIFT)                  (REGION_BYTES each)
-//! header[c]  = region + c * 8: Header { current, lock, end, begin }   c < MAX_CLASSES
+//! header[c]  = region + c * 8: Header { current (index | LOCKED), end, begin }   c < MAX_CLASSES
 //! header[126] = Control { init, lock }    header[127] = try-lock op counter
 //! slot[i]    = region + i * 8              i >= HEADER_SLOTS
 //! items of class c = slot[begin .. current], free slots = slot[current .. end]
@@ -19,7 +19,12 @@
 //!   every push sees it full).
 //! - Only the commit store of a critical section (rseq) or the stack lock's
 //!   holder (try-lock) writes `current`; a drain first stops the header,
-//!   fences, and only then touches `current` and the slots.
+//!   fences, and only then touches `current` and the slots (rseq), or holds
+//!   the stack lock (try-lock).
+//! - `current` is one 32-bit word: the index in bits 0..16, the try-lock's
+//!   [`LOCKED`] bit 16, every other bit 0. The bit is set only in a structure
+//!   driven by the try-lock discipline, so a critical section (which loads
+//!   and commits the whole word) always sees the bare index.
 //! - Zeroed memory is a valid, inert header (`0, 0, 0`: empty and full), so
 //!   a region needs no initialisation before its first miss.
 
@@ -78,17 +83,31 @@ pub struct RegionId(pub usize);
 /// offsets; they write only `current` (their commit store).
 #[repr(C)]
 pub(crate) struct Header {
-    /// Slot index one past the top item.
-    pub(crate) current: AtomicU16,
-    /// Try-lock discipline: the stack lock (0 free, 1 held). Unused by rseq,
-    /// so always 0 there: the sections load and commit `current` as the
-    /// 32-bit word `current | lock << 16` (see `arch/x86_64.rs`).
-    pub(crate) lock: AtomicU16,
+    /// The stack word: bits 0..16 the slot index one past the top item,
+    /// bit 16 ([`LOCKED`]) the try-lock discipline's stack lock, the other
+    /// bits 0. Under rseq the bit is never set, so the sections load and
+    /// commit the word as the bare index (see `arch/x86_64.rs`); under the
+    /// try-lock one compare-and-swap takes the lock and reads the index,
+    /// and one store writes the new index and releases it (`trylock.rs`).
+    pub(crate) current: AtomicU32,
     /// Slot index one past the last slot of the class (0 while stopped).
     pub(crate) end: AtomicU16,
     /// Slot index of the first slot of the class (`STOPPED_BEGIN` while
     /// stopped).
     pub(crate) begin: AtomicU16,
+}
+
+/// The try-lock's bit in [`Header::current`]: set while a thread holds the
+/// stack (try-lock discipline only).
+pub(crate) const LOCKED: u32 = 1 << 16;
+
+impl Header {
+    /// The index part of `current` (the lock bit masked off: racy readers
+    /// of a try-lock structure may see it set).
+    #[inline(always)]
+    pub(super) fn index(&self, order: Ordering) -> u16 {
+        self.current.load(order) as u16
+    }
 }
 
 /// A region's control word (header slot 126).
@@ -107,7 +126,13 @@ pub(super) const READY: u32 = 1;
 // index by 8 to reach its slot; both are the header and slot sizes here.
 const _: () = assert!(size_of::<Header>() == 8 && size_of::<Control>() == 8);
 const _: () = assert!(size_of::<*mut u8>() == 8);
-const _: () = assert!(offset_of!(Header, current) == 0 && offset_of!(Header, lock) == 2);
+const _: () = assert!(
+    offset_of!(Header, current) == 0
+        && offset_of!(Header, end) == 4
+        && offset_of!(Header, begin) == 6
+);
+// The index fits below the lock bit.
+const _: () = assert!(LOCKED == 1 << u16::BITS);
 const _: () = assert!(MAX_SLOTS + HEADER_SLOTS <= u16::MAX as usize);
 
 /// One region of a structure.
@@ -130,7 +155,7 @@ impl Region {
         // SAFETY: `Region::new`'s contract: the header slots lie inside the
         // live region and are 8-aligned; every field is an atomic, and every
         // other access to header memory is atomic or a critical section's
-        // single-copy-atomic 16-bit load or store.
+        // single-copy-atomic load or store of a field at its own width.
         unsafe { &*self.0.cast::<Header>().add(class) }
     }
 

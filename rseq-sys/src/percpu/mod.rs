@@ -12,9 +12,10 @@
 //!   section on the region of the CPU the thread runs on; no atomic
 //!   read-modify-write.
 //! - [`Discipline::TryLock`] (`trylock.rs`): the fallback. Each stack is
-//!   guarded by its header's lock half-word, taken with one compare-and-swap
-//!   and never waited for; the region is the CPU the thread runs on, read
-//!   the cheapest way the process allows.
+//!   guarded by the lock bit of its header's `current` word, taken with one
+//!   compare-and-swap (which also reads the index) and never waited for;
+//!   the region is the CPU the thread runs on, read the cheapest way the
+//!   process allows.
 //!
 //! Remote changes (draining a region while others use it) follow the drain
 //! protocol of `drain.rs`.
@@ -36,7 +37,7 @@ use core::sync::atomic::{
     AtomicBool, AtomicIsize, AtomicPtr, AtomicU32, AtomicU8, AtomicUsize, Ordering,
 };
 use layout::{Region, READY};
-use trylock::CpuSource;
+use trylock::{CpuSource, FIRST_TRYLOCK_MODE};
 
 /// How regions are indexed in rseq mode.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -58,8 +59,12 @@ pub enum Discipline {
     TryLock = 2,
 }
 
-/// `PerCpuSlabs::discipline` before `init`: every operation is refused.
+/// `PerCpuSlabs::mode` before `init`: every operation is refused.
 const INERT: u8 = 0;
+/// `PerCpuSlabs::mode` of a structure on the rseq discipline. (A try-lock
+/// structure's mode is its [`CpuSource`], from [`FIRST_TRYLOCK_MODE`] up.)
+const MODE_RSEQ: u8 = Discipline::Rseq as u8;
+const _: () = assert!(INERT < MODE_RSEQ && MODE_RSEQ < FIRST_TRYLOCK_MODE);
 
 /// Why an operation did not happen. Nothing was changed in every case.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -76,21 +81,27 @@ pub enum OpError {
 }
 
 /// A set of per-CPU bounded stacks of pointers, one stack per (region, class).
+///
+/// The fields every fast path reads (mode, base, offsets, region count)
+/// share the first cache line.
+#[repr(C, align(64))]
 pub struct PerCpuSlabs {
-    /// [`INERT`] until `init`, then the [`Discipline`] in force (its `u8`),
-    /// stored once with release ordering after every other field.
-    discipline: AtomicU8,
+    /// The one value a fast path dispatches on: [`INERT`] until `init`,
+    /// then [`MODE_RSEQ`] or, for the try-lock discipline, its
+    /// [`CpuSource`]; stored once with release ordering after every other
+    /// field.
+    mode: AtomicU8,
     index_cid: AtomicBool,
     base: AtomicPtr<u8>,
     nregions: AtomicUsize,
-    nclasses: AtomicUsize,
-    /// Thread-pointer offsets of `rseq->rseq_cs`'s area and of the index field.
+    /// Thread-pointer offsets of the rseq area and of its index field
+    /// (`mm_cid` when regions are cids, else `cpu_id`, which is what the
+    /// try-lock's `CpuSource::Rseq` reads).
     off: AtomicIsize,
     idx: AtomicIsize,
+    nclasses: AtomicUsize,
     /// Per class: `begin | end << 16`, fixed at init.
     bounds: [AtomicU32; MAX_CLASSES],
-    /// Try-lock discipline: how to find the current CPU (a [`CpuSource`]).
-    cpu_source: AtomicU8,
 }
 
 /// Process-wide count of rseq aborts (restarts) so far.
@@ -116,15 +127,14 @@ impl PerCpuSlabs {
     /// every operation on it fails with [`OpError::Unregistered`].
     pub const fn new() -> Self {
         PerCpuSlabs {
-            discipline: AtomicU8::new(INERT),
+            mode: AtomicU8::new(INERT),
             index_cid: AtomicBool::new(false),
             base: AtomicPtr::new(core::ptr::null_mut()),
             nregions: AtomicUsize::new(0),
-            nclasses: AtomicUsize::new(0),
             off: AtomicIsize::new(0),
             idx: AtomicIsize::new(0),
+            nclasses: AtomicUsize::new(0),
             bounds: [const { AtomicU32::new(0) }; MAX_CLASSES],
-            cpu_source: AtomicU8::new(CpuSource::Sched as u8),
         }
     }
 
@@ -171,8 +181,8 @@ impl PerCpuSlabs {
             && nregions >= registration::possible_cpus();
         let off = registration::tp_offset();
         use_rseq &= off.is_some();
-        let cid = index == Index::Cid && registration::mm_cid_supported();
-        self.index_cid.store(cid && use_rseq, Ordering::Relaxed);
+        let cid = index == Index::Cid && registration::mm_cid_supported() && use_rseq;
+        self.index_cid.store(cid, Ordering::Relaxed);
         if let Some(off) = off {
             let field = if cid {
                 crate::abi::offset::MM_CID
@@ -182,15 +192,13 @@ impl PerCpuSlabs {
             self.off.store(off, Ordering::Relaxed);
             self.idx.store(off + field as isize, Ordering::Relaxed);
         }
-        let source =
-            CpuSource::choose(off.is_some() && registration::current_mode() != Mode::Unavailable);
-        self.cpu_source.store(source as u8, Ordering::Relaxed);
-        let discipline = if use_rseq {
-            Discipline::Rseq
+        let mode = if use_rseq {
+            MODE_RSEQ
         } else {
-            Discipline::TryLock
+            CpuSource::choose(off.is_some() && registration::current_mode() != Mode::Unavailable)
+                as u8
         };
-        self.discipline.store(discipline as u8, Ordering::Release);
+        self.mode.store(mode, Ordering::Release);
         true
     }
 
@@ -199,7 +207,7 @@ impl PerCpuSlabs {
     #[inline(always)]
     fn debug_check_class(&self, class: usize) {
         debug_assert!(
-            class < self.nclasses() || self.discipline.load(Ordering::Relaxed) == INERT,
+            class < self.nclasses() || self.mode.load(Ordering::Relaxed) == INERT,
             "class {class} out of range"
         );
     }
@@ -207,7 +215,11 @@ impl PerCpuSlabs {
     /// Whether `init` chose `d` (false while inert).
     #[inline(always)]
     fn runs(&self, d: Discipline, order: Ordering) -> bool {
-        self.discipline.load(order) == d as u8
+        let mode = self.mode.load(order);
+        match d {
+            Discipline::Rseq => mode == MODE_RSEQ,
+            Discipline::TryLock => mode >= FIRST_TRYLOCK_MODE,
+        }
     }
 
     /// The discipline in force (after any downgrade at init; `TryLock`
@@ -284,9 +296,13 @@ impl PerCpuSlabs {
         region.control().lock.store(0, Ordering::Release);
     }
 
-    /// Initialises a region's headers if nobody has yet. The stores go
-    /// `begin`, then `current`, then `end`, so a concurrent critical section
-    /// sees "empty and full" at every step and never an item.
+    /// Initialises a region's headers if nobody has yet. Under rseq the
+    /// stores go `begin`, then `current`, then `end`, so a concurrent
+    /// critical section sees "empty and full" at every step and never an
+    /// item. Under the try-lock each header is written under its stack lock
+    /// (the quick operations do not check readiness: they may hold the lock
+    /// of a zeroed header), and the release store of the initial index
+    /// publishes the bounds.
     #[cold]
     #[inline(never)]
     fn ensure_region(&self, r: usize) {
@@ -294,14 +310,23 @@ impl PerCpuSlabs {
         if region.is_ready() {
             return;
         }
+        let locked = self.runs(Discipline::TryLock, Ordering::Relaxed);
         self.lock_region(region);
         if !region.is_ready() {
             for class in 0..self.nclasses() {
                 let (b, e) = self.bounds(class);
                 let h = region.header(class);
-                h.begin.store(b, Ordering::Release);
-                h.current.store(b, Ordering::Release);
-                h.end.store(e, Ordering::Release);
+                if locked {
+                    let w = trylock::acquire_waiting(h);
+                    debug_assert_eq!(w, 0, "an uninitialised header holds an index");
+                    h.begin.store(b, Ordering::Relaxed);
+                    h.end.store(e, Ordering::Relaxed);
+                    trylock::release_waited(h, b);
+                } else {
+                    h.begin.store(b, Ordering::Release);
+                    h.current.store(b as u32, Ordering::Release);
+                    h.end.store(e, Ordering::Release);
+                }
             }
             region.control().init.store(READY, Ordering::Release);
         }
@@ -316,15 +341,19 @@ impl PerCpuSlabs {
     /// caller's fast path needs no stack frame. (A caller that keeps the
     /// rseq parameters itself, like the allocator's front end, calls
     /// [`arch::pop_or_null`] with [`fast_params`](Self::fast_params).)
+    ///
+    /// One load of the mode byte picks the discipline (and, for the
+    /// try-lock, the CPU source); the try-lock's quick pop makes no call and
+    /// has one locked instruction (see `trylock.rs`).
     #[inline(always)]
     pub fn pop_fast(&self, class: ClassId) -> *mut u8 {
         let class = class.index();
         debug_assert!(class < MAX_CLASSES);
-        if self.runs(Discipline::Rseq, Ordering::Relaxed) {
+        let mode = self.mode.load(Ordering::Acquire);
+        if mode == MODE_RSEQ {
             return self.pop_fast_rseq(class);
         }
-        self.pop_locked(class)
-            .map_or(core::ptr::null_mut(), NonNull::as_ptr)
+        self.pop_quick(mode, class)
     }
 
     /// The fast path of [`push`](Self::push): true if `item` was pushed;
@@ -333,10 +362,11 @@ impl PerCpuSlabs {
     pub fn push_fast(&self, class: ClassId, item: NonNull<u8>) -> bool {
         let class = class.index();
         debug_assert!(class < MAX_CLASSES);
-        if self.runs(Discipline::Rseq, Ordering::Relaxed) {
+        let mode = self.mode.load(Ordering::Acquire);
+        if mode == MODE_RSEQ {
             return self.push_fast_rseq(class, item);
         }
-        self.push_locked(class, item).is_ok()
+        self.push_quick(mode, class, item)
     }
 
     /// Pops one item from the current CPU's stack of `class`.
@@ -347,7 +377,7 @@ impl PerCpuSlabs {
         if self.runs(Discipline::Rseq, Ordering::Relaxed) {
             return self.pop_rseq(class);
         }
-        self.pop_locked_outlined(class)
+        self.pop_locked(class)
     }
 
     /// Pushes one item on the current CPU's stack of `class`.
@@ -358,7 +388,7 @@ impl PerCpuSlabs {
         if self.runs(Discipline::Rseq, Ordering::Relaxed) {
             return self.push_rseq(class, item);
         }
-        self.push_locked_outlined(class, item)
+        self.push_locked(class, item)
     }
 
     /// Pops up to `out.len()` items into `out[..n]`; `Ok(n)` with `n >= 1`.
@@ -433,7 +463,7 @@ impl PerCpuSlabs {
         let h = reg.header(class);
         let (b, e) = self.bounds(class);
         let lo = h.begin.load(Ordering::Acquire).max(b) as usize;
-        let hi = h.current.load(Ordering::Acquire).min(e) as usize;
+        let hi = h.index(Ordering::Acquire).min(e) as usize;
         (lo..hi).any(|i| reg.slot_atomic(i).load(Ordering::Relaxed) == item)
     }
 
@@ -448,7 +478,7 @@ impl PerCpuSlabs {
             return 0;
         }
         let h = reg.header(class);
-        (h.current.load(Ordering::Relaxed) as usize)
+        (h.index(Ordering::Relaxed) as usize)
             .saturating_sub(h.begin.load(Ordering::Relaxed) as usize)
     }
 
@@ -504,15 +534,16 @@ impl PerCpuSlabs {
                     e,
                     "region {r} class {class}: end"
                 );
-                let cur = h.current.load(Ordering::Relaxed);
-                assert!(
-                    b <= cur && cur <= e,
-                    "region {r} class {class}: current {cur} outside [{b}, {e}]"
-                );
+                let word = h.current.load(Ordering::Relaxed);
                 assert_eq!(
-                    h.lock.load(Ordering::Relaxed),
+                    word & layout::LOCKED,
                     0,
                     "region {r} class {class}: lock held"
+                );
+                let cur = h.index(Ordering::Relaxed);
+                assert!(
+                    b <= cur && cur <= e && word == cur as u32,
+                    "region {r} class {class}: current {word:#x} outside [{b}, {e}]"
                 );
             }
         }
