@@ -139,6 +139,10 @@ struct WorkerResult {
     held: Vec<*mut u8>,
     pushed: u64,
     popped: u64,
+    /// Operations that went through `pop_fast` / `push_fast` and hit.
+    quick: u64,
+    /// Full operations refused with `Exhausted` (a busy lock, or restarts).
+    exhausted: u64,
 }
 
 // SAFETY: the pointers are opaque tokens, never dereferenced.
@@ -150,30 +154,55 @@ fn worker(fx: &Fixture, id: usize, start: &Barrier, tids: &[AtomicI32]) -> Worke
     let mut held: Vec<*mut u8> = (0..TOKENS_PER_THREAD)
         .map(|i| token(id * TOKENS_PER_THREAD + i))
         .collect();
-    let (mut pushed, mut popped) = (0u64, 0u64);
+    let (mut pushed, mut popped, mut quick, mut exhausted) = (0u64, 0u64, 0u64, 0u64);
     let mut buf = [std::ptr::null_mut(); 32];
     start.wait();
     for _ in 0..ITERS {
         let class = rng.below(CAPS.len() as u64) as usize;
-        match rng.below(10) {
-            0..=3 => {
+        match rng.below(14) {
+            // The quick entries (the allocator's fast paths): a miss
+            // (empty, full, busy lock, aborted section) changes nothing.
+            0..=1 => {
+                if let Some(p) = held.pop() {
+                    if fx.slabs.push_fast(cls(class), NonNull::new(p).unwrap()) {
+                        pushed += 1;
+                        quick += 1;
+                    } else {
+                        held.push(p);
+                    }
+                }
+            }
+            2..=3 => {
+                let p = fx.slabs.pop_fast(cls(class));
+                if !p.is_null() {
+                    popped += 1;
+                    quick += 1;
+                    held.push(p);
+                }
+            }
+            4..=7 => {
                 if let Some(p) = held.pop() {
                     match fx.slabs.push(cls(class), NonNull::new(p).unwrap()) {
                         Ok(()) => pushed += 1,
-                        Err(OpError::Full | OpError::Exhausted) => held.push(p),
+                        Err(OpError::Full) => held.push(p),
+                        Err(OpError::Exhausted) => {
+                            exhausted += 1;
+                            held.push(p)
+                        }
                         Err(e) => panic!("push: {e:?}"),
                     }
                 }
             }
-            4..=7 => match fx.slabs.pop(cls(class)) {
+            8..=11 => match fx.slabs.pop(cls(class)) {
                 Ok(p) => {
                     popped += 1;
                     held.push(p.as_ptr());
                 }
-                Err(OpError::Empty | OpError::Exhausted) => {}
+                Err(OpError::Empty) => {}
+                Err(OpError::Exhausted) => exhausted += 1,
                 Err(e) => panic!("pop: {e:?}"),
             },
-            8 => {
+            12 => {
                 let max = 1 + rng.below(buf.len() as u64) as usize;
                 match fx.slabs.pop_batch(cls(class), &mut buf[..max]) {
                     Ok(n) => {
@@ -210,6 +239,8 @@ fn worker(fx: &Fixture, id: usize, start: &Barrier, tids: &[AtomicI32]) -> Worke
         held,
         pushed,
         popped,
+        quick,
+        exhausted,
     }
 }
 
@@ -244,8 +275,10 @@ fn drain_all(slabs: &PerCpuSlabs) -> Vec<*mut u8> {
 struct TokenRun {
     /// rseq aborts (restarts).
     aborts: u64,
-    /// Operations done by the CAS (trylock) discipline.
+    /// Operations done by the CAS (trylock) discipline's full paths.
     cas_ops: u64,
+    /// Quick operations (`pop_fast` / `push_fast`) that hit.
+    quick: u64,
     /// Tokens the drainer took.
     drained: u64,
 }
@@ -307,11 +340,13 @@ fn run_tokens(discipline: Discipline, index: Index, drainer: bool) -> TokenRun {
     let aborts = percpu::abort_count() - aborts_before;
 
     let mut found: Vec<*mut u8> = Vec::new();
-    let (mut pushed, mut popped) = (0u64, 0u64);
+    let (mut pushed, mut popped, mut quick, mut exhausted) = (0u64, 0u64, 0u64, 0u64);
     for r in &results {
         found.extend_from_slice(&r.held);
         pushed += r.pushed;
         popped += r.popped;
+        quick += r.quick;
+        exhausted += r.exhausted;
     }
     // The drainer is joined before the final drain, so that nothing it does
     // can race with the count.
@@ -341,12 +376,13 @@ fn run_tokens(discipline: Discipline, index: Index, drainer: bool) -> TokenRun {
         "pushed {pushed} popped {popped}"
     );
     eprintln!(
-        "{discipline:?}/{index:?} drainer={drainer}: pushes {pushed}, pops {popped}, aborts {aborts}, cas ops {}, signals {signals}, drained {drained_total}",
+        "{discipline:?}/{index:?} drainer={drainer}: pushes {pushed}, pops {popped}, quick hits {quick}, exhausted {exhausted}, aborts {aborts}, cas ops {}, signals {signals}, drained {drained_total}",
         fx.slabs.fallback_ops()
     );
     TokenRun {
         aborts,
         cas_ops: fx.slabs.fallback_ops(),
+        quick,
         drained: drained_total,
     }
 }
@@ -391,6 +427,10 @@ fn tokens_rseq_cid() {
 fn tokens_cas() {
     let run = run_tokens(Discipline::TryLock, Index::Cpu, false);
     assert!(run.cas_ops > 0, "the CAS discipline did no operation");
+    assert!(
+        run.quick > 0,
+        "no quick operation hit: the quick paths were not tested"
+    );
 }
 
 #[test]
