@@ -18,7 +18,7 @@ use crate::global::{self, CENTRAL, HEAP};
 use crate::size_class::{self, SizeClass};
 use core::ptr::{self, NonNull};
 use core::sync::atomic::{AtomicBool, Ordering};
-use rseq_sys::percpu::OpError;
+use rseq_sys::percpu::{ClassId, OpError};
 
 /// Largest batch moved between a per-CPU cache and its central list.
 const MAX_BATCH: usize = 32;
@@ -41,20 +41,39 @@ fn enomem(p: *mut u8) -> *mut u8 {
     p
 }
 
+/// The per-CPU stack of `class` for the CAS fallback's quick paths. Always
+/// `Some` (a class is below `MAX_CLASSES`); unlike `SizeClass::slab`, whose
+/// unreachable panic is a call that gives the function a stack frame, a
+/// `None` here just takes the full path.
+#[inline(always)]
+fn quick_id(class: SizeClass) -> Option<ClassId> {
+    ClassId::new(class.index())
+}
+
 // ---------------------------------------------------------------- malloc
 
-/// An object of `class` when the fast pop did not give one.
+/// An object of `class` when the fast pop did not give one. On the CAS
+/// fallback this is the fast path: the try-lock's quick pop, inline, with
+/// no stack frame (one locked instruction; see rseq-sys's `trylock.rs`);
+/// any miss is a tail call to [`malloc_full`].
 #[cold]
 #[inline(never)]
 pub(crate) fn malloc_slow(class: SizeClass) -> *mut u8 {
-    if FAST.cas_ready() {
-        let p = crate::cpu_cache::SLABS.pop_fast(class.slab());
+    if let (true, Some(id)) = (FAST.cas_ready(), quick_id(class)) {
+        let p = crate::cpu_cache::SLABS.pop_fast(id);
         if !p.is_null() {
             // SAFETY: a free object of `class` the pop made ours.
             unsafe { fast::clear_mark(p) };
             return p;
         }
     }
+    malloc_full(class)
+}
+
+/// The full per-CPU pop, then the central lists.
+#[cold]
+#[inline(never)]
+fn malloc_full(class: SizeClass) -> *mut u8 {
     enomem(handed_out(malloc_slow_inner(class)))
 }
 
@@ -200,7 +219,9 @@ pub(crate) unsafe fn free_overflow(p: *mut u8, class: SizeClass) {
 
 /// Frees a validated object start of `class` when the fast path could not:
 /// checks the free mark, marks, then pushes (the CAS fallback's quick push,
-/// else `free_overflow`).
+/// else `free_overflow`). On the CAS fallback this is the fast path: no
+/// stack frame, one locked instruction; a marked object (maybe a double
+/// free) and a refused push are tail calls.
 ///
 /// # Safety
 /// `p` is an object start of `class` of this allocator, given up by the
@@ -215,23 +236,56 @@ pub(crate) unsafe fn free_small_slow(p: *mut u8, class: SizeClass, who: &'static
     // SAFETY: an object start: at least 8 bytes, 8-aligned. The top byte
     // first (a one-byte load always forwards), the whole word only if it
     // matches.
-    let top = unsafe { p.add(7).read() };
-    // SAFETY: as above.
-    if top == (key >> 56) as u8 && fast::is_marked(unsafe { p.cast::<u64>().read() }, key) {
+    if unsafe { p.add(7).read() } == (key >> 56) as u8 {
+        // SAFETY: this function's contract.
+        return unsafe { free_marked(p, class, who) };
+    }
+    // SAFETY: `p` is an unmarked object start of `class` given up by the
+    // caller.
+    unsafe { mark_and_push(p, class, key) }
+}
+
+/// `free_small_slow` for an object whose top byte is the mark's: compares
+/// the whole word and, if it carries the mark, asks `double_free` (which
+/// aborts on a real double free), then frees it as usual.
+///
+/// # Safety
+/// As for `free_small_slow`.
+#[cold]
+#[inline(never)]
+unsafe fn free_marked(p: *mut u8, class: SizeClass, who: &'static str) {
+    let key = FAST.key();
+    // SAFETY: an object start: at least 8 bytes, 8-aligned.
+    if fast::is_marked(unsafe { p.cast::<u64>().read() }, key) {
         // C free keeps errno: the exact check may take locks.
         let _errno = crate::util::ErrnoGuard::new();
         double_free::check(p, class, who);
     }
+    // SAFETY: `p` is an object start of `class` given up by the caller, not
+    // a double free (the check returned).
+    unsafe { mark_and_push(p, class, key) }
+}
+
+/// Marks `p` free and pushes it: the CAS fallback's quick push, else
+/// `free_overflow` (tail call).
+///
+/// # Safety
+/// `p` is an object start of `class` of this allocator, given up by the
+/// caller and in no structure; `key` is the free mark.
+#[inline(always)]
+unsafe fn mark_and_push(p: *mut u8, class: SizeClass, key: u64) {
     // SAFETY: the object is the caller's to give up.
     unsafe { p.cast::<u64>().write(key) };
     // SAFETY: non-null object start.
     let nn = unsafe { NonNull::new_unchecked(p) };
     // The CAS fallback's quick push runs without an errno guard (two calls
-    // of `__errno_location` on every free): it makes no system call. The
-    // CPU number comes from the rseq area, rdpid or sched_getcpu, which
-    // reads the vDSO and sets errno only where getcpu does not exist at all.
-    if FAST.cas_ready() && crate::cpu_cache::SLABS.push_fast(class.slab(), nn) {
-        return;
+    // of `__errno_location` on every free): it makes no call at all (the
+    // CPU number comes from the rseq area or rdpid; a process with neither
+    // misses here and takes `free_overflow`, which guards errno).
+    if let (true, Some(id)) = (FAST.cas_ready(), quick_id(class)) {
+        if crate::cpu_cache::SLABS.push_fast(id, nn) {
+            return;
+        }
     }
     // SAFETY: `p` is marked free and in no structure.
     unsafe { free_overflow(p, class) }
