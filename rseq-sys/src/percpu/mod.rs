@@ -643,6 +643,72 @@ mod tests {
         roundtrip(Discipline::TryLock, Index::Cpu);
     }
 
+    /// The try-lock's word lock: a header whose `LOCKED` bit is set refuses
+    /// every operation (quick ones miss, full ones are `Exhausted`) and
+    /// keeps its index; once released the quick paths hit, and a zeroed
+    /// (uninitialised) header only ever reads empty and full.
+    #[test]
+    fn trylock_word_lock() {
+        let n = registration::possible_cpus();
+        let mem = Regions::new(n);
+        let slabs = PerCpuSlabs::new();
+        // SAFETY: fresh zeroed, aligned memory for n regions, outliving slabs.
+        assert!(unsafe { slabs.init(mem.base, n, &[4, 8], Discipline::TryLock, Index::Cpu) });
+        let item = NonNull::new(64 as *mut u8).unwrap();
+        // Uninitialised regions: the quick paths miss and change nothing.
+        assert!(slabs.pop_fast(cls(1)).is_null());
+        assert!(!slabs.push_fast(cls(1), item));
+        for r in 0..n {
+            assert_eq!(slabs.region(r).header(1).current.load(Ordering::Relaxed), 0);
+            slabs.ensure_region(r);
+        }
+        let quick = slabs.mode.load(Ordering::Relaxed) != CpuSource::Sched as u8;
+        // Every stack of class 1 held by someone else.
+        for r in 0..n {
+            let reg = slabs.region(r);
+            let h = reg.header(1);
+            let w = h.current.fetch_or(layout::LOCKED, Ordering::Acquire);
+            assert_eq!(w & layout::LOCKED, 0);
+        }
+        assert!(slabs.pop_fast(cls(1)).is_null());
+        assert!(!slabs.push_fast(cls(1), item));
+        assert_eq!(slabs.pop(cls(1)), Err(OpError::Exhausted));
+        assert_eq!(slabs.push(cls(1), item), Err(OpError::Exhausted));
+        // Class 0 is not held.
+        slabs.push(cls(0), item).unwrap();
+        assert_eq!(slabs.pop(cls(0)), Ok(item));
+        for r in 0..n {
+            let reg = slabs.region(r);
+            let h = reg.header(1);
+            let (b, _) = slabs.bounds(1);
+            assert_eq!(h.current.load(Ordering::Relaxed), b as u32 | layout::LOCKED);
+            h.current.store(b as u32, Ordering::Release);
+        }
+        // Released: the quick paths hit (unless this process's CPU source
+        // is sched_getcpu, which they leave to the full paths).
+        if quick {
+            let mut pushed = 0;
+            for i in 1..=8usize {
+                if slabs.push_fast(cls(1), NonNull::new((i * 16) as *mut u8).unwrap()) {
+                    pushed += 1;
+                }
+            }
+            // Capacity 8 per region: all fit, wherever the thread ran.
+            assert_eq!(pushed, 8);
+            let mut popped = 0;
+            while !slabs.pop_fast(cls(1)).is_null() {
+                popped += 1;
+            }
+            assert!(popped >= 1);
+            let mut rest = 0;
+            for r in 0..n {
+                assert!(slabs.drain(RegionId(r), &mut |_, it| rest += it.len()));
+            }
+            assert_eq!(popped + rest, 8);
+        }
+        slabs.check_invariants();
+    }
+
     #[test]
     fn init_rejects_oversized_layouts() {
         let mem = Regions::new(1);
