@@ -61,7 +61,9 @@ pub struct Stats {
     pub fast_misses: u64,
     /// rseq restarts, process-wide.
     pub rseq_aborts: u64,
-    /// Operations done by compare-and-swap or bypassing the caches.
+    /// Operations done by the compare-and-swap fallback's full paths (its
+    /// quick pop and push count only with `RSEQ_MALLOC_CONF=stats=1`) or
+    /// bypassing the caches.
     pub fallback_ops: u64,
 }
 

@@ -290,7 +290,8 @@ pub mod raw {
         pub fast_misses: u64,
         /// rseq restarts, process-wide.
         pub rseq_aborts: u64,
-        /// Operations by the CAS fallback or bypassing the cache.
+        /// Operations by the CAS fallback's full paths (all of them with
+        /// `stats=1`) or bypassing the cache.
         pub fallback_ops: u64,
     }
 

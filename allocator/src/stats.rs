@@ -15,9 +15,10 @@
 //! - `fast_misses`: per-CPU pops that failed (empty cache: refill; or the
 //!   thread could not use the cache), counted on the slow path;
 //! - `rseq_aborts`: rseq restarts (rseq-sys);
-//! - `fallback_ops`: operations done by the CAS fallback plus operations that
-//!   bypassed the per-CPU cache (unregistered thread, exhausted restarts, no
-//!   cache);
+//! - `fallback_ops`: operations done by the CAS fallback's full paths (its
+//!   quick pop and push are not counted, except with `stats=1`, which turns
+//!   them off) plus operations that bypassed the per-CPU cache (unregistered
+//!   thread, exhausted restarts, no cache);
 //! - `middle:` and one line per class the miss path visited: the central
 //!   lists' `MoveStats` (pops = refills and direct allocations, pushes =
 //!   overflow flushes, drains and direct frees; objects per visit; the share

@@ -9,9 +9,9 @@
 //! asm as `const` operands; the `*8` scales are the header's and a slot's
 //! size (checked in `layout.rs`).
 //!
-//! A section loads and commits `current` as the 32-bit word `current |
-//! lock << 16`: the lock half-word belongs to the try-lock discipline and
-//! is always 0 in a structure driven by rseq, so the word's value is
+//! A section loads and commits `current` as the header's 32-bit word: the
+//! index in bits 0..16 and the try-lock discipline's lock in bit 16, which
+//! is never set in a structure driven by rseq, so the word's value is
 //! `current`. A 32-bit store followed by a 32-bit load of the same address
 //! is forwarded with no latency by recent x86 cores (memory renaming);
 //! 16-bit ones are not: the loop-carried chain of a pop+push pair through
