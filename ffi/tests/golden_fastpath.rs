@@ -7,7 +7,8 @@
 //! built with cargo's default release profile (no LTO): a crate generated
 //! at test time that depends on `rseq-alloc` by path. A path is the
 //! straight line from the function's entry to its first `ret` (the hit:
-//! every miss branches away to a tail call). The test fails when any count
+//! every miss branches away to a tail call), following a direct `jmp`
+//! forward inside the function (the lines it skips are not counted). The test fails when any count
 //! grows, when a function gets a stack frame (`push`/`sub %rsp`), or when
 //! a RIP-relative load (a GOT entry) appears on the path.
 //!
@@ -90,11 +91,20 @@ fn path_of(disasm: &str, sym: &str) -> Path_ {
     let mut text = String::new();
     let mut got = Vec::new();
     let mut frame = Vec::new();
+    // Set by a direct `jmp` forward inside the function: the path resumes
+    // at that address (the lines in between are not executed).
+    let mut resume: Option<String> = None;
     for line in lines {
         // "   16980:\tcmp    $0x1001,%rdi"
-        let Some((_, insn)) = line.split_once(":\t") else {
+        let Some((at, insn)) = line.split_once(":\t") else {
             panic!("{sym}: ran past the end of the function without a ret");
         };
+        if let Some(target) = &resume {
+            if at.trim() != target {
+                continue;
+            }
+            resume = None;
+        }
         let insn = insn.split('#').next().unwrap().trim();
         text.push_str(insn);
         text.push('\n');
@@ -128,6 +138,19 @@ fn path_of(disasm: &str, sym: &str) -> Path_ {
         }
         if !mn.starts_with("lea") && ops.iter().any(|o| o.contains("(%rip)")) {
             got.push(insn.to_string());
+        }
+        if mn == "jmp" {
+            // "jmp    18444 <free+0x44>": a direct jump inside the function
+            // (a tail call names another symbol; `jmp *...` is indirect).
+            let mut parts = rest.split_whitespace();
+            let target = parts.next().unwrap_or("");
+            let inside = parts
+                .next()
+                .is_some_and(|s| s.starts_with(&format!("<{sym}+")));
+            if inside && target.chars().all(|ch| ch.is_ascii_hexdigit()) {
+                resume = Some(target.to_string());
+                continue;
+            }
         }
         if mn.starts_with("ret") {
             return Path_ {
