@@ -11,6 +11,7 @@
 //! └─ align <= 8 : t8[(size+7)>>3] | align == 16 : t16 | else refill::alloc_uncommon
 //! free(p)                   C ABI, raw::free
 //! ├─ e = page map entry of p (0: not ours / null)      : global::free_any (tail call)
+//! │  (one load in the hot leaf's GiB, else root + leaf; see `pagemap`)
 //! ├─ p is an object start of class e.class (offset from the span
 //! │  start from e; one multiplication by FAST.starts[class][0], one
 //! │  compare with FAST.starts[class][1])
