@@ -619,6 +619,56 @@ mod tests {
         assert_eq!(c.counts(), (0, 0));
     }
 
+    /// `plunder` gives back exactly the transfer-stack objects below the
+    /// low-water mark since its previous call, keeps the ones a refill
+    /// used in between (in their order), and empties an idle stack in two
+    /// calls; every span then goes back to the page heap.
+    #[test]
+    fn plunder_returns_what_the_transfer_stack_did_not_use() {
+        let h = heap();
+        let c = Central::new();
+        let class = SizeClass::all().find(|c| c.size_bytes() == 64).unwrap();
+        let b = class.batch();
+        assert!(3 * b <= class.transfer_capacity());
+        let mut got = std::vec::Vec::new();
+        let mut buf = [core::ptr::null_mut(); 32];
+        for _ in 0..3 {
+            assert_eq!(c.pop_batch(h, class, &mut buf[..b]), b);
+            got.extend_from_slice(&buf[..b]);
+        }
+        for ch in got.chunks(b) {
+            // SAFETY: each object appears once and is free.
+            unsafe { c.push_batch(h, class, ch) };
+        }
+        let spans = counters(&c)[6];
+        // The first call only sets the mark: nothing was measured yet.
+        assert_eq!(c.plunder(h, class), 3 * b);
+        // A refill uses the top batch, a flush puts it back.
+        assert_eq!(c.pop_batch(h, class, &mut buf[..b]), b);
+        let used: std::vec::Vec<_> = buf[..b].to_vec();
+        // SAFETY: as above.
+        unsafe { c.push_batch(h, class, &used) };
+        // The 2b objects below the mark go back to their spans.
+        assert_eq!(c.plunder(h, class), b);
+        c.check_invariants(h, class);
+        let from_transfer = counters(&c)[2];
+        assert_eq!(c.pop_batch(h, class, &mut buf[..b]), b);
+        assert_eq!(
+            counters(&c)[2],
+            from_transfer + b as u64,
+            "served by the stack"
+        );
+        assert!(buf[..b].iter().rev().eq(used.iter()), "kept in order");
+        // SAFETY: as above.
+        unsafe { c.push_batch(h, class, &buf[..b]) };
+        // Unused since the last call: the rest goes back, spans included.
+        assert_eq!(c.plunder(h, class), b);
+        assert_eq!(c.plunder(h, class), 0);
+        c.check_invariants(h, class);
+        assert_eq!(c.counts(), (0, 0));
+        assert_eq!(counters(&c)[7], spans, "every span went back");
+    }
+
     #[test]
     fn push_fills_the_transfer_stack_then_the_spans() {
         let h = heap();
