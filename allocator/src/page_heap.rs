@@ -1225,6 +1225,59 @@ pub(crate) mod tests {
         unsafe { (h.span_addr(s) as *mut u8).write_bytes(byte, bytes) };
     }
 
+    /// With a finite decay the heap keeps at most max(1/8 of the pages in
+    /// use, `DIRTY_FLOOR_BYTES`) dirty: freeing 32 MiB next to 8 MiB in use
+    /// releases the excess at once, and nothing is lost (the free bytes
+    /// are all there, clean or dirty).
+    #[test]
+    fn dirty_free_pages_are_capped() {
+        assert!(crate::decay::decay_ms() > 0, "the cap needs a finite decay");
+        let h = heap();
+        let pages = (1 << 20) / PAGE_BYTES;
+        let spans: std::vec::Vec<&Span> = (0..40).map(|_| large(h, pages)).collect();
+        for &s in &spans {
+            // SAFETY: a live span of `pages` committed pages.
+            unsafe { fill(h, s, 0x3c, pages * PAGE_BYTES) };
+        }
+        let released0 = h.stats().released_total_bytes;
+        // Every other span first (no coalescing), then the rest of the 32.
+        for &s in spans[..32]
+            .iter()
+            .step_by(2)
+            .chain(spans[1..32].iter().step_by(2))
+        {
+            // SAFETY: each span is ours and freed once.
+            unsafe { h.free_span(s) };
+            let st = h.stats();
+            let cap = (st.small_bytes + st.large_bytes)
+                .div_ceil(8)
+                .max(DIRTY_FLOOR_BYTES);
+            assert!(
+                st.free_dirty_bytes <= cap,
+                "{} dirty > cap {cap}",
+                st.free_dirty_bytes
+            );
+        }
+        h.check_invariants();
+        let st = h.stats();
+        assert_eq!(st.large_bytes, 8 << 20);
+        assert!(st.free_bytes >= 32 << 20, "{st:?}");
+        assert!(st.free_dirty_bytes <= DIRTY_FLOOR_BYTES, "{st:?}");
+        assert!(
+            st.free_dirty_bytes >= 1 << 20,
+            "the last free stays dirty: {st:?}"
+        );
+        assert!(
+            st.released_total_bytes - released0 >= (32 << 20) - DIRTY_FLOOR_BYTES,
+            "{st:?}"
+        );
+        for &s in &spans[32..] {
+            // SAFETY: as above.
+            unsafe { h.free_span(s) };
+        }
+        h.check_invariants();
+    }
+
     #[test]
     fn alloc_free_coalesce() {
         let h = heap();
