@@ -10,8 +10,8 @@
 //! root costs 512 KiB of address space (it counts against `RLIMIT_AS`). A
 //! lookup is two dependent loads (root entry, leaf entry) and a shift; an
 //! address above 2^47 or whose root entry is 0 is not ours, answered
-//! without touching anything but the root. `entry_of` (the C `free`'s
-//! lookup) first tries the *hot* leaf, the one the heap last grew into,
+//! without touching anything but the root. Every lookup first tries the
+//! *hot* leaf, the one the heap last grew into,
 //! named by a static word whose load does not wait for the address: in
 //! its GiB the entry is one load away from the address.
 //!
@@ -40,6 +40,7 @@
 
 use crate::size_class::{PAGE_BYTES, PAGE_SHIFT};
 use crate::span::SpanId;
+use core::ptr::NonNull;
 use core::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 
 /// Address bits of user space covered by the map.
@@ -77,16 +78,29 @@ impl PageMap {
         PageMap { _private: () }
     }
 
+    /// The leaf covering `page`, if any. The hot leaf first: its address
+    /// comes from a load that does not depend on `page`, so in its GiB the
+    /// entry is one load after the address is known, not two (free's push
+    /// needs the class, and the next malloc of the class waits for that
+    /// push: the lookup's latency is on a pair loop's critical path). The
+    /// compare is on the side, predicted.
     #[inline(always)]
-    fn leaf(page: usize) -> *mut AtomicU64 {
+    fn leaf(page: usize) -> Option<NonNull<AtomicU64>> {
         let r = page >> (LEAF_ADDR_SHIFT - PAGE_SHIFT);
+        let hot = rip_ref!(AtomicU64, HOT).load(Ordering::Acquire);
+        if (r as u64).wrapping_add(1) == hot >> 32 {
+            let leaf = ((hot as u32 as usize) << LEAF_ALIGN_SHIFT) as *mut AtomicU64;
+            // SAFETY: HOT is 0, which matches no `r` (`r + 1 > 0`), or was
+            // stored with the nonzero root entry of an installed leaf.
+            return Some(unsafe { NonNull::new_unchecked(leaf) });
+        }
         if r >= ROOT_LEN {
-            return core::ptr::null_mut();
+            return None;
         }
         // The root through `rip_ref!`: a plain access from the cdylib would
         // first load the root's address from the GOT.
         let root = rip_ref!([AtomicU32; ROOT_LEN], ROOT);
-        ((root[r].load(Ordering::Acquire) as usize) << LEAF_ALIGN_SHIFT) as *mut AtomicU64
+        NonNull::new(((root[r].load(Ordering::Acquire) as usize) << LEAF_ALIGN_SHIFT) as *mut _)
     }
 
     /// The page of `addr` if a leaf covers it (the address may still be in
@@ -96,28 +110,16 @@ impl PageMap {
     #[inline(always)]
     pub fn page_of(&self, addr: usize) -> Option<usize> {
         let page = addr >> PAGE_SHIFT;
-        if Self::leaf(page).is_null() {
-            None
-        } else {
-            Some(page)
-        }
+        Self::leaf(page).map(|_| page)
     }
 
     /// `page_of` and `get_raw` in one: the page of `addr` and its entry,
-    /// or None if no leaf covers it (two dependent loads).
+    /// or None if no leaf covers it (one load in the hot leaf, else two
+    /// dependent ones).
     #[inline(always)]
     pub fn lookup(&self, addr: usize) -> Option<(usize, u64)> {
         let page = addr >> PAGE_SHIFT;
-        let leaf = Self::leaf(page);
-        if leaf.is_null() {
-            return None;
-        }
-        // SAFETY: a non-null root entry points to a leaf of LEAF_PAGES
-        // entries that is never unmapped; the index is masked into it.
-        Some((
-            page,
-            unsafe { &*leaf.add(page & (LEAF_PAGES - 1)) }.load(Ordering::Acquire),
-        ))
+        Some((page, self.entry(page)?.load(Ordering::Acquire)))
     }
 
     /// Address of page `page`.
@@ -128,12 +130,10 @@ impl PageMap {
 
     #[inline(always)]
     fn entry(&self, page: usize) -> Option<&AtomicU64> {
-        let leaf = Self::leaf(page);
-        if leaf.is_null() {
-            return None;
-        }
-        // SAFETY: as in `lookup`.
-        Some(unsafe { &*leaf.add(page & (LEAF_PAGES - 1)) })
+        let leaf = Self::leaf(page)?;
+        // SAFETY: a leaf holds LEAF_PAGES entries and is never unmapped;
+        // the index is masked into it.
+        Some(unsafe { &*leaf.as_ptr().add(page & (LEAF_PAGES - 1)) })
     }
 
     /// The span id at `page` (`NONE`, also for a page without a leaf).
@@ -197,22 +197,9 @@ impl PageMap {
     /// The entry of the page holding `addr`, or 0 when no span covers it
     /// (null and foreign pointers included): in the hot leaf's GiB one
     /// load; elsewhere the root's bounds check, the root entry and the leaf
-    /// entry; nothing else.
+    /// entry (see `leaf`); nothing else.
     #[inline(always)]
     pub fn entry_of(&self, addr: usize) -> u64 {
-        // The hot leaf first: its address comes from a load that does not
-        // depend on `addr`, so the entry is one load after `addr` is known,
-        // not two (free's push needs the class, and the next malloc of the
-        // class waits for that push: the lookup's latency is on a pair
-        // loop's critical path). The compare is on the side, predicted.
-        let hot = rip_ref!(AtomicU64, HOT).load(Ordering::Acquire);
-        if ((addr >> LEAF_ADDR_SHIFT) as u64).wrapping_add(1) == hot >> 32 {
-            let leaf = ((hot as u32 as usize) << LEAF_ALIGN_SHIFT) as *const AtomicU64;
-            // SAFETY: HOT names an installed leaf (never unmapped) covering
-            // the GiB of `addr`; the index is masked into it.
-            return unsafe { &*leaf.add((addr >> PAGE_SHIFT) & (LEAF_PAGES - 1)) }
-                .load(Ordering::Acquire);
-        }
         match self.lookup(addr) {
             Some((_, e)) => e,
             None => 0,
