@@ -241,7 +241,11 @@ impl PerCpuSlabs {
         }
     }
 
-    /// Number of regions.
+    /// Number of regions. (`inline(always)` here and in `region`: the CAS
+    /// fallback's quick paths call them from the allocator's `#[cold]`
+    /// miss functions, into which LLVM does not inline plain functions,
+    /// even this small and with fat LTO.)
+    #[inline(always)]
     pub fn nregions(&self) -> usize {
         self.nregions.load(Ordering::Relaxed)
     }
@@ -264,6 +268,7 @@ impl PerCpuSlabs {
         (e - b) as usize
     }
 
+    #[inline(always)]
     fn region(&self, r: usize) -> Region {
         debug_assert!(r < self.nregions());
         let p = self
