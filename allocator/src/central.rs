@@ -582,6 +582,34 @@ mod tests {
         .map(|a| a.load(Ordering::Relaxed))
     }
 
+    /// `n` full batches of `class` popped from `c`.
+    fn pop_batches(
+        h: &PageHeap,
+        c: &Central,
+        class: SizeClass,
+        n: usize,
+    ) -> std::vec::Vec<*mut u8> {
+        let b = class.batch();
+        let mut got = std::vec::Vec::new();
+        let mut buf = [core::ptr::null_mut(); 32];
+        for _ in 0..n {
+            assert_eq!(c.pop_batch(h, class, &mut buf[..b]), b);
+            got.extend_from_slice(&buf[..b]);
+        }
+        got
+    }
+
+    /// Pushes `objs` back to `c` one batch at a time.
+    ///
+    /// # Safety
+    /// Each object is a free object of `class` from `c` and appears once.
+    unsafe fn push_batches(h: &PageHeap, c: &Central, class: SizeClass, objs: &[*mut u8]) {
+        for ch in objs.chunks(class.batch()) {
+            // SAFETY: the caller's contract.
+            unsafe { c.push_batch(h, class, ch) };
+        }
+    }
+
     #[test]
     fn move_stats_count_exactly() {
         let h = heap();
@@ -593,19 +621,13 @@ mod tests {
             class.transfer_capacity(),
         );
         assert!(3 * b <= cap, "three batches fit on the transfer stack");
-        let mut got = std::vec::Vec::new();
+        let got = pop_batches(h, &c, class, 3);
         let mut buf = [core::ptr::null_mut(); 32];
-        for _ in 0..3 {
-            assert_eq!(c.pop_batch(h, class, &mut buf[..b]), b);
-            got.extend_from_slice(&buf[..b]);
-        }
         let spans = (3 * b).div_ceil(objs) as u64;
         let (b64, s3) = (b as u64, 3 * b as u64);
         assert_eq!(counters(&c), [3, s3, 0, 0, 0, 0, spans, 0]);
-        for ch in got.chunks(b) {
-            // SAFETY: each object appears once and is free.
-            unsafe { c.push_batch(h, class, ch) };
-        }
+        // SAFETY: each object appears once and is free.
+        unsafe { push_batches(h, &c, class, &got) };
         assert_eq!(counters(&c), [3, s3, 0, 3, s3, s3, spans, 0]);
         // A refill is served by the transfer stack (the last batch pushed).
         assert_eq!(c.pop_batch(h, class, &mut buf[..b]), b);
@@ -630,16 +652,10 @@ mod tests {
         let class = SizeClass::all().find(|c| c.size_bytes() == 64).unwrap();
         let b = class.batch();
         assert!(3 * b <= class.transfer_capacity());
-        let mut got = std::vec::Vec::new();
+        let got = pop_batches(h, &c, class, 3);
         let mut buf = [core::ptr::null_mut(); 32];
-        for _ in 0..3 {
-            assert_eq!(c.pop_batch(h, class, &mut buf[..b]), b);
-            got.extend_from_slice(&buf[..b]);
-        }
-        for ch in got.chunks(b) {
-            // SAFETY: each object appears once and is free.
-            unsafe { c.push_batch(h, class, ch) };
-        }
+        // SAFETY: each object appears once and is free.
+        unsafe { push_batches(h, &c, class, &got) };
         let spans = counters(&c)[6];
         // The first call only sets the mark: nothing was measured yet.
         assert_eq!(c.plunder(h, class), 3 * b);

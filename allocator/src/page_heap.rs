@@ -377,7 +377,7 @@ impl PageHeap {
         self.insert_free(g, start, n, n, now as u32, id);
         crate::decay::note_dirty(now);
         if crate::decay::decay_ms() > 0 {
-            let cap = self.dirty_cap_pages();
+            let cap = Self::dirty_cap_pages(g);
             if g.free_dirty_pages > cap {
                 self.release_down_to(g, cap - cap / 4);
             }
@@ -393,10 +393,9 @@ impl PageHeap {
     /// program whose later activity stays in the per-CPU caches reaches
     /// none. `decay_ms=-1` (keep everything) and `0` (release at once) do
     /// not use it.
-    fn dirty_cap_pages(&self) -> usize {
-        let in_use =
-            self.small_bytes.load(Ordering::Relaxed) + self.large_bytes.load(Ordering::Relaxed);
-        (in_use / 8).max(DIRTY_FLOOR_BYTES) >> PAGE_SHIFT
+    fn dirty_cap_pages(g: &Inner) -> usize {
+        let in_use = g.total_pages - g.free_pages;
+        (in_use / 8).max(DIRTY_FLOOR_BYTES >> PAGE_SHIFT)
     }
 
     /// Resizes a LARGE span in place to `new_pages`: shrinking gives the tail

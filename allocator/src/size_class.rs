@@ -167,7 +167,7 @@ const fn capacity_for(size: usize) -> usize {
     if size > CPU_CACHE_MAX_OBJECT_BYTES {
         0
     } else {
-        clamp(64 * 1024 / size, 1, 1024)
+        clamp(64 * 1024 / size, 2, 1024)
     }
 }
 
