@@ -78,7 +78,8 @@ impl PageMap {
         PageMap { _private: () }
     }
 
-    /// The leaf covering `page`, if any. The hot leaf first: its address
+    /// The leaf covering `page`, if any, for `lookup` (the readers of
+    /// `free` and the validation paths). The hot leaf first: its address
     /// comes from a load that does not depend on `page`, so in its GiB the
     /// entry is one load after the address is known, not two (free's push
     /// needs the class, and the next malloc of the class waits for that
@@ -94,6 +95,16 @@ impl PageMap {
             // stored with the nonzero root entry of an installed leaf.
             return Some(unsafe { NonNull::new_unchecked(leaf) });
         }
+        Self::root_leaf(page)
+    }
+
+    /// The leaf covering `page` through the root alone: the page heap's
+    /// own reads and writes (under its lock, off the fast paths) use it,
+    /// so the hot compare is not inlined into each of them (the code
+    /// counts against a tight `RLIMIT_AS`, see `ffi_as_limit`).
+    #[inline(always)]
+    fn root_leaf(page: usize) -> Option<NonNull<AtomicU64>> {
+        let r = page >> (LEAF_ADDR_SHIFT - PAGE_SHIFT);
         if r >= ROOT_LEN {
             return None;
         }
@@ -101,6 +112,14 @@ impl PageMap {
         // first load the root's address from the GOT.
         let root = rip_ref!([AtomicU32; ROOT_LEN], ROOT);
         NonNull::new(((root[r].load(Ordering::Acquire) as usize) << LEAF_ALIGN_SHIFT) as *mut _)
+    }
+
+    /// Entry `page` of `leaf` (the leaf covering it).
+    #[inline(always)]
+    fn entry_in(leaf: NonNull<AtomicU64>, page: usize) -> &'static AtomicU64 {
+        // SAFETY: a leaf holds LEAF_PAGES entries and is never unmapped;
+        // the index is masked into it.
+        unsafe { &*leaf.as_ptr().add(page & (LEAF_PAGES - 1)) }
     }
 
     /// The page of `addr` if a leaf covers it (the address may still be in
@@ -119,7 +138,8 @@ impl PageMap {
     #[inline(always)]
     pub fn lookup(&self, addr: usize) -> Option<(usize, u64)> {
         let page = addr >> PAGE_SHIFT;
-        Some((page, self.entry(page)?.load(Ordering::Acquire)))
+        let e = Self::entry_in(Self::leaf(page)?, page);
+        Some((page, e.load(Ordering::Acquire)))
     }
 
     /// Address of page `page`.
@@ -130,10 +150,7 @@ impl PageMap {
 
     #[inline(always)]
     fn entry(&self, page: usize) -> Option<&AtomicU64> {
-        let leaf = Self::leaf(page)?;
-        // SAFETY: a leaf holds LEAF_PAGES entries and is never unmapped;
-        // the index is masked into it.
-        Some(unsafe { &*leaf.as_ptr().add(page & (LEAF_PAGES - 1)) })
+        Some(Self::entry_in(Self::root_leaf(page)?, page))
     }
 
     /// The span id at `page` (`NONE`, also for a page without a leaf).
