@@ -381,6 +381,137 @@ pub unsafe fn push_or_miss(
     true
 }
 
+// The hinting pop and the hinted push: the pair that takes a C `free`'s
+// class computation (a page-map lookup of the pointer the previous pop
+// returned) off the loop-carried chain of a malloc/free loop.
+//
+// Without the hint, the push's header address is `region + class * 8` with
+// `class` computed from the pointer, so the push's load of `current`, its
+// commit, and the next pop's (forwarded) load of `current` all wait for the
+// lookup, and the next pop's item waits for that: the lookup's latency is
+// paid on every iteration. The hinting pop also stores its class in the
+// region's hint byte (`HINT_OFFSET`); the hinted push loads that byte,
+// compares it with its class and, when they are equal (predicted),
+// continues with the class register overwritten by the loaded byte. From
+// there on the header address depends on the hint's load (the region and
+// a forwarded byte), not on the caller's class: the compare is a branch,
+// which the core predicts instead of waiting for. When they differ, the
+// class register is left alone: the push is the plain one, plus a load, a
+// compare and a not-taken branch. Either way the stack pushed onto is the
+// caller's class, so a stale, foreign or torn hint (another thread's pop
+// on this CPU, a migration between the hint's store and the push) costs at
+// most a mispredicted branch.
+macro_rules! hint_store {
+    () => {
+        "mov byte ptr [{tmp} + {hint}], {class:l}\n" // region.hint = class
+    };
+}
+macro_rules! hint_take {
+    () => {
+        concat!(
+            "movzx {h:e}, byte ptr [{tmp} + {hint}]\n", // h = region.hint
+            "cmp {h}, {class}\n",                       // if h == class
+            "jne 12f\n",
+            "mov {class}, {h}\n", //     class = h (a value from the hint's load)
+            "12:\n",
+        )
+    };
+}
+macro_rules! pop_hinting_body {
+    () => {
+        concat!(
+            "mov {tmp:e}, dword ptr fs:[{idx}]\n", // tmp = rseq->(cpu_id | mm_cid)
+            "shl {tmp}, {shift}\n",                // tmp = base + (tmp << SHIFT)
+            "add {tmp}, {base}\n",
+            hint_store!(),
+            "mov {h:e}, dword ptr [{tmp} + {class}*8 + {current}]\n", // cur = hdr[class].current
+            "cmp {h:x}, word ptr [{tmp} + {class}*8 + {bound}]\n", // compare cur, hdr[class].begin
+            "jbe 8f\n", // if cur <= begin goto miss (empty)
+            "mov {item}, qword ptr [{tmp} + {h}*8 - 8]\n", // item = region[cur - 1]
+            "dec {h:e}\n", // cur -= 1
+            item_commit!(),
+        )
+    };
+}
+macro_rules! push_hinted_body {
+    () => {
+        concat!(
+            "mov {tmp:e}, dword ptr fs:[{idx}]\n", // tmp = rseq->(cpu_id | mm_cid)
+            "shl {tmp}, {shift}\n",                // tmp = base + (tmp << SHIFT)
+            "add {tmp}, {base}\n",
+            hint_take!(),
+            "mov {h:e}, dword ptr [{tmp} + {class}*8 + {current}]\n", // cur = hdr[class].current
+            "cmp {h:x}, word ptr [{tmp} + {class}*8 + {bound}]\n",    // compare cur, hdr[class].end
+            "jae 8f\n",                                // if cur >= end goto miss (full)
+            "mov qword ptr [{tmp} + {h}*8], {item}\n", // region[cur] = item
+            "inc {h:e}\n",                             // cur += 1
+            item_commit!(),
+        )
+    };
+}
+
+/// [`pop_or_null`] that also records `class` as its region's class hint,
+/// for a later [`push_hinted_or_miss`] (one more store, before the commit;
+/// an aborted pop may leave the hint written, which is harmless).
+///
+/// # Safety
+/// As for [`pop`].
+#[inline(always)]
+pub unsafe fn pop_or_null_hinting(base: *mut u8, class: usize, off: isize, idx: isize) -> *mut u8 {
+    let item: *mut u8;
+    // SAFETY: as for `pop_or_null`; the one more store writes the region's
+    // hint byte, inside the region (`HINT_OFFSET < HEADER_SLOTS * 8`),
+    // which no other structure field shares.
+    unsafe {
+        item_section!(
+            rseq_fast_section!(
+                concat!("xor {item:e}, {item:e}\n", "jmp 5b\n");
+                pop_hinting_body!();
+            )
+            begin: off, idx, base, class,
+            item = out(reg) item,
+            hint = const crate::percpu::HINT_OFFSET,
+        );
+    }
+    item
+}
+
+/// [`push_or_miss`] whose header address comes from the region's class
+/// hint when the hint equals `class` (see the comment above
+/// `hint_store!`): the same stack, reached without waiting for `class`.
+///
+/// # Safety
+/// As for [`pop`].
+#[inline(always)]
+pub unsafe fn push_hinted_or_miss(
+    base: *mut u8,
+    class: usize,
+    off: isize,
+    idx: isize,
+    item: *mut u8,
+) -> bool {
+    // SAFETY: as for `push_or_miss`: the class register is rewritten only
+    // with a value equal to it, so the header and slots are the caller's
+    // class's; the hint load reads a byte inside the region.
+    unsafe {
+        rseq_fast_section!(
+            "jmp {miss}\n"; push_hinted_body!();
+            off = in(reg) off,
+            idx = in(reg) idx,
+            base = in(reg) base,
+            class = inout(reg) class => _,
+            item = in(reg) item,
+            tmp = out(reg) _,
+            h = out(reg) _,
+            current = const offset_of!(Header, current),
+            bound = const offset_of!(Header, end),
+            hint = const crate::percpu::HINT_OFFSET,
+            miss = label { return false; },
+        );
+    }
+    true
+}
+
 // A batch section: `batch_head!`, the body, `batch_commit!`, with the
 // operands they name; `$bound` is the header bound the head reads (`begin`
 // for pop, `end` for push). Evaluates to `(count, status)`: the count is how
