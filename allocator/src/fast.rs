@@ -13,7 +13,7 @@
 //!    (malloc_small with the plain pop: dealloc knows its class, no hint)
 //! free(p)                   C ABI, raw::free
 //! ├─ e = page map entry of p (0: not ours / null)      : global::free_any (tail call)
-//! │  (one load in the hot leaf's GiB, else root + leaf; see `pagemap`)
+//! │  (the first leaf's GiB without the root, else root + leaf; see `pagemap`)
 //! ├─ p is an object start of class e.class (offset from the span
 //! │  start from e; one multiplication by FAST.starts[class][0], one
 //! │  compare with FAST.starts[class][1])
