@@ -5,12 +5,10 @@
 //! └─ size <= 4 KiB ? class = FAST.t16[(size+15)>>4]  : refill::malloc_big  (tail call)
 //!    └─ malloc_small(class)
 //!       ├─ FAST.ready == Ready::Rseq ?                 : refill::malloc_slow (tail call)
-//!       ├─ p = pop_or_null_hinting(region of this cpu/cid): null -> refill::malloc_slow
-//!       │  (also region.hint = class, for free's hinted push)
+//!       ├─ p = pop_or_null(region of this cpu/cid)     : null -> refill::malloc_slow
 //!       └─ byte 7 of p = 0 (clear the free mark); return p
 //! alloc(size, align)        GlobalAlloc::alloc
 //! └─ align <= 8 : t8[(size+7)>>3] | align == 16 : t16 | else refill::alloc_uncommon
-//!    (malloc_small with the plain pop: dealloc knows its class, no hint)
 //! free(p)                   C ABI, raw::free
 //! ├─ e = page map entry of p (0: not ours / null)      : global::free_any (tail call)
 //! │  (the first leaf's GiB without the root, else root + leaf; see `pagemap`)
@@ -21,10 +19,8 @@
 //! └─ free_known(p, class)
 //!    ├─ byte 7 of p == FAST.mark ? (maybe freed)        : refill::free_small_slow
 //!    ├─ p[0] = FAST.key (the free mark)
-//!    └─ push_hinted_or_miss(region of this cpu/cid, p)  : refill::free_overflow
-//!       (the header from region.hint when it equals class: see below)
-//! dealloc(p, size, align)   GlobalAlloc::dealloc: class from the size, then
-//!                           free_known with the plain push_or_miss
+//!    └─ push_or_miss(region of this cpu/cid, p)         : refill::free_overflow
+//! dealloc(p, size, align)   GlobalAlloc::dealloc: class from the size, then free_known
 //! ```
 //!
 //! Cost (release build; the golden table `ffi/tests/golden/fastpath.txt` is the
@@ -42,17 +38,6 @@
 //! (one-byte accesses always forward from the user's last store, whatever
 //! its width) and, when it matches, the slow path compares the word and
 //! asks `double_free` for an exact answer (a live block may hold the key).
-//!
-//! The class hint (`rseq_sys::arch::push_hinted_or_miss`): in a C program
-//! that frees what it just allocated, `free`'s class comes from a page-map
-//! lookup of the pointer the previous pop returned, and without the hint the
-//! push's header address, so its commit, so the next malloc's pop of that
-//! class, all wait for that lookup: about 13 cycles of the 25 a
-//! `free(malloc(16))` iteration took. `malloc` records its class in its
-//! region; the push compares that with the looked-up class and, when equal
-//! (a predicted branch), addresses the header from the recorded byte, so the
-//! lookup and the validation only feed branches. Measured (C preload pair,
-//! 16 B, 21 fresh processes, fastest): 10.39 -> 6.85 ns; see BENCHMARKS.md.
 //!
 //! `free`'s validation costs one 16-byte table entry beyond finding the
 //! class: the page map entry already carries the class and the page's index
@@ -225,23 +210,19 @@ pub(crate) unsafe fn clear_mark(p: *mut u8) {
 
 /// One object of `class`; null only when out of memory (errno = ENOMEM).
 #[inline(always)]
-pub(crate) fn malloc_small<const HINTING: bool>(class: SizeClass) -> *mut u8 {
+pub(crate) fn malloc_small(class: SizeClass) -> *mut u8 {
     let f = fast();
     if f.rseq_ready() {
-        let (base, off, idx) = (
-            f.base.load(Ordering::Relaxed),
-            f.cs_off.load(Ordering::Relaxed),
-            f.idx_off.load(Ordering::Relaxed),
-        );
         // SAFETY: `Ready::Rseq` means `enable` published the parameters of
         // SLABS, initialised with the rseq discipline over a region for
         // every index the kernel can report; `class` is a valid header.
         let p = unsafe {
-            if HINTING {
-                rseq_sys::arch::pop_or_null_hinting(base, class.index(), off, idx)
-            } else {
-                rseq_sys::arch::pop_or_null(base, class.index(), off, idx)
-            }
+            rseq_sys::arch::pop_or_null(
+                f.base.load(Ordering::Relaxed),
+                class.index(),
+                f.cs_off.load(Ordering::Relaxed),
+                f.idx_off.load(Ordering::Relaxed),
+            )
         };
         if !p.is_null() {
             // SAFETY: `p` is a free object of `class` (>= 8 bytes, 8-aligned)
@@ -257,7 +238,7 @@ pub(crate) fn malloc_small<const HINTING: bool>(class: SizeClass) -> *mut u8 {
 #[inline(always)]
 pub(crate) fn malloc(size: usize) -> *mut u8 {
     if size <= FAST_MAX_BYTES {
-        return malloc_small::<true>(fast().class16(size));
+        return malloc_small(fast().class16(size));
     }
     crate::refill::malloc_big(size)
 }
@@ -267,10 +248,10 @@ pub(crate) fn malloc(size: usize) -> *mut u8 {
 pub(crate) fn alloc(size: usize, align: usize) -> *mut u8 {
     if size <= FAST_MAX_BYTES {
         if align <= 8 {
-            return malloc_small::<false>(fast().class8(size));
+            return malloc_small(fast().class8(size));
         }
         if align == 16 {
-            return malloc_small::<false>(fast().class16(size));
+            return malloc_small(fast().class16(size));
         }
     }
     crate::refill::alloc_uncommon(size, align)
@@ -285,29 +266,22 @@ pub(crate) fn alloc(size: usize, align: usize) -> *mut u8 {
 /// `p` is an object of `class` from this allocator that the caller gives
 /// up; it was handed out and not freed since (a second free is detected).
 #[inline(always)]
-pub(crate) unsafe fn free_known<const HINTED: bool>(
-    p: *mut u8,
-    class: SizeClass,
-    who: &'static str,
-) {
+pub(crate) unsafe fn free_known(p: *mut u8, class: SizeClass, who: &'static str) {
     let f = fast();
     // SAFETY: `p` is an object start of `class`: at least 8 bytes, 8-aligned.
     let b = unsafe { mark_byte_of(p).read() };
     if f.rseq_ready() && b != f.mark.load(Ordering::Relaxed) {
         // SAFETY: as above; the object is ours to mark.
         unsafe { p.cast::<u64>().write(f.key()) };
-        let (base, off, idx) = (
-            f.base.load(Ordering::Relaxed),
-            f.cs_off.load(Ordering::Relaxed),
-            f.idx_off.load(Ordering::Relaxed),
-        );
         // SAFETY: as in `malloc_small`; `p` is a free object of `class`.
         if unsafe {
-            if HINTED {
-                rseq_sys::arch::push_hinted_or_miss(base, class.index(), off, idx, p)
-            } else {
-                rseq_sys::arch::push_or_miss(base, class.index(), off, idx, p)
-            }
+            rseq_sys::arch::push_or_miss(
+                f.base.load(Ordering::Relaxed),
+                class.index(),
+                f.cs_off.load(Ordering::Relaxed),
+                f.idx_off.load(Ordering::Relaxed),
+                p,
+            )
         } {
             return;
         }
@@ -333,7 +307,7 @@ pub(crate) unsafe fn free(p: *mut u8) {
     if class != 0 && fast().is_object_start(class, PageMap::small_offset(e, p as usize)) {
         // SAFETY: the page map and the class's object-start test say `p`
         // is an object start of `class`.
-        return unsafe { free_known::<true>(p, SizeClass::from_table(class as u8), "free()") };
+        return unsafe { free_known(p, SizeClass::from_table(class as u8), "free()") };
     }
     // SAFETY: `p` is null or a block of ours given up (this function's
     // contract); free_any validates it and reports anything else.
@@ -355,7 +329,7 @@ pub(crate) unsafe fn dealloc(p: *mut u8, size: usize, align: usize) {
         };
         debug_assert!(crate::global::debug_is_small_of(p, class));
         // SAFETY: per the contract `p` is a live object of `class`.
-        return unsafe { free_known::<false>(p, class, "free()") };
+        return unsafe { free_known(p, class, "free()") };
     }
     // SAFETY: `p` was allocated with (size, align) and is given up (this
     // function's contract), as `dealloc_uncommon` requires.

@@ -383,9 +383,7 @@ pub(crate) unsafe fn free_any(p: *mut u8, who: &str) {
     let Some(nn) = NonNull::new(p) else { return };
     match classify(p, who) {
         // SAFETY: classify validated that p is an object start of `class`.
-        Block::Small(class) => unsafe {
-            crate::fast::free_known::<false>(nn.as_ptr(), class, "free()")
-        },
+        Block::Small(class) => unsafe { crate::fast::free_known(nn.as_ptr(), class, "free()") },
         // SAFETY: the caller owns the block and gives it up.
         Block::Large(s) => unsafe { HEAP.free_span(s) },
         Block::Huge(_) => {
@@ -420,7 +418,7 @@ pub(crate) fn alloc(size: usize, align: usize) -> *mut u8 {
 pub(crate) fn alloc_zeroed(size: usize, align: usize) -> *mut u8 {
     match size_class::class_for(size, align) {
         Some(c) => {
-            let p = crate::fast::malloc_small::<false>(c);
+            let p = crate::fast::malloc_small(c);
             if !p.is_null() {
                 // SAFETY: p is a fresh object of at least `size` bytes.
                 unsafe { p.write_bytes(0, size) };
@@ -448,7 +446,7 @@ pub(crate) unsafe fn free_sized_checked(p: *mut u8, size: usize, align: usize, w
                 util::size_mismatch(who, p, size, c.size_bytes())
             }
             // SAFETY: classify validated that p is an object start of `c`.
-            unsafe { crate::fast::free_known::<false>(p, c, who) }
+            unsafe { crate::fast::free_known(p, c, who) }
         }
         Block::Large(s) => {
             let bytes = s.pages() << PAGE_SHIFT;

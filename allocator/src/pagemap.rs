@@ -13,9 +13,11 @@
 //! without touching anything but the root. Every lookup first compares the
 //! address's GiB with the one the first leaf installed covers (`FIRST`,
 //! written once with the leaf's address in `FIRST_PTR`): there the entry is
-//! found without the root entry and its decoding, in fewer instructions
-//! (`free`'s cost is now its instruction count: its lookup feeds only
-//! branches, see `fast.rs` on the class hint).
+//! one load after the address (the leaf's address comes from a load that
+//! does not wait for it), without the root entry and its decoding. That
+//! latency counts: a C `free`'s push needs the class, and the next malloc
+//! of the class waits for that push, so the lookup is on a pair loop's
+//! loop-carried chain.
 //!
 //! Pages are named by their absolute page number (`addr >> PAGE_SHIFT`), so
 //! `page_addr` is a shift.

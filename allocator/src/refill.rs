@@ -185,7 +185,7 @@ pub(crate) fn malloc_big(size: usize) -> *mut u8 {
 #[inline(never)]
 pub(crate) fn alloc_uncommon(size: usize, align: usize) -> *mut u8 {
     match size_class::class_for(size, align) {
-        Some(c) => fast::malloc_small::<false>(c),
+        Some(c) => fast::malloc_small(c),
         None => enomem(global::alloc_big(size, align, false)),
     }
 }
@@ -333,7 +333,7 @@ pub(crate) unsafe fn dealloc_uncommon(p: *mut u8, size: usize, align: usize) {
     if let (Some(c), false) = (size_class::class_for(size, align), p.is_null()) {
         debug_assert!(global::debug_is_small_of(p, c));
         // SAFETY: per the contract p is a live object of class `c`.
-        return unsafe { fast::free_known::<false>(p, c, "free()") };
+        return unsafe { fast::free_known(p, c, "free()") };
     }
     // SAFETY: `p` is null or a block of ours given up (this function's
     // contract); free_any validates it and reports anything else.

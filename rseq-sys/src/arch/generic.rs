@@ -27,16 +27,6 @@ pub unsafe fn push_or_miss(_: *mut u8, _: usize, _: isize, _: isize, _: *mut u8)
 }
 /// # Safety
 /// None needed: never touches memory.
-pub unsafe fn pop_or_null_hinting(_: *mut u8, _: usize, _: isize, _: isize) -> *mut u8 {
-    core::ptr::null_mut()
-}
-/// # Safety
-/// None needed: never touches memory.
-pub unsafe fn push_hinted_or_miss(_: *mut u8, _: usize, _: isize, _: isize, _: *mut u8) -> bool {
-    false
-}
-/// # Safety
-/// None needed: never touches memory.
 pub unsafe fn pop_batch(_: &BatchArgs, _: isize, _: isize) -> (usize, Status) {
     (0, Status::Unregistered)
 }

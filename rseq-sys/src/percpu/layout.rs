@@ -5,7 +5,6 @@
 //! ```text
 //! region r   = base + (r << REGION_SHIFT)                  (REGION_BYTES each)
 //! header[c]  = region + c * 8: Header { current (index | LOCKED), end, begin }   c < MAX_CLASSES
-//! header[125] = hint: byte 0 the class of the region's last hinting pop
 //! header[126] = Control { init, lock }    header[127] = try-lock op counter
 //! slot[i]    = region + i * 8              i >= HEADER_SLOTS
 //! items of class c = slot[begin .. current], free slots = slot[current .. end]
@@ -35,21 +34,10 @@ use core::sync::atomic::{AtomicPtr, AtomicU16, AtomicU32, AtomicU64, Ordering};
 
 /// Bytes per region (one per CPU or cid).
 pub const REGION_BYTES: usize = 1 << REGION_SHIFT;
-/// Header slots at the start of each region (classes, the hint and 2
-/// control words).
+/// Header slots at the start of each region (classes + 2 control words).
 pub const HEADER_SLOTS: usize = 128;
 /// Most classes a structure can have.
-pub const MAX_CLASSES: usize = HEADER_SLOTS - 3;
-/// Byte offset in a region of the class hint: the class of the last
-/// [`pop_or_null_hinting`](crate::arch::pop_or_null_hinting) in the region,
-/// which [`push_hinted_or_miss`](crate::arch::push_hinted_or_miss) reads to
-/// take its header address from a load that does not depend on its
-/// caller's class computation (see there). Only a hint: nothing but those
-/// two reads and writes it, and a stale or torn value costs a mispredicted
-/// branch, never a wrong stack.
-pub const HINT_OFFSET: usize = HINT_SLOT * 8;
-
-const HINT_SLOT: usize = HEADER_SLOTS - 3;
+pub const MAX_CLASSES: usize = HEADER_SLOTS - 2;
 /// Pointer slots available to all classes of a region together.
 pub const MAX_SLOTS: usize = REGION_BYTES / 8 - HEADER_SLOTS;
 

@@ -27,8 +27,7 @@ mod rseq;
 mod trylock;
 
 pub use layout::{
-    ClassId, RegionId, HEADER_SLOTS, HINT_OFFSET, MAX_CLASSES, MAX_SLOTS, REGION_BYTES,
-    REGION_SHIFT,
+    ClassId, RegionId, HEADER_SLOTS, MAX_CLASSES, MAX_SLOTS, REGION_BYTES, REGION_SHIFT,
 };
 
 use crate::arch;
@@ -642,83 +641,6 @@ mod tests {
     fn rseq_roundtrip() {
         roundtrip(Discipline::Rseq, Index::Cpu);
         roundtrip(Discipline::Rseq, Index::Cid);
-    }
-
-    /// The hinted push pushes onto its caller's class whatever the hint
-    /// says (the same class, another class, a class the structure does not
-    /// have); the hinting pop records its class in its region's hint.
-    #[test]
-    fn hinted_push_uses_the_callers_class() {
-        // Pinned, so every operation runs in one region (an abort can still
-        // make a fast operation miss; the loops retry).
-        // SAFETY: sched_getcpu has no preconditions.
-        let cpu = unsafe { libc::sched_getcpu() };
-        assert!(cpu >= 0);
-        // SAFETY: a zeroed cpu_set_t with one CPU set, for this thread.
-        unsafe {
-            let mut set: libc::cpu_set_t = core::mem::zeroed();
-            libc::CPU_SET(cpu as usize, &mut set);
-            assert_eq!(
-                libc::sched_setaffinity(0, size_of::<libc::cpu_set_t>(), &set),
-                0
-            );
-        }
-        let n = registration::possible_cpus();
-        let mem = Regions::new(n);
-        let slabs = PerCpuSlabs::new();
-        // SAFETY: fresh zeroed, aligned memory for n regions, outliving slabs.
-        assert!(unsafe { slabs.init(mem.base, n, &[0, 8, 8, 8], Discipline::Rseq, Index::Cpu) });
-        let Some((base, off, idx)) = slabs.fast_params() else {
-            panic!("an rseq structure has fast parameters");
-        };
-        let hint = base.wrapping_add(((cpu as usize) << REGION_SHIFT) + HINT_OFFSET);
-        // Initialise this CPU's region (the fast operations miss on an
-        // uninitialised one).
-        let first = NonNull::new(8 as *mut u8).unwrap();
-        slabs.push(cls(3), first).unwrap();
-        assert_eq!(slabs.pop(cls(3)), Ok(first));
-        for class in [2usize, 1, 3] {
-            // SAFETY: fast_params of an rseq structure, class < 4; the
-            // stacks are empty, so nothing is popped.
-            let p = unsafe { arch::pop_or_null_hinting(base, class, off, idx) };
-            assert!(p.is_null());
-            // SAFETY: the hint byte lies inside region `cpu`.
-            assert_eq!(unsafe { hint.read_volatile() }, class as u8);
-        }
-        let mut want: Vec<(usize, usize)> = Vec::new();
-        for (k, (hinted, class)) in [(1u8, 1usize), (1, 2), (2, 1), (3, 2), (0x7f, 1), (0, 3)]
-            .into_iter()
-            .enumerate()
-        {
-            let item = ((k + 1) * 64) as *mut u8;
-            let pushed = (0..1000).any(|_| {
-                // SAFETY: the hint byte is no structure field (any value is
-                // allowed there); fast_params of an rseq structure, class < 4.
-                unsafe {
-                    hint.write_volatile(hinted);
-                    arch::push_hinted_or_miss(base, class, off, idx, item)
-                }
-            });
-            assert!(pushed, "1000 hinted pushes aborted");
-            want.push((class, item as usize));
-        }
-        // A hinting pop pops its own class, and records it.
-        // SAFETY: as above.
-        let p = unsafe { arch::pop_or_null_hinting(base, 2, off, idx) };
-        assert_eq!(p as usize, 4 * 64);
-        // SAFETY: as above.
-        assert_eq!(unsafe { hint.read_volatile() }, 2);
-        want.retain(|&(_, i)| i != 4 * 64);
-        let mut got: Vec<(usize, usize)> = Vec::new();
-        for r in 0..n {
-            assert!(slabs.drain(RegionId(r), &mut |class, it| {
-                got.extend(it.iter().map(|&p| (class.index(), p as usize)))
-            }));
-        }
-        got.sort();
-        want.sort();
-        assert_eq!(got, want);
-        slabs.check_invariants();
     }
 
     #[test]
