@@ -45,7 +45,7 @@
 use crate::size_class::{PAGE_BYTES, PAGE_SHIFT};
 use crate::span::SpanId;
 use core::ptr::NonNull;
-use core::sync::atomic::{AtomicBool, AtomicPtr, AtomicU32, AtomicU64, Ordering};
+use core::sync::atomic::{AtomicPtr, AtomicU32, AtomicU64, Ordering};
 
 /// Address bits of user space covered by the map.
 pub const ADDR_BITS: u32 = 47;
@@ -68,11 +68,9 @@ static ROOT: [AtomicU32; ROOT_LEN] = [const { AtomicU32::new(0) }; ROOT_LEN];
 /// address's `addr >> 30`) before it is set; written once, after
 /// `FIRST_PTR`.
 static FIRST: AtomicU64 = AtomicU64::new(u64::MAX);
-/// The first leaf installed (never unmapped, like every leaf).
+/// The first leaf installed (never unmapped, like every leaf), or null
+/// before; set once, by the installer that swaps it from null.
 static FIRST_PTR: AtomicPtr<AtomicU64> = AtomicPtr::new(core::ptr::null_mut());
-/// Whether `FIRST` and `FIRST_PTR` were claimed (by the first leaf
-/// installed).
-static FIRST_TAKEN: AtomicBool = AtomicBool::new(false);
 /// Leaves installed so far (statistics).
 static LEAVES: core::sync::atomic::AtomicUsize = core::sync::atomic::AtomicUsize::new(0);
 
@@ -138,7 +136,7 @@ impl PageMap {
     }
 
     /// `page_of` and `get_raw` in one: the page of `addr` and its entry,
-    /// or None if no leaf covers it (one load in the hot leaf, else two
+    /// or None if no leaf covers it (one load in the first leaf, else two
     /// dependent ones).
     #[inline(always)]
     pub fn lookup(&self, addr: usize) -> Option<(usize, u64)> {
@@ -217,7 +215,7 @@ impl PageMap {
     }
 
     /// The entry of the page holding `addr`, or 0 when no span covers it
-    /// (null and foreign pointers included): in the hot leaf's GiB one
+    /// (null and foreign pointers included): in the first leaf's GiB one
     /// load; elsewhere the root's bounds check, the root entry and the leaf
     /// entry (see `leaf`); nothing else.
     #[inline(always)]
@@ -256,7 +254,7 @@ impl PageMap {
         if last >= ROOT_LEN {
             return false;
         }
-        for slot in &ROOT[first..=last] {
+        for (r, slot) in (first..=last).zip(&ROOT[first..=last]) {
             if slot.load(Ordering::Acquire) != 0 {
                 continue;
             }
@@ -279,9 +277,13 @@ impl PageMap {
                 }
             } else {
                 LEAVES.fetch_add(1, Ordering::Relaxed);
-                if !FIRST_TAKEN.swap(true, Ordering::AcqRel) {
-                    let r = (slot as *const AtomicU32 as usize - ROOT.as_ptr() as usize) / 4;
-                    FIRST_PTR.store(leaf.cast(), Ordering::Relaxed);
+                let first_ptr = FIRST_PTR.compare_exchange(
+                    core::ptr::null_mut(),
+                    leaf.cast(),
+                    Ordering::Relaxed,
+                    Ordering::Relaxed,
+                );
+                if first_ptr.is_ok() {
                     FIRST.store(r as u64, Ordering::Release);
                 }
             }
@@ -350,11 +352,11 @@ mod tests {
         assert_eq!(pm.get_raw(usize::MAX >> PAGE_SHIFT), 0);
     }
 
-    /// `entry_of` agrees with `lookup` inside the static first leaf and
-    /// outside it (the root path), and answers 0 for null, foreign and
-    /// non-canonical addresses.
+    /// `entry_of` agrees with `lookup` inside the first leaf and outside it
+    /// (the root path), and answers 0 for null, foreign and non-canonical
+    /// addresses.
     #[test]
-    fn hot_leaf_entry_of_agrees_with_lookup() {
+    fn first_leaf_entry_of_agrees_with_lookup() {
         let pm = PageMap::new();
         let len = 2 * PAGE;
         let map = || {
