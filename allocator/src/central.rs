@@ -225,12 +225,13 @@ impl Central {
     /// how many (0 only when the heap is out of memory).
     pub fn pop_batch(&self, heap: &PageHeap, class: SizeClass, out: &mut [*mut u8]) -> usize {
         let (mut g, t0) = self.lock_counted();
-        let mut n = 0;
-        while n < out.len() && g.transfer_len > 0 {
-            g.transfer_len -= 1;
-            out[n] = g.transfer[g.transfer_len];
-            n += 1;
-        }
+        // The transfer stack's top objects as one block, in stack order:
+        // the most recently flushed ends up nearest `out`'s end, which the
+        // caller hands out first.
+        let mut n = out.len().min(g.transfer_len);
+        let len = g.transfer_len;
+        out[..n].copy_from_slice(&g.transfer[len - n..len]);
+        g.transfer_len = len - n;
         g.transfer_low = g.transfer_low.min(g.transfer_len);
         bump(&self.moves.pop_transfer, n as u64);
         let size = class.size_bytes();
@@ -261,33 +262,39 @@ impl Central {
             // SAFETY: `s` is a SMALL span of this class (on our list) and we
             // hold the class lock.
             let l = unsafe { s.locked(&mut g.key) };
-            while n < out.len() {
-                let o = if !l.freelist.is_null() {
-                    let o = l.freelist;
-                    // SAFETY: a free object of at least 8 bytes, 8-aligned,
-                    // whose first word is the mark and link we wrote; it
-                    // keeps the mark (it stays free, in a cache).
-                    let w = unsafe { o.cast::<u64>().read() };
-                    l.freelist = double_free::decode_link(key, base, o, w);
-                    o
-                } else if l.carved < objs {
-                    let o = (base + l.carved as usize * size) as *mut u8;
-                    l.carved += 1;
-                    if n < 64 {
-                        unmarked |= 1 << n;
-                    } else {
-                        // SAFETY: a never-used object of this span, ours
-                        // under the class lock; it gets the free mark.
-                        unsafe { o.cast::<u64>().write(key) };
-                    }
-                    o
-                } else {
-                    break;
-                };
+            while n < out.len() && !l.freelist.is_null() {
+                let o = l.freelist;
+                // SAFETY: a free object of at least 8 bytes, 8-aligned,
+                // whose first word is the mark and link we wrote; it keeps
+                // the mark (it stays free, in a cache).
+                let w = unsafe { o.cast::<u64>().read() };
+                l.freelist = double_free::decode_link(key, base, o, w);
                 l.allocated += 1;
                 out[n] = o;
                 n += 1;
             }
+            // Then a run carved from the untouched tail, highest address
+            // first: the caller hands `out` out from its end, so a fresh
+            // span's objects go out in ascending address order, as a
+            // program's consecutive allocations then do (objects allocated
+            // together share lines and pages, and a structure built in
+            // allocation order is walked forwards, which the hardware
+            // prefetchers follow; descending objects cost python3 14%).
+            let run = (out.len() - n).min((objs - l.carved) as usize);
+            for j in 0..run {
+                let o = (base + (l.carved as usize + run - 1 - j) * size) as *mut u8;
+                if n + j < 64 {
+                    unmarked |= 1 << (n + j);
+                } else {
+                    // SAFETY: a never-used object of this span, ours under
+                    // the class lock; it gets the free mark.
+                    unsafe { o.cast::<u64>().write(key) };
+                }
+                out[n + j] = o;
+            }
+            l.carved += run as u32;
+            l.allocated += run as u32;
+            n += run;
             if l.freelist.is_null() && l.carved == objs {
                 self.list_remove(heap, &mut g, s);
             }
@@ -626,12 +633,18 @@ mod tests {
         let spans = (3 * b).div_ceil(objs) as u64;
         let (b64, s3) = (b as u64, 3 * b as u64);
         assert_eq!(counters(&c), [3, s3, 0, 0, 0, 0, spans, 0]);
+        // A fresh span's run comes highest address first: the caller hands
+        // a batch out from its end, so the objects go out ascending.
+        assert!(b < objs);
+        for w in got[..b].windows(2) {
+            assert_eq!(w[0] as usize, w[1] as usize + 64, "a descending run");
+        }
         // SAFETY: each object appears once and is free.
         unsafe { push_batches(h, &c, class, &got) };
         assert_eq!(counters(&c), [3, s3, 0, 3, s3, s3, spans, 0]);
         // A refill is served by the transfer stack (the last batch pushed).
         assert_eq!(c.pop_batch(h, class, &mut buf[..b]), b);
-        assert!(buf[..b].iter().rev().eq(&got[2 * b..]), "LIFO");
+        assert_eq!(buf[..b], got[2 * b..], "the last batch, as it was pushed");
         assert_eq!(counters(&c), [4, s3 + b64, b64, 3, s3, s3, spans, 0]);
         // SAFETY: as above.
         unsafe { c.push_batch(h, class, &buf[..b]) };
@@ -674,7 +687,7 @@ mod tests {
             from_transfer + b as u64,
             "served by the stack"
         );
-        assert!(buf[..b].iter().rev().eq(used.iter()), "kept in order");
+        assert_eq!(buf[..b], used[..], "kept in order");
         // SAFETY: as above.
         unsafe { c.push_batch(h, class, &buf[..b]) };
         // Unused since the last call: the rest goes back, spans included.

@@ -67,9 +67,13 @@ pub(crate) static SLOW_DIRECT_OPS: AtomicU64 = AtomicU64::new(0);
 
 /// Memory for allocations made while this thread initialises the allocator
 /// (e.g. libc calling malloc from inside our init under LD_PRELOAD). Never
-/// freed; `free` of such a block is a no-op.
+/// freed; `free` of such a block is a no-op. Cache-line aligned, not
+/// page aligned: `boot_alloc` honours any alignment itself, and a page
+/// alignment would align the library's whole `.bss`, which costs up to a
+/// page of address space at its start and another before the arena
+/// (`ffi_as_limit` counts them).
 const BOOT_BYTES: usize = 64 << 10;
-#[repr(C, align(4096))]
+#[repr(C, align(64))]
 struct BootArena(core::cell::UnsafeCell<[u8; BOOT_BYTES]>);
 // SAFETY: bytes are handed out once each through the atomic bump `BOOT_USED`.
 unsafe impl Sync for BootArena {}

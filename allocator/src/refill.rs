@@ -134,16 +134,9 @@ fn malloc_miss(class: SizeClass, e: OpError) -> *mut u8 {
     if n == 0 {
         return ptr::null_mut();
     }
-    // The central list hands out a span's fresh objects in ascending
-    // address order; the stack pops from its top, so the batch goes on in
-    // reverse: this call returns the lowest and the next pops walk up
-    // through memory, as a program's consecutive allocations then do
-    // (sequential objects of one class share lines and pages and a linked
-    // structure built in allocation order is walked forwards, which the
-    // hardware prefetchers follow). A batch from the transfer stack comes
-    // back in the order it was flushed in (its most recently freed object
-    // first).
-    buf[..n].reverse();
+    // The batch's last object goes out now and the rest onto the stack in
+    // order, so the next pops take them from the end back: the order
+    // `pop_batch` arranged (a fresh span's objects ascending).
     let result = buf[n - 1];
     let rest = &buf[..n - 1];
     if !rest.is_empty() {
