@@ -10,8 +10,10 @@
 //! alloc(size, align)        GlobalAlloc::alloc
 //! └─ align <= 8 : t8[(size+7)>>3] | align == 16 : t16 | else refill::alloc_uncommon
 //! free(p)                   C ABI, raw::free
-//! ├─ e = page map entry of p (0: not ours / null)      : global::free_any (tail call)
-//! │  (the first leaf's GiB without the root, else root + leaf; see `pagemap`)
+//! ├─ e, class = page map entry of p, and its class byte loaded on its own
+//! │  (class 0: not ours / null)                          : global::free_any (tail call)
+//! │  (the first leaf's GiB: one load after a shift, no root; else root +
+//! │  leaf; see `pagemap`)
 //! ├─ p is an object start of class e.class (offset from the span
 //! │  start from e; one multiplication by FAST.starts[class][0], one
 //! │  compare with FAST.starts[class][1])
@@ -299,8 +301,7 @@ pub(crate) unsafe fn free_known(p: *mut u8, class: SizeClass, who: &'static str)
 /// `p` is null or a block of this allocator not used afterwards.
 #[inline(always)]
 pub(crate) unsafe fn free(p: *mut u8) {
-    let e = map().entry_of(p as usize);
-    let class = PageMap::entry_class(e);
+    let (e, class) = map().entry_and_class_of(p as usize);
     // Class 0 (not a small-object page, not ours, null) would fail the
     // object-start test too (its bound is 0); testing it first lets the
     // page map's misses jump straight to `free_any`.

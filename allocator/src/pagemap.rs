@@ -71,6 +71,11 @@ static FIRST: AtomicU64 = AtomicU64::new(u64::MAX);
 /// The first leaf installed (never unmapped, like every leaf), or null
 /// before; set once, by the installer that swaps it from null.
 static FIRST_PTR: AtomicPtr<AtomicU64> = AtomicPtr::new(core::ptr::null_mut());
+/// `FIRST_PTR` biased by the first page of its GiB: entry `page` of that
+/// GiB is `FIRST_BASE + page` (no masking of the page number on the
+/// lookup's path). Written once, before `FIRST`; an address outside the
+/// GiB never reaches it (the compare with `FIRST` comes first).
+static FIRST_BASE: AtomicPtr<AtomicU64> = AtomicPtr::new(core::ptr::null_mut());
 /// Leaves installed so far (statistics).
 static LEAVES: core::sync::atomic::AtomicUsize = core::sync::atomic::AtomicUsize::new(0);
 
@@ -85,20 +90,34 @@ impl PageMap {
         PageMap { _private: () }
     }
 
-    /// The leaf covering `page`, if any, for `lookup` (the readers of
-    /// `free` and the validation paths). The first leaf first: in its GiB
-    /// the leaf's address is a static word, found after one compare
-    /// against another (predicted), with no root entry and no decoding.
+    /// Where the entry of `page` is, if a leaf covers it, for `lookup` and
+    /// `free` (the readers of the fast and validation paths): an array and
+    /// an index into it, which the caller's load folds into one addressing
+    /// mode. The first leaf first: in its GiB the array is a static word
+    /// (`FIRST_BASE`, biased so that the index is the page number itself),
+    /// found after one compare against another (predicted), with no root
+    /// entry, no decoding and no masking: the entry's load issues one
+    /// shift after the address is known.
     #[inline(always)]
-    fn leaf(page: usize) -> Option<NonNull<AtomicU64>> {
+    fn entry_slot(page: usize) -> Option<(*const AtomicU64, usize)> {
         let r = page >> (LEAF_ADDR_SHIFT - PAGE_SHIFT);
         if r as u64 == rip_ref!(AtomicU64, FIRST).load(Ordering::Acquire) {
-            let leaf = rip_ref!(AtomicPtr<AtomicU64>, FIRST_PTR).load(Ordering::Relaxed);
-            // SAFETY: FIRST names a root index only after FIRST_PTR holds
-            // the (non-null) leaf installed there (Release/Acquire).
-            return Some(unsafe { NonNull::new_unchecked(leaf) });
+            let base = rip_ref!(AtomicPtr<AtomicU64>, FIRST_BASE).load(Ordering::Relaxed);
+            return Some((base, page));
         }
-        Self::root_leaf(page)
+        Some((Self::root_leaf(page)?.as_ptr(), page & (LEAF_PAGES - 1)))
+    }
+
+    /// The entry at a slot from `entry_slot`.
+    #[inline(always)]
+    fn slot_entry(slot: (*const AtomicU64, usize)) -> &'static AtomicU64 {
+        // SAFETY: `entry_slot` returns the first leaf biased by its GiB's
+        // first page with a page of that GiB (FIRST names a root index
+        // only after FIRST_BASE is stored, Release/Acquire), or a leaf
+        // with an index masked into it; leaves hold LEAF_PAGES entries
+        // and are never unmapped. `wrapping_add` keeps the leaf's
+        // provenance through the biased value and lands inside the leaf.
+        unsafe { &*slot.0.wrapping_add(slot.1) }
     }
 
     /// The leaf covering `page` through the root alone: the page heap's
@@ -120,9 +139,7 @@ impl PageMap {
     /// Entry `page` of `leaf` (the leaf covering it).
     #[inline(always)]
     fn entry_in(leaf: NonNull<AtomicU64>, page: usize) -> &'static AtomicU64 {
-        // SAFETY: a leaf holds LEAF_PAGES entries and is never unmapped;
-        // the index is masked into it.
-        unsafe { &*leaf.as_ptr().add(page & (LEAF_PAGES - 1)) }
+        Self::slot_entry((leaf.as_ptr(), page & (LEAF_PAGES - 1)))
     }
 
     /// The page of `addr` if a leaf covers it (the address may still be in
@@ -132,7 +149,7 @@ impl PageMap {
     #[inline(always)]
     pub fn page_of(&self, addr: usize) -> Option<usize> {
         let page = addr >> PAGE_SHIFT;
-        Self::leaf(page).map(|_| page)
+        Self::entry_slot(page).map(|_| page)
     }
 
     /// `page_of` and `get_raw` in one: the page of `addr` and its entry,
@@ -141,8 +158,57 @@ impl PageMap {
     #[inline(always)]
     pub fn lookup(&self, addr: usize) -> Option<(usize, u64)> {
         let page = addr >> PAGE_SHIFT;
-        let e = Self::entry_in(Self::leaf(page)?, page);
+        let e = Self::slot_entry(Self::entry_slot(page)?);
         Some((page, e.load(Ordering::Acquire)))
+    }
+
+    /// `free`'s lookup: the entry of the page holding `addr` and, loaded
+    /// on its own, the entry's class byte (`entry_class`), or (0, 0) when
+    /// no leaf covers it. The class feeds the address of the push that
+    /// follows, which the next malloc of the class waits for: a byte load
+    /// gives it with no shift and mask after the load (two cycles off a C
+    /// malloc/free pair's loop-carried chain); the whole entry, loaded
+    /// beside it, feeds only the validation's branches.
+    #[inline(always)]
+    pub fn entry_and_class_of(&self, addr: usize) -> (u64, usize) {
+        let Some(slot) = Self::entry_slot(addr >> PAGE_SHIFT) else {
+            return (0, 0);
+        };
+        let e = Self::slot_entry(slot);
+        (e.load(Ordering::Acquire), Self::class_byte(slot))
+    }
+
+    /// Byte 5 of the entry at `slot` (bits 40..48: the class), read by one
+    /// byte load. The entry is written whole, by 64-bit stores; the read is
+    /// done in `asm!` so that it is the machine's byte load (an x86 load is
+    /// single-copy atomic for any aligned byte, and every x86 load has
+    /// acquire order), not a mixed-size atomic access in Rust's model.
+    #[inline(always)]
+    fn class_byte(slot: (*const AtomicU64, usize)) -> usize {
+        #[cfg(target_arch = "x86_64")]
+        {
+            let class: usize;
+            // SAFETY: `slot` addresses an entry inside a mapped leaf (see
+            // `slot_entry`); the asm reads one byte of it and nothing else.
+            unsafe {
+                core::arch::asm!(
+                    "movzx {c:e}, byte ptr [{b} + {i} * 8 + 5]",
+                    c = out(reg) class,
+                    b = in(reg) slot.0,
+                    i = in(reg) slot.1,
+                    options(pure, readonly, nostack, preserves_flags),
+                )
+            };
+            // SAFETY: `movzx` zero-extends one byte. Telling the compiler
+            // spares a second zero-extension on the way to the push's
+            // address.
+            unsafe { core::hint::assert_unchecked(class <= 0xff) };
+            class
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        {
+            Self::entry_class(Self::slot_entry(slot).load(Ordering::Acquire))
+        }
     }
 
     /// Address of page `page`.
@@ -214,18 +280,6 @@ impl PageMap {
         }
     }
 
-    /// The entry of the page holding `addr`, or 0 when no span covers it
-    /// (null and foreign pointers included): in the first leaf's GiB one
-    /// load; elsewhere the root's bounds check, the root entry and the leaf
-    /// entry (see `leaf`); nothing else.
-    #[inline(always)]
-    pub fn entry_of(&self, addr: usize) -> u64 {
-        match self.lookup(addr) {
-            Some((_, e)) => e,
-            None => 0,
-        }
-    }
-
     /// The class index of a raw entry (0: not a small-object page).
     #[inline(always)]
     pub const fn entry_class(entry: u64) -> usize {
@@ -284,6 +338,11 @@ impl PageMap {
                     Ordering::Relaxed,
                 );
                 if first_ptr.is_ok() {
+                    let bias = r << (LEAF_ADDR_SHIFT - PAGE_SHIFT);
+                    FIRST_BASE.store(
+                        leaf.cast::<AtomicU64>().wrapping_sub(bias),
+                        Ordering::Relaxed,
+                    );
                     FIRST.store(r as u64, Ordering::Release);
                 }
             }
@@ -352,17 +411,26 @@ mod tests {
         assert_eq!(pm.get_raw(usize::MAX >> PAGE_SHIFT), 0);
     }
 
-    /// `entry_of` agrees with `lookup` inside the first leaf and outside it
-    /// (the root path), and answers 0 for null, foreign and non-canonical
-    /// addresses.
+    /// `free`'s lookup (`entry_and_class_of`) agrees with the page heap's
+    /// own root-only reads (`get_raw`) inside the first leaf (the biased
+    /// `FIRST_BASE` path) and outside it (the root path): the whole entry,
+    /// and a class byte equal to the entry's class; it answers (0, 0) for
+    /// null, foreign and non-canonical addresses.
     #[test]
-    fn first_leaf_entry_of_agrees_with_lookup() {
+    fn first_leaf_entry_and_class_agree_with_the_root() {
         let pm = PageMap::new();
         let len = 2 * PAGE;
         let map = || {
             crate::os::map(len, libc::PROT_READ | libc::PROT_WRITE, true)
                 .unwrap()
                 .as_ptr() as usize
+        };
+        let check = |addr: usize| {
+            let want = pm.get_raw(addr >> PAGE_SHIFT);
+            let (e, class) = pm.entry_and_class_of(addr);
+            assert_eq!(e, want, "{addr:#x}");
+            assert_eq!(class, PageMap::entry_class(want), "{addr:#x}");
+            e
         };
         let (a, b) = (map(), map());
         assert!(pm.ensure_leaves(a, len));
@@ -371,15 +439,15 @@ mod tests {
         // (Other tests grow heaps in parallel: which GiB the first leaf
         // covers is theirs to decide too, so the checks hold either way.)
         for addr in [a, a + 8, a + PAGE + 64] {
-            let want = pm.lookup(addr).unwrap().1;
-            assert_ne!(want, 0);
-            assert_eq!(pm.entry_of(addr), want, "{addr:#x}");
+            assert_ne!(check(addr), 0);
+            assert_eq!(pm.entry_and_class_of(addr).1, 5);
         }
         // A second chunk (maybe in another GiB); the first is still found.
         assert!(pm.ensure_leaves(b, len));
         pm.set_small_range(pb, 1, id(12), 7);
-        assert_eq!(pm.entry_of(b + 16), pm.lookup(b + 16).unwrap().1);
-        assert_eq!(pm.entry_of(a + 8), pm.lookup(a + 8).unwrap().1);
+        assert_eq!(pm.entry_and_class_of(b + 16).1, 7);
+        check(b + 16);
+        check(a + 8);
         for bad in [
             0,
             8,
@@ -389,16 +457,12 @@ mod tests {
             1 << 63,
             a ^ (1 << 46),
         ] {
-            assert_eq!(
-                pm.entry_of(bad),
-                pm.lookup(bad).map_or(0, |(_, e)| e),
-                "{bad:#x}"
-            );
+            check(bad);
         }
-        assert_eq!(pm.entry_of(0), 0);
-        assert_eq!(pm.entry_of(usize::MAX), 0);
+        assert_eq!(pm.entry_and_class_of(0), (0, 0));
+        assert_eq!(pm.entry_and_class_of(usize::MAX), (0, 0));
         pm.set_range(pa, 2, SpanId::NONE);
         pm.set_range(pb, 1, SpanId::NONE);
-        assert_eq!(pm.entry_of(a), 0);
+        assert_eq!(pm.entry_and_class_of(a), (0, 0));
     }
 }

@@ -6,9 +6,10 @@
 //! shipped), and `RseqAlloc::alloc` / `dealloc` inlined into a user's crate
 //! built with cargo's default release profile (no LTO): a crate generated
 //! at test time that depends on `rseq-alloc` by path. A path is the
-//! straight line from the function's entry to its first `ret` (the hit:
-//! every miss branches away to a tail call), following a direct `jmp`
-//! forward inside the function (the lines it skips are not counted). The test fails when any count
+//! shortest way, in instructions, from the function's entry to a `ret`,
+//! taking either way of each conditional branch and following direct
+//! jumps inside the function (see `path_of`): the hit, since every miss
+//! leaves by a tail call and never returns there. The test fails when any count
 //! grows, when a function gets a stack frame (`push`/`sub %rsp`), or when
 //! a RIP-relative load (a GOT entry) appears on the path.
 //!
@@ -71,8 +72,35 @@ fn is_mem(op: &str) -> bool {
     op.contains('(') || op.starts_with("%fs:") || op.starts_with("%gs:")
 }
 
-/// Counts the path from `sym`'s entry to its first `ret` in `objdump` output.
-fn path_of(disasm: &str, sym: &str) -> Path_ {
+/// One instruction of a function: its address, mnemonic and operands.
+struct Insn {
+    at: u64,
+    mn: String,
+    rest: String,
+}
+
+impl Insn {
+    /// The target of a direct jump (`jmp`/`jcc`) to an address inside
+    /// function `sym` ("18444 <free+0x44>"); None for anything else (an
+    /// indirect jump, a tail call to another symbol).
+    fn target_inside(&self, sym: &str) -> Option<u64> {
+        if !self.mn.starts_with('j') {
+            return None;
+        }
+        let mut parts = self.rest.split_whitespace();
+        let target = parts.next()?;
+        let inside = parts
+            .next()
+            .is_some_and(|s| s.starts_with(&format!("<{sym}+")));
+        if !inside {
+            return None;
+        }
+        u64::from_str_radix(target, 16).ok()
+    }
+}
+
+/// The instructions of `sym` in `objdump` output, in address order.
+fn function_of(disasm: &str, sym: &str) -> Vec<Insn> {
     // The function may carry an alias's name in the disassembly (malloc and
     // __libc_malloc share an address): find it by the exact name, or by the
     // address `nm` gives for it (passed as `sym@addr`).
@@ -87,72 +115,89 @@ fn path_of(disasm: &str, sym: &str) -> Path_ {
         lines.next().is_some(),
         "symbol {sym} not found in the disassembly"
     );
+    let mut out = Vec::new();
+    // "   16980:\tcmp    $0x1001,%rdi"; the function ends at the blank
+    // line before the next symbol.
+    for line in lines {
+        let Some((at, insn)) = line.split_once(":\t") else {
+            break;
+        };
+        let insn = insn.split('#').next().unwrap().trim();
+        let (mn, rest) = insn.split_once(char::is_whitespace).unwrap_or((insn, ""));
+        out.push(Insn {
+            at: u64::from_str_radix(at.trim(), 16).expect("objdump address"),
+            mn: mn.to_string(),
+            rest: rest.trim().to_string(),
+        });
+    }
+    out
+}
+
+/// Counts the fast path of `sym` in `objdump` output: the shortest path,
+/// in instructions, from the entry to a `ret`, taking either way of each
+/// conditional branch and following direct jumps inside the function.
+/// That path is the hit: every miss leaves by a tail call (a jump to
+/// another function), which never comes back to a `ret` here, and the
+/// other ways to a `ret` (the page map's root path, say) are longer. The
+/// compiler's block layout does not change the count: a hit path that
+/// takes a conditional branch is counted as it runs.
+fn path_of(disasm: &str, sym: &str) -> Path_ {
+    let name = sym.split_once('@').map_or(sym, |(s, _)| s);
+    let insns = function_of(disasm, sym);
+    let index: BTreeMap<u64, usize> = insns.iter().enumerate().map(|(i, x)| (x.at, i)).collect();
+    // The successors of instruction `i` inside the function.
+    let next = |i: usize| -> Vec<usize> {
+        let x = &insns[i];
+        let target = x.target_inside(name).and_then(|t| index.get(&t).copied());
+        let fall = (i + 1 < insns.len()).then_some(i + 1);
+        match x.mn.as_str() {
+            "ret" => vec![],
+            "jmp" => target.into_iter().collect(),
+            m if m.starts_with('j') => fall.into_iter().chain(target).collect(),
+            _ => fall.into_iter().collect(),
+        }
+    };
+    // Shortest distance (instructions, the ret included) from each
+    // instruction to a ret, by relaxation until nothing changes (the
+    // function is small; a loop only ever lengthens a path).
+    let mut dist = vec![u32::MAX; insns.len()];
+    loop {
+        let mut changed = false;
+        for i in (0..insns.len()).rev() {
+            let d = if insns[i].mn.starts_with("ret") {
+                1
+            } else {
+                next(i)
+                    .into_iter()
+                    .map(|j| dist[j].saturating_add(1))
+                    .min()
+                    .unwrap_or(u32::MAX)
+            };
+            if d < dist[i] {
+                dist[i] = d;
+                changed = true;
+            }
+        }
+        if !changed {
+            break;
+        }
+    }
+    assert!(
+        !insns.is_empty() && dist[0] != u32::MAX,
+        "{name}: no path from the entry to a ret"
+    );
     let mut c = Counts::default();
     let mut text = String::new();
     let mut got = Vec::new();
     let mut frame = Vec::new();
-    // Set by a direct `jmp` forward inside the function: the path resumes
-    // at that address (the lines in between are not executed).
-    let mut resume: Option<String> = None;
-    for line in lines {
-        // "   16980:\tcmp    $0x1001,%rdi"
-        let Some((at, insn)) = line.split_once(":\t") else {
-            panic!("{sym}: ran past the end of the function without a ret");
-        };
-        if let Some(target) = &resume {
-            if at.trim() != target {
-                continue;
-            }
-            resume = None;
-        }
-        let insn = insn.split('#').next().unwrap().trim();
-        text.push_str(insn);
+    let mut i = 0;
+    loop {
+        let x = &insns[i];
+        let insn = format!("{} {}", x.mn, x.rest);
+        text.push_str(&insn);
         text.push('\n');
-        let (mn, rest) = insn.split_once(char::is_whitespace).unwrap_or((insn, ""));
-        let ops = operands(rest.trim());
-        c.instructions += 1;
-        if mn.starts_with('j') || mn.starts_with("call") {
-            c.branches += 1;
-        }
-        if mn.starts_with("push") || (mn.starts_with("sub") && rest.contains("%rsp")) {
-            frame.push(insn.to_string());
-        }
-        let mem: Vec<usize> = (0..ops.len()).filter(|&i| is_mem(&ops[i])).collect();
-        if mn.starts_with("lea") || mn.starts_with("nop") {
-            // address arithmetic only
-        } else if mn.starts_with("push") || mn.starts_with("call") {
-            c.stores += 1;
-        } else if mn.starts_with("pop") || mn.starts_with("ret") {
-            c.loads += 1;
-        } else if !mem.is_empty() {
-            let dest_is_mem = mem.contains(&(ops.len() - 1));
-            let pure_store = mn.starts_with("mov") && dest_is_mem;
-            let reads = !pure_store;
-            let writes = dest_is_mem && !mn.starts_with("cmp") && !mn.starts_with("test");
-            if reads {
-                c.loads += 1;
-            }
-            if writes {
-                c.stores += 1;
-            }
-        }
-        if !mn.starts_with("lea") && ops.iter().any(|o| o.contains("(%rip)")) {
-            got.push(insn.to_string());
-        }
-        if mn == "jmp" {
-            // "jmp    18444 <free+0x44>": a direct jump inside the function
-            // (a tail call names another symbol; `jmp *...` is indirect).
-            let mut parts = rest.split_whitespace();
-            let target = parts.next().unwrap_or("");
-            let inside = parts
-                .next()
-                .is_some_and(|s| s.starts_with(&format!("<{sym}+")));
-            if inside && target.chars().all(|ch| ch.is_ascii_hexdigit()) {
-                resume = Some(target.to_string());
-                continue;
-            }
-        }
-        if mn.starts_with("ret") {
+        count(&x.mn, &x.rest, &mut c, &mut got, &mut frame);
+        if x.mn.starts_with("ret") {
             return Path_ {
                 counts: c,
                 text,
@@ -160,8 +205,46 @@ fn path_of(disasm: &str, sym: &str) -> Path_ {
                 frame,
             };
         }
+        i = next(i)
+            .into_iter()
+            .min_by_key(|&j| dist[j])
+            .expect("a successor on the path to the ret");
     }
-    panic!("{sym}: no ret found");
+}
+
+/// Adds one instruction to the counts.
+fn count(mn: &str, rest: &str, c: &mut Counts, got: &mut Vec<String>, frame: &mut Vec<String>) {
+    let insn = format!("{mn} {rest}");
+    let ops = operands(rest);
+    c.instructions += 1;
+    if mn.starts_with('j') || mn.starts_with("call") {
+        c.branches += 1;
+    }
+    if mn.starts_with("push") || (mn.starts_with("sub") && rest.contains("%rsp")) {
+        frame.push(insn.clone());
+    }
+    let mem: Vec<usize> = (0..ops.len()).filter(|&i| is_mem(&ops[i])).collect();
+    if mn.starts_with("lea") || mn.starts_with("nop") {
+        // address arithmetic only
+    } else if mn.starts_with("push") || mn.starts_with("call") {
+        c.stores += 1;
+    } else if mn.starts_with("pop") || mn.starts_with("ret") {
+        c.loads += 1;
+    } else if !mem.is_empty() {
+        let dest_is_mem = mem.contains(&(ops.len() - 1));
+        let pure_store = mn.starts_with("mov") && dest_is_mem;
+        let reads = !pure_store;
+        let writes = dest_is_mem && !mn.starts_with("cmp") && !mn.starts_with("test");
+        if reads {
+            c.loads += 1;
+        }
+        if writes {
+            c.stores += 1;
+        }
+    }
+    if !mn.starts_with("lea") && ops.iter().any(|o| o.contains("(%rip)")) {
+        got.push(insn);
+    }
 }
 
 /// `sym@addr` with the symbol's address from `nm` (hex, no prefix).
