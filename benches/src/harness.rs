@@ -412,7 +412,7 @@ fn make_plan<'a>(
                 let applies = if w.kind.is_program() {
                     a.runs_programs()
                 } else {
-                    a.runs_synthetic() && (opts.full || explicit || a.quick_synthetic())
+                    a.runs_synthetic() && (opts.full || explicit || a.quick_synthetic(w.name))
                 };
                 if applies {
                     plan.push(Planned {

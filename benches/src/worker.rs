@@ -233,6 +233,54 @@ fn pair_with<A: GlobalAlloc>(a: &A, p: &Params) {
         }
     }) / 1000.0;
     emit("burst1000", ns, "ns/pair", "lower");
+
+    // Mixed sizes in steady state: 1000 live blocks; each step frees a
+    // random one and puts a block of a random size (8..1024 B, log-spread)
+    // in its place, writing its first byte. Consecutive frees hit
+    // different classes, so nothing can be guessed from the last call:
+    // this is what a same-size pair does not show (a C `free` must find
+    // the class from the pointer).
+    let steps = p.usize("mix_steps", iters);
+    let mut d = Draws::new(11, 8, 1024, ptrs.len());
+    let mut live: Vec<(*mut u8, usize)> = (0..ptrs.len())
+        .map(|_| {
+            let s = d.next().0;
+            (mix_alloc(a, s), s)
+        })
+        .collect();
+    let ns = best_chunk_ns(steps, |n| {
+        for _ in 0..n {
+            let (s, k) = d.next();
+            let (old, old_size) = live[k];
+            // SAFETY: `old` was allocated by mix_alloc with this size and
+            // leaves `live` here, so it is freed once.
+            unsafe {
+                a.dealloc(
+                    black_box(old),
+                    Layout::from_size_align_unchecked(old_size, 8),
+                )
+            };
+            live[k] = (mix_alloc(a, s), s);
+        }
+    });
+    emit("mix1000", ns, "ns/op", "lower");
+    for (q, s) in live {
+        // SAFETY: every live block is freed once, with its layout.
+        unsafe { a.dealloc(q, Layout::from_size_align_unchecked(s, 8)) };
+    }
+}
+
+/// One block of `size` (>= 8) bytes with its first byte written.
+fn mix_alloc<A: GlobalAlloc>(a: &A, size: usize) -> *mut u8 {
+    let layout = Layout::from_size_align(size, 8).expect("layout");
+    // SAFETY: size >= 8.
+    let q = unsafe { a.alloc(layout) };
+    if q.is_null() {
+        std::alloc::handle_alloc_error(layout);
+    }
+    // SAFETY: q is a fresh block of size >= 1 bytes.
+    unsafe { q.write_volatile(1) };
+    q
 }
 
 /// Wall time of a parallel phase from each thread's own (start, end) stamps:

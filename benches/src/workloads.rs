@@ -86,7 +86,7 @@ pub fn find(name: &str) -> Option<&'static Workload> {
 pub const WORKLOADS: &[Workload] = &[
     Workload {
         name: "pair",
-        description: "alloc+free pair latency at 16..4096 B, and bursts of 1000 allocs then 1000 frees (calls straight to the backend, as its #[global_allocator])",
+        description: "alloc+free pair latency at 16..4096 B, bursts of 1000 allocs then 1000 frees, and mix1000: 1000 live blocks, each step frees a random one and allocates a random size of 8..1024 B (calls straight to the backend, as its #[global_allocator]; the preloaded libraries through the C ABI)",
         kind: Kind::Synthetic(worker::pair),
         env: &[],
         quick: &["iters=3000000", "burst_rounds=1500"],
