@@ -25,6 +25,9 @@ pub struct Alloc {
     pub label: &'static str,
     /// How it is installed.
     pub kind: Install,
+    /// Environment variables set for every run under it (a configuration
+    /// of an allocator that is also measured with its defaults).
+    pub env: &'static [(&'static str, &'static str)],
 }
 
 impl Alloc {
@@ -36,13 +39,18 @@ impl Alloc {
     pub fn runs_programs(&self) -> bool {
         !matches!(self.kind, Install::InProc(_))
     }
-    /// In the quick suite the Debian builds of jemalloc/mimalloc and our .so
-    /// run the real programs and the `pair` micro workload, whose figures
-    /// through the C ABI (`free` without a size) are the preload pair the
-    /// fast path is judged by; their crate twins run the other synthetic
-    /// workloads.
+    /// Which synthetic workloads run in the quick suite: all of them for
+    /// the in-process crates and glibc; only the `pair` micro workload for
+    /// the Debian builds of jemalloc/mimalloc and our .so (through the C
+    /// ABI, `free` without a size: the preload pair the fast path is
+    /// judged by; they also run the real programs) and for our CAS
+    /// fallback (its pair against the rseq pair, measured in the same run).
     pub fn quick_synthetic(&self, workload: &str) -> bool {
-        workload == "pair" || !matches!(self.name, "rseq-so" | "jemalloc-so" | "mimalloc-so")
+        workload == "pair"
+            || !matches!(
+                self.name,
+                "rseq-so" | "jemalloc-so" | "mimalloc-so" | "rseq-cas"
+            )
     }
 }
 
@@ -55,6 +63,14 @@ pub fn all_allocs() -> Vec<Alloc> {
             name: "rseq",
             label: "rseq-alloc, in-process #[global_allocator]",
             kind: Install::InProc("rseq"),
+            env: &[],
+        });
+        v.push(Alloc {
+            name: "rseq-cas",
+            label: "rseq-alloc, in-process, with RSEQ_MALLOC_CONF=rseq=off: the compare-and-swap \
+                    fallback that valgrind, gVisor and seccomp sandboxes get",
+            kind: Install::InProc("rseq"),
+            env: &[("RSEQ_MALLOC_CONF", "rseq=off")],
         });
     }
     v.extend([
@@ -62,36 +78,43 @@ pub fn all_allocs() -> Vec<Alloc> {
             name: "jemalloc",
             label: "jemalloc, tikv-jemallocator crate, in-process",
             kind: Install::InProc("jemalloc"),
+            env: &[],
         },
         Alloc {
             name: "mimalloc",
             label: "mimalloc, mimalloc crate, in-process",
             kind: Install::InProc("mimalloc"),
+            env: &[],
         },
         Alloc {
             name: "glibc",
             label: "glibc malloc (std::alloc::System; programs run without preload)",
             kind: Install::Native,
+            env: &[],
         },
         Alloc {
             name: "rseq-so",
             label: "rseq-alloc as librseq_malloc.so via LD_PRELOAD",
             kind: Install::Preload(target_dir().join("release/librseq_malloc.so")),
+            env: &[],
         },
         Alloc {
             name: "jemalloc-so",
             label: "Debian libjemalloc.so.2 via LD_PRELOAD",
             kind: Install::Preload(lib("libjemalloc.so.2")),
+            env: &[],
         },
         Alloc {
             name: "mimalloc-so",
             label: "Debian libmimalloc.so.2 via LD_PRELOAD",
             kind: Install::Preload(lib("libmimalloc.so.2")),
+            env: &[],
         },
         Alloc {
             name: "tcmalloc-so",
             label: "TCMalloc (gperftools) libtcmalloc_minimal.so.4 via LD_PRELOAD",
             kind: Install::Preload(lib("libtcmalloc_minimal.so.4")),
+            env: &[],
         },
     ]);
     v

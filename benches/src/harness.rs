@@ -121,6 +121,7 @@ fn parse(args: &[String]) -> Result<Option<Options>, String> {
                     name: Box::leak(name.to_string().into_boxed_str()),
                     label: Box::leak(format!("{path} via LD_PRELOAD (--lib)").into_boxed_str()),
                     kind: Install::Preload(PathBuf::from(path)),
+                    env: &[],
                 });
             }
             "--procs" => {

@@ -132,6 +132,9 @@ pub fn run(plan: &[Planned], set: &Settings) -> Result<Outcome, String> {
                 cmd.env(crate::dispatch::ENV, "system");
             }
         }
+        for (key, value) in a.env {
+            cmd.env(key, value);
+        }
         for (alloc, key, value) in w.env {
             if *alloc == a.name {
                 cmd.env(key, value);
