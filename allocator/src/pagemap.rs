@@ -12,9 +12,12 @@
 //! address above 2^47 or whose root entry is 0 is not ours, answered
 //! without touching anything but the root. Every lookup first compares the
 //! address's GiB with the one the first leaf installed covers (`FIRST`,
-//! written once with the leaf's address in `FIRST_PTR`): there the entry is
-//! one load after the address (the leaf's address comes from a load that
-//! does not wait for it), without the root entry and its decoding. That
+//! written once, after the leaf's address in `FIRST_PTR` and that address
+//! biased by the GiB's first page in `FIRST_BASE`): there the entry is one
+//! load after the address's page number (`FIRST_BASE + page`; the base
+//! comes from a load that does not wait for the address), without the root
+//! entry, its decoding or a mask. `free` loads the entry's class byte on its
+//! own beside it (`entry_and_class_of`). That
 //! latency counts: a C `free`'s push needs the class, and the next malloc
 //! of the class waits for that push, so the lookup is on a pair loop's
 //! loop-carried chain.
