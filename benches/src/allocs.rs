@@ -35,7 +35,7 @@ impl Alloc {
     pub fn runs_synthetic(&self) -> bool {
         true
     }
-    /// Runs the real programs (python, sqlite): not the in-process crates.
+    /// Runs the real programs (python, sqlite, perl): not the in-process crates.
     pub fn runs_programs(&self) -> bool {
         !matches!(self.kind, Install::InProc(_))
     }

@@ -231,7 +231,7 @@ fn measure(
     runner::run(plan, &settings)
 }
 
-/// The workloads whose programs (python3, sqlite3) are installed; a note
+/// The workloads whose programs (python3, sqlite3, perl) are installed; a note
 /// for each one skipped.
 fn runnable(
     workloads: Vec<&'static Workload>,
@@ -244,6 +244,7 @@ fn runnable(
             let missing = match w.kind {
                 Kind::Python => programs.python.is_none().then_some("python3"),
                 Kind::Sqlite => programs.sqlite.is_none().then_some("sqlite3"),
+                Kind::Perl => programs.perl.is_none().then_some("perl"),
                 Kind::Synthetic(_) => None,
             };
             if let Some(p) = missing {

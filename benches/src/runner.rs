@@ -57,7 +57,10 @@ pub struct Programs {
     pub python: Option<PathBuf>,
     /// sqlite3.
     pub sqlite: Option<PathBuf>,
+    /// perl.
+    pub perl: Option<PathBuf>,
     py_script: PathBuf,
+    pl_script: PathBuf,
     sql_dir: PathBuf,
 }
 
@@ -67,10 +70,13 @@ impl Programs {
         let p = Programs {
             python: find_program(&["/usr/bin/python3", "python3"]),
             sqlite: find_program(&["/usr/bin/sqlite3", "sqlite3"]),
+            perl: find_program(&["/usr/bin/perl", "perl"]),
             py_script: dir.join("churn.py"),
+            pl_script: dir.join("workload.pl"),
             sql_dir: dir.to_path_buf(),
         };
         let _ = std::fs::write(&p.py_script, workloads::PY_SCRIPT);
+        let _ = std::fs::write(&p.pl_script, workloads::PERL_SCRIPT);
         p
     }
 }
@@ -106,6 +112,10 @@ pub fn run(plan: &[Planned], set: &Settings) -> Result<Outcome, String> {
                     .args(params)
                     .env("PYTHONMALLOC", "malloc")
                     .env("PYTHONHASHSEED", "0");
+            }
+            Kind::Perl => {
+                cmd = Command::new(programs.perl.as_ref().ok_or("perl not found")?);
+                cmd.arg(&programs.pl_script).args(params);
             }
             Kind::Sqlite => {
                 let sql = programs.sql_dir.join(format!("index-{}.sql", params[0]));
@@ -236,7 +246,7 @@ pub fn run(plan: &[Planned], set: &Settings) -> Result<Outcome, String> {
                     });
                 }
             }
-            Kind::Python | Kind::Sqlite => {
+            Kind::Python | Kind::Sqlite | Kind::Perl => {
                 shown = format!("  {:.3} s", run.wall_secs);
                 records.push(Record {
                     workload: w.name.to_string(),

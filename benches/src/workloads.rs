@@ -14,6 +14,8 @@ pub enum Kind {
     Python,
     /// sqlite3 on `sql_script(size)`.
     Sqlite,
+    /// perl on `PERL_SCRIPT`; the size is its argument.
+    Perl,
 }
 
 impl Kind {
@@ -206,6 +208,17 @@ pub const WORKLOADS: &[Workload] = &[
         micro: false,
     },
     Workload {
+        name: "perl",
+        description: "perl: hashes of arrays, sorting, regex matches and substitutions, closures, string eval \
+         (the allocation-heavy script the test suite runs under LD_PRELOAD, ffi/tests/c/workload.pl)",
+        kind: Kind::Perl,
+        env: &[],
+        quick: &["200000"],
+        full: &["600000"],
+        smoke: &["2000"],
+        micro: false,
+    },
+    Workload {
         name: "sqlite",
         description: "sqlite3 :memory: inserting rows and building an index on a text column",
         kind: Kind::Sqlite,
@@ -216,6 +229,9 @@ pub const WORKLOADS: &[Workload] = &[
         micro: false,
     },
 ];
+
+/// The perl workload: the test suite's script (its argument scales it).
+pub const PERL_SCRIPT: &str = include_str!("../../ffi/tests/c/workload.pl");
 
 pub const PY_SCRIPT: &str = r#"# rseq-alloc-bench: allocation-heavy churn (fixed, deterministic)
 import sys
