@@ -5,7 +5,7 @@
 //! or tree built by a loop is traversed the same way); ascending objects
 //! share lines and pages and are what the hardware prefetchers follow. The
 //! descending order this replaced cost python3 (`PYTHONMALLOC=malloc`)
-//! about 14% of its time under `LD_PRELOAD` (see BENCHMARKS.md).
+//! about 12% of its time under `LD_PRELOAD` (see BENCHMARKS.md).
 
 #[global_allocator]
 static GLOBAL: rseq_alloc::RseqAlloc = rseq_alloc::RseqAlloc;
