@@ -204,6 +204,7 @@ pub fn run(plan: &[Planned], set: &Settings) -> Result<Outcome, String> {
                         |k: &str| field(l, k).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
                     internals.push(Internals {
                         workload: w.name.to_string(),
+                        alloc: a.name.to_string(),
                         rseq_aborts: num("rseq_aborts"),
                         fallback_ops: num("fallback_ops"),
                         mapped_kib: num("mapped_kib"),

@@ -23,7 +23,7 @@ fn smoke_suite_runs_every_workload_and_writes_reports() {
             "--reps",
             "1",
             "--alloc",
-            "rseq,jemalloc,mimalloc,glibc,jemalloc-so,mimalloc-so,tcmalloc-so",
+            "rseq,rseq-cas,jemalloc,mimalloc,glibc,jemalloc-so,mimalloc-so,tcmalloc-so",
             "--out",
         ])
         .arg(&dir)
@@ -65,6 +65,32 @@ fn smoke_suite_runs_every_workload_and_writes_reports() {
         .filter(|l| l.starts_with("pair,pair/16B,rseq,"))
         .count();
     assert_eq!(pair_runs, 2, "{runs}");
+    // The CAS fallback's configuration and the mixed-size figure.
+    for prefix in [
+        "pair,pair/16B,rseq-cas,",
+        "pair,mix1000,rseq,",
+        "pair,mix1000,rseq-cas,",
+    ] {
+        assert_eq!(
+            runs.lines().filter(|l| l.starts_with(prefix)).count(),
+            2,
+            "{prefix}:\n{runs}"
+        );
+    }
+    // rseq-cas really runs the CAS fallback: its internals row counts
+    // fallback operations (rseq's does not).
+    let cas_row = md
+        .lines()
+        .find(|l| l.starts_with("| pair | rseq-cas |"))
+        .unwrap_or_else(|| panic!("no internals row for rseq-cas:\n{md}"));
+    let fallback_ops: u64 = cas_row.split('|').nth(4).unwrap().trim().parse().unwrap();
+    assert!(fallback_ops > 0, "{cas_row}");
+    if std::path::Path::new("/usr/bin/perl").exists() {
+        assert!(
+            runs.lines().any(|l| l.starts_with("perl,perl,glibc,")),
+            "{runs}"
+        );
+    }
     let synthetic = [
         "pair",
         "larson",

@@ -221,28 +221,29 @@ impl Report {
             let _ = writeln!(
                 s,
                 "## rseq-alloc internals (in-process runs; median over repetitions)\n\n\
-                 | workload | rseq aborts | fallback ops | mapped MiB at end | cached in per-CPU caches MiB |\n\
-                 |---|---:|---:|---:|---:|"
+                 | workload | allocator | rseq aborts | fallback ops | mapped MiB at end | cached in per-CPU caches MiB |\n\
+                 |---|---|---:|---:|---:|---:|"
             );
-            let mut names: Vec<&str> = Vec::new();
+            let mut keys: Vec<(&str, &str)> = Vec::new();
             for i in &self.internals {
-                if !names.contains(&i.workload.as_str()) {
-                    names.push(&i.workload);
+                let k = (i.workload.as_str(), i.alloc.as_str());
+                if !keys.contains(&k) {
+                    keys.push(k);
                 }
             }
-            for n in names {
+            for (n, a) in keys {
                 let col = |f: &dyn Fn(&Internals) -> u64| {
                     let mut v: Vec<f64> = self
                         .internals
                         .iter()
-                        .filter(|i| i.workload == n)
+                        .filter(|i| i.workload == n && i.alloc == a)
                         .map(|i| f(i) as f64)
                         .collect();
                     stats(&mut v).0
                 };
                 let _ = writeln!(
                     s,
-                    "| {n} | {:.0} | {:.0} | {} | {} |",
+                    "| {n} | {a} | {:.0} | {:.0} | {} | {} |",
                     col(&|i| i.rseq_aborts),
                     col(&|i| i.fallback_ops),
                     mib(col(&|i| i.mapped_kib)),

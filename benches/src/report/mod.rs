@@ -65,6 +65,8 @@ pub struct Failure {
 pub struct Internals {
     /// Workload.
     pub workload: String,
+    /// Allocator (`rseq`, or a configuration of it such as `rseq-cas`).
+    pub alloc: String,
     /// rseq restarts in the whole run.
     pub rseq_aborts: u64,
     /// Operations done by the CAS fallback or bypassing the per-CPU cache.
