@@ -12,8 +12,8 @@
 //! address above 2^47 or whose root entry is 0 is not ours, answered
 //! without touching anything but the root. Every lookup first compares the
 //! address's GiB with the one the first leaf installed covers (`FIRST`,
-//! written once, after the leaf's address in `FIRST_PTR` and that address
-//! biased by the GiB's first page in `FIRST_BASE`): there the entry is one
+//! written once, after that leaf's address biased by the GiB's first page
+//! in `FIRST_BASE`): there the entry is one
 //! load after the address's page number (`FIRST_BASE + page`; the base
 //! comes from a load that does not wait for the address), without the root
 //! entry, its decoding or a mask. `free` loads the entry's class byte on its
@@ -47,7 +47,6 @@
 
 use crate::size_class::{PAGE_BYTES, PAGE_SHIFT};
 use crate::span::SpanId;
-use core::ptr::NonNull;
 use core::sync::atomic::{AtomicPtr, AtomicU32, AtomicU64, Ordering};
 
 /// Address bits of user space covered by the map.
@@ -67,17 +66,16 @@ const _: () = assert!(ADDR_BITS - LEAF_ALIGN_SHIFT <= 32);
 /// The root: shared by every `PageMap` (there is one heap per process; the
 /// unit tests' private heaps own disjoint chunks, so sharing is harmless).
 static ROOT: [AtomicU32; ROOT_LEN] = [const { AtomicU32::new(0) }; ROOT_LEN];
-/// The root index whose leaf is `FIRST_PTR`, or `u64::MAX` (matches no
-/// address's `addr >> 30`) before it is set; written once, after
-/// `FIRST_PTR`.
+/// The root index whose leaf `FIRST_BASE` addresses, or `u64::MAX`
+/// (matches no address's `addr >> 30`) before it is set; written once,
+/// after `FIRST_BASE`.
 static FIRST: AtomicU64 = AtomicU64::new(u64::MAX);
-/// The first leaf installed (never unmapped, like every leaf), or null
-/// before; set once, by the installer that swaps it from null.
-static FIRST_PTR: AtomicPtr<AtomicU64> = AtomicPtr::new(core::ptr::null_mut());
-/// `FIRST_PTR` biased by the first page of its GiB: entry `page` of that
-/// GiB is `FIRST_BASE + page` (no masking of the page number on the
-/// lookup's path). Written once, before `FIRST`; an address outside the
-/// GiB never reaches it (the compare with `FIRST` comes first).
+/// The first leaf installed (never unmapped, like every leaf), biased by
+/// the first page of its GiB: entry `page` of that GiB is `FIRST_BASE +
+/// page` (no masking of the page number on the lookup's path). Null before;
+/// set once, by the installer that swaps it from null, before `FIRST`; an
+/// address outside the GiB never reaches it (the compare with `FIRST`
+/// comes first).
 static FIRST_BASE: AtomicPtr<AtomicU64> = AtomicPtr::new(core::ptr::null_mut());
 /// Leaves installed so far (statistics).
 static LEAVES: core::sync::atomic::AtomicUsize = core::sync::atomic::AtomicUsize::new(0);
@@ -108,7 +106,7 @@ impl PageMap {
             let base = rip_ref!(AtomicPtr<AtomicU64>, FIRST_BASE).load(Ordering::Relaxed);
             return Some((base, page));
         }
-        Some((Self::root_leaf(page)?.as_ptr(), page & (LEAF_PAGES - 1)))
+        Self::root_slot(page)
     }
 
     /// The entry at a slot from `entry_slot`.
@@ -116,19 +114,21 @@ impl PageMap {
     fn slot_entry(slot: (*const AtomicU64, usize)) -> &'static AtomicU64 {
         // SAFETY: `entry_slot` returns the first leaf biased by its GiB's
         // first page with a page of that GiB (FIRST names a root index
-        // only after FIRST_BASE is stored, Release/Acquire), or a leaf
-        // with an index masked into it; leaves hold LEAF_PAGES entries
+        // only after FIRST_BASE is stored, Release/Acquire), or (like
+        // `root_slot`) a leaf with an index masked into it; leaves hold
+        // LEAF_PAGES entries
         // and are never unmapped. `wrapping_add` keeps the leaf's
         // provenance through the biased value and lands inside the leaf.
         unsafe { &*slot.0.wrapping_add(slot.1) }
     }
 
-    /// The leaf covering `page` through the root alone: the page heap's
-    /// own reads and writes (under its lock, off the fast paths) use it,
-    /// so the hot compare is not inlined into each of them (the code
-    /// counts against a tight `RLIMIT_AS`, see `ffi_as_limit`).
+    /// `entry_slot` through the root alone (the leaf covering `page` and
+    /// the page's index in it): the page heap's own reads and writes
+    /// (under its lock, off the fast paths) use it, so the hot compare is
+    /// not inlined into each of them (the code counts against a tight
+    /// `RLIMIT_AS`, see `ffi_as_limit`).
     #[inline(always)]
-    fn root_leaf(page: usize) -> Option<NonNull<AtomicU64>> {
+    fn root_slot(page: usize) -> Option<(*const AtomicU64, usize)> {
         let r = page >> (LEAF_ADDR_SHIFT - PAGE_SHIFT);
         if r >= ROOT_LEN {
             return None;
@@ -136,13 +136,9 @@ impl PageMap {
         // The root through `rip_ref!`: a plain access from the cdylib would
         // first load the root's address from the GOT.
         let root = rip_ref!([AtomicU32; ROOT_LEN], ROOT);
-        NonNull::new(((root[r].load(Ordering::Acquire) as usize) << LEAF_ALIGN_SHIFT) as *mut _)
-    }
-
-    /// Entry `page` of `leaf` (the leaf covering it).
-    #[inline(always)]
-    fn entry_in(leaf: NonNull<AtomicU64>, page: usize) -> &'static AtomicU64 {
-        Self::slot_entry((leaf.as_ptr(), page & (LEAF_PAGES - 1)))
+        let leaf =
+            ((root[r].load(Ordering::Acquire) as usize) << LEAF_ALIGN_SHIFT) as *const AtomicU64;
+        (!leaf.is_null()).then_some((leaf, page & (LEAF_PAGES - 1)))
     }
 
     /// The page of `addr` if a leaf covers it (the address may still be in
@@ -222,7 +218,7 @@ impl PageMap {
 
     #[inline(always)]
     fn entry(&self, page: usize) -> Option<&AtomicU64> {
-        Some(Self::entry_in(Self::root_leaf(page)?, page))
+        Some(Self::slot_entry(Self::root_slot(page)?))
     }
 
     /// The span id at `page` (`NONE`, also for a page without a leaf).
@@ -334,18 +330,23 @@ impl PageMap {
                 }
             } else {
                 LEAVES.fetch_add(1, Ordering::Relaxed);
-                let first_ptr = FIRST_PTR.compare_exchange(
-                    core::ptr::null_mut(),
-                    leaf.cast(),
-                    Ordering::Relaxed,
-                    Ordering::Relaxed,
-                );
-                if first_ptr.is_ok() {
-                    let bias = r << (LEAF_ADDR_SHIFT - PAGE_SHIFT);
-                    FIRST_BASE.store(
-                        leaf.cast::<AtomicU64>().wrapping_sub(bias),
-                        Ordering::Relaxed,
-                    );
+                // The first leaf installed claims the first-leaf lookup by
+                // swapping FIRST_BASE from null. (A leaf whose biased value
+                // is null, at exactly `r << 20`, cannot claim it and is
+                // served by the root like any other.)
+                let base = leaf
+                    .cast::<AtomicU64>()
+                    .wrapping_sub(r << (LEAF_ADDR_SHIFT - PAGE_SHIFT));
+                if !base.is_null()
+                    && FIRST_BASE
+                        .compare_exchange(
+                            core::ptr::null_mut(),
+                            base,
+                            Ordering::Relaxed,
+                            Ordering::Relaxed,
+                        )
+                        .is_ok()
+                {
                     FIRST.store(r as u64, Ordering::Release);
                 }
             }

@@ -216,15 +216,7 @@ fn pair_with<A: GlobalAlloc>(a: &A, p: &Params) {
     let ns = best_chunk_ns(rounds, |n| {
         for _ in 0..n {
             for (slot, &s) in ptrs.iter_mut().zip(&sizes) {
-                let layout = Layout::from_size_align(s, 8).expect("layout");
-                // SAFETY: s >= 16.
-                let q = unsafe { a.alloc(layout) };
-                if q.is_null() {
-                    std::alloc::handle_alloc_error(layout);
-                }
-                // SAFETY: q is a fresh block of s >= 1 bytes.
-                unsafe { q.write_volatile(1) };
-                *slot = q;
+                *slot = alloc_touched(a, s);
             }
             for (&q, &s) in ptrs.iter().zip(&sizes) {
                 // SAFETY: q was allocated above with this layout and is freed once.
@@ -245,14 +237,14 @@ fn pair_with<A: GlobalAlloc>(a: &A, p: &Params) {
     let mut live: Vec<(*mut u8, usize)> = (0..ptrs.len())
         .map(|_| {
             let s = d.next().0;
-            (mix_alloc(a, s), s)
+            (alloc_touched(a, s), s)
         })
         .collect();
     let ns = best_chunk_ns(steps, |n| {
         for _ in 0..n {
             let (s, k) = d.next();
             let (old, old_size) = live[k];
-            // SAFETY: `old` was allocated by mix_alloc with this size and
+            // SAFETY: `old` was allocated by alloc_touched with this size and
             // leaves `live` here, so it is freed once.
             unsafe {
                 a.dealloc(
@@ -260,7 +252,7 @@ fn pair_with<A: GlobalAlloc>(a: &A, p: &Params) {
                     Layout::from_size_align_unchecked(old_size, 8),
                 )
             };
-            live[k] = (mix_alloc(a, s), s);
+            live[k] = (alloc_touched(a, s), s);
         }
     });
     emit("mix1000", ns, "ns/op", "lower");
@@ -270,8 +262,10 @@ fn pair_with<A: GlobalAlloc>(a: &A, p: &Params) {
     }
 }
 
-/// One block of `size` (>= 8) bytes with its first byte written.
-fn mix_alloc<A: GlobalAlloc>(a: &A, size: usize) -> *mut u8 {
+/// One block of `size` (>= 8) bytes, 8-aligned, with its first byte
+/// written (`burst1000` and `mix1000`).
+#[inline(always)]
+fn alloc_touched<A: GlobalAlloc>(a: &A, size: usize) -> *mut u8 {
     let layout = Layout::from_size_align(size, 8).expect("layout");
     // SAFETY: size >= 8.
     let q = unsafe { a.alloc(layout) };

@@ -80,6 +80,21 @@ struct Insn {
 }
 
 impl Insn {
+    /// `ret` (any operand-size suffix).
+    fn is_ret(&self) -> bool {
+        self.mn.starts_with("ret")
+    }
+
+    /// An unconditional jump (`jmp`, or `jmpq` from older binutils).
+    fn is_jmp(&self) -> bool {
+        self.mn.starts_with("jmp")
+    }
+
+    /// The instruction as written, for the failure message.
+    fn text(&self) -> String {
+        format!("{} {}", self.mn, self.rest)
+    }
+
     /// The target of a direct jump (`jmp`/`jcc`) to an address inside
     /// function `sym` ("18444 <free+0x44>"); None for anything else (an
     /// indirect jump, a tail call to another symbol).
@@ -150,11 +165,14 @@ fn path_of(disasm: &str, sym: &str) -> Path_ {
         let x = &insns[i];
         let target = x.target_inside(name).and_then(|t| index.get(&t).copied());
         let fall = (i + 1 < insns.len()).then_some(i + 1);
-        match x.mn.as_str() {
-            "ret" => vec![],
-            "jmp" => target.into_iter().collect(),
-            m if m.starts_with('j') => fall.into_iter().chain(target).collect(),
-            _ => fall.into_iter().collect(),
+        if x.is_ret() {
+            vec![]
+        } else if x.is_jmp() {
+            target.into_iter().collect()
+        } else if x.mn.starts_with('j') {
+            fall.into_iter().chain(target).collect()
+        } else {
+            fall.into_iter().collect()
         }
     };
     // Shortest distance (instructions, the ret included) from each
@@ -164,7 +182,7 @@ fn path_of(disasm: &str, sym: &str) -> Path_ {
     loop {
         let mut changed = false;
         for i in (0..insns.len()).rev() {
-            let d = if insns[i].mn.starts_with("ret") {
+            let d = if insns[i].is_ret() {
                 1
             } else {
                 next(i)
@@ -193,11 +211,11 @@ fn path_of(disasm: &str, sym: &str) -> Path_ {
     let mut i = 0;
     loop {
         let x = &insns[i];
-        let insn = format!("{} {}", x.mn, x.rest);
+        let insn = x.text();
         text.push_str(&insn);
         text.push('\n');
-        count(&x.mn, &x.rest, &mut c, &mut got, &mut frame);
-        if x.mn.starts_with("ret") {
+        count(x, insn, &mut c, &mut got, &mut frame);
+        if x.is_ret() {
             return Path_ {
                 counts: c,
                 text,
@@ -212,9 +230,9 @@ fn path_of(disasm: &str, sym: &str) -> Path_ {
     }
 }
 
-/// Adds one instruction to the counts.
-fn count(mn: &str, rest: &str, c: &mut Counts, got: &mut Vec<String>, frame: &mut Vec<String>) {
-    let insn = format!("{mn} {rest}");
+/// Adds one instruction (`insn` is its text) to the counts.
+fn count(x: &Insn, insn: String, c: &mut Counts, got: &mut Vec<String>, frame: &mut Vec<String>) {
+    let (mn, rest) = (x.mn.as_str(), x.rest.as_str());
     let ops = operands(rest);
     c.instructions += 1;
     if mn.starts_with('j') || mn.starts_with("call") {
@@ -228,7 +246,7 @@ fn count(mn: &str, rest: &str, c: &mut Counts, got: &mut Vec<String>, frame: &mu
         // address arithmetic only
     } else if mn.starts_with("push") || mn.starts_with("call") {
         c.stores += 1;
-    } else if mn.starts_with("pop") || mn.starts_with("ret") {
+    } else if mn.starts_with("pop") || x.is_ret() {
         c.loads += 1;
     } else if !mem.is_empty() {
         let dest_is_mem = mem.contains(&(ops.len() - 1));
