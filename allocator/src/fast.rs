@@ -4,7 +4,7 @@
 //! malloc(size)              C ABI, raw::malloc          (ffi: malloc)
 //! └─ size <= 4 KiB ? class = FAST.t16[(size+15)>>4]  : refill::malloc_big  (tail call)
 //!    └─ malloc_small(class)
-//!       ├─ FAST.ready == Ready::Rseq ?                 : refill::malloc_slow (tail call)
+//!       ├─ FAST.base != null ? (the rseq path is on)   : refill::malloc_slow (tail call)
 //!       ├─ p = pop_or_null(region of this cpu/cid)     : null -> refill::malloc_slow
 //!       └─ byte 7 of p = 0 (clear the free mark); return p
 //! alloc(size, align)        GlobalAlloc::alloc
@@ -19,21 +19,21 @@
 //! │  compare with FAST.starts[class][1])
 //! │                                                     : global::free_any
 //! └─ free_known(p, class)
-//!    ├─ byte 7 of p == FAST.mark ? (maybe freed)        : refill::free_small_slow
+//!    ├─ FAST.base != null, byte 7 of p != MARK ?        : refill::free_small_slow
 //!    ├─ p[0] = FAST.key (the free mark)
 //!    └─ push_or_miss(region of this cpu/cid, p)         : refill::free_overflow
 //! dealloc(p, size, align)   GlobalAlloc::dealloc: class from the size, then free_known
 //! ```
 //!
 //! Cost (release build; the golden table `ffi/tests/golden/fastpath.txt` is the
-//! source of truth, checked by `ffi/tests/golden_fastpath.rs`): one
-//! readiness load decides everything; `FAST` is reached RIP-relative, never
-//! through the GOT, also from `librseq_malloc.so`; no stack frame, no spill;
-//! every miss is a tail call.
+//! source of truth, checked by `ffi/tests/golden_fastpath.rs`): the base
+//! the section needs is also the readiness check (null: off); `FAST` is
+//! reached RIP-relative, never through the GOT, also from
+//! `librseq_malloc.so`; no stack frame, no spill; every miss is a tail call.
 //!
 //! The free mark (double-free detection, see `double_free.rs`): a free
 //! object's first word holds `FAST.key` (a per-process random value with
-//! the low 24 bits clear and a top byte in 0xf5..=0xfe, which no canonical
+//! the low 24 bits clear and the top byte `MARK`, 0xf7, which no canonical
 //! user-space pointer, small integer or UTF-8 text has) or, on a span's
 //! free list, the key with a link in the low 24 bits. Freeing writes the
 //! word; allocation clears its top byte; `free` tests the top byte alone
@@ -51,21 +51,7 @@
 
 use crate::pagemap::PageMap;
 use crate::size_class::{self, SizeClass, FAST_MAX_BYTES};
-use core::sync::atomic::{AtomicIsize, AtomicPtr, AtomicU32, AtomicU64, AtomicU8, Ordering};
-
-/// What `FAST.ready` says: which quick paths are usable.
-#[repr(u32)]
-#[derive(Clone, Copy, PartialEq, Eq, Debug)]
-pub(crate) enum Ready {
-    /// The rseq fast path is not usable (not initialised, counting
-    /// statistics, or a fork child without caches).
-    Off = 0,
-    /// Per-CPU caches on rseq; `base`, `cs_off`, `idx_off` valid.
-    Rseq = 1,
-    /// Per-CPU caches on the CAS fallback (`refill` tries its quick
-    /// pop/push first).
-    Cas = 2,
-}
+use core::sync::atomic::{AtomicBool, AtomicIsize, AtomicPtr, AtomicU64, Ordering};
 
 const T8_LEN: usize = size_class::fast_table_len(3);
 const T16_LEN: usize = size_class::fast_table_len(4);
@@ -73,19 +59,20 @@ const T16_LEN: usize = size_class::fast_table_len(4);
 /// Everything the fast paths read, in one cache-line-aligned static.
 #[repr(C, align(64))]
 pub(crate) struct Fast {
-    /// A [`Ready`] value: the one readiness check.
-    ready: AtomicU32,
-    /// Region 0 of the per-CPU slabs.
+    /// Region 0 of the per-CPU slabs while the rseq fast path is on; null
+    /// when it is not (not initialised, counting statistics, the CAS
+    /// fallback, a fork child without caches). The one readiness check:
+    /// the fast paths test the base they need anyway.
     base: AtomicPtr<u8>,
+    /// Per-CPU caches on the CAS fallback (`refill` tries its quick
+    /// pop/push first).
+    cas: AtomicBool,
     /// Thread-pointer offset of the rseq area (glibc's or ours).
     cs_off: AtomicIsize,
     /// Thread-pointer offset of the index field (`cpu_id` or `mm_cid`).
     idx_off: AtomicIsize,
     /// The free mark (see the module doc); set once at init.
     key: AtomicU64,
-    /// The mark's top byte (`key >> 56`), compared by `free` in one
-    /// instruction.
-    mark: AtomicU8,
 
     /// Per class byte, the object-start test `[multiplier, bound]`
     /// (`size_class::object_start_table`; `[0, 0]` for non-classes).
@@ -97,12 +84,11 @@ pub(crate) struct Fast {
 }
 
 pub(crate) static FAST: Fast = Fast {
-    ready: AtomicU32::new(Ready::Off as u32),
     base: AtomicPtr::new(core::ptr::null_mut()),
+    cas: AtomicBool::new(false),
     cs_off: AtomicIsize::new(0),
     idx_off: AtomicIsize::new(0),
     key: AtomicU64::new(0),
-    mark: AtomicU8::new(0),
     starts: size_class::object_start_table(),
     t16: size_class::fast_table::<T16_LEN>(4),
     t8: size_class::fast_table::<T8_LEN>(3),
@@ -121,38 +107,41 @@ fn map() -> &'static PageMap {
 impl Fast {
     /// Publishes the rseq parameters and turns the fast path on.
     pub(crate) fn enable(&self, base: *mut u8, cs_off: isize, idx_off: isize) {
-        self.base.store(base, Ordering::Relaxed);
         self.cs_off.store(cs_off, Ordering::Relaxed);
         self.idx_off.store(idx_off, Ordering::Relaxed);
-        self.ready.store(Ready::Rseq as u32, Ordering::Release);
+        self.cas.store(false, Ordering::Relaxed);
+        self.base.store(base, Ordering::Release);
     }
 
     /// Turns on the CAS fallback's quick paths.
     pub(crate) fn enable_cas(&self) {
-        self.ready.store(Ready::Cas as u32, Ordering::Release);
+        self.base.store(core::ptr::null_mut(), Ordering::Relaxed);
+        self.cas.store(true, Ordering::Release);
     }
 
     /// Turns every quick path off (a fork child that stops using the caches).
     pub(crate) fn disable(&self) {
-        self.ready.store(Ready::Off as u32, Ordering::Release);
+        self.base.store(core::ptr::null_mut(), Ordering::Relaxed);
+        self.cas.store(false, Ordering::Release);
     }
 
     /// Whether the CAS fallback's quick paths are on.
     #[inline(always)]
     pub(crate) fn cas_ready(&self) -> bool {
-        self.ready.load(Ordering::Acquire) == Ready::Cas as u32
+        self.cas.load(Ordering::Acquire)
     }
 
-    /// Whether the rseq fast path is on (`enable`'s stores are visible).
+    /// Region 0 of the per-CPU slabs when the rseq fast path is on (then
+    /// `enable`'s other stores are visible), or null.
     #[inline(always)]
-    fn rseq_ready(&self) -> bool {
-        self.ready.load(Ordering::Acquire) == Ready::Rseq as u32
+    fn rseq_base(&self) -> *mut u8 {
+        self.base.load(Ordering::Acquire)
     }
 
     /// Sets the free mark; called once, before any object is handed out.
     pub(crate) fn set_key(&self, key: u64) {
+        debug_assert_eq!((key >> 56) as u8, MARK);
         self.key.store(key, Ordering::Relaxed);
-        self.mark.store((key >> 56) as u8, Ordering::Relaxed);
     }
 
     /// The free mark.
@@ -181,6 +170,11 @@ impl Fast {
         (off as u64).wrapping_mul(m) < bound
     }
 }
+
+/// The free mark's top byte, the same in every process so that `free`
+/// compares it with an immediate (no load). The mark's other bits are
+/// random; the slow path compares them all.
+pub(crate) const MARK: u8 = 0xf7;
 
 /// Whether `w`, an object's first word, carries the free mark.
 #[inline(always)]
@@ -214,13 +208,14 @@ pub(crate) unsafe fn clear_mark(p: *mut u8) {
 #[inline(always)]
 pub(crate) fn malloc_small(class: SizeClass) -> *mut u8 {
     let f = fast();
-    if f.rseq_ready() {
-        // SAFETY: `Ready::Rseq` means `enable` published the parameters of
-        // SLABS, initialised with the rseq discipline over a region for
-        // every index the kernel can report; `class` is a valid header.
+    let base = f.rseq_base();
+    if !base.is_null() {
+        // SAFETY: a base means `enable` published the parameters of SLABS,
+        // initialised with the rseq discipline over a region for every
+        // index the kernel can report; `class` is a valid header.
         let p = unsafe {
             rseq_sys::arch::pop_or_null(
-                f.base.load(Ordering::Relaxed),
+                base,
                 class.index(),
                 f.cs_off.load(Ordering::Relaxed),
                 f.idx_off.load(Ordering::Relaxed),
@@ -272,13 +267,14 @@ pub(crate) unsafe fn free_known(p: *mut u8, class: SizeClass, who: &'static str)
     let f = fast();
     // SAFETY: `p` is an object start of `class`: at least 8 bytes, 8-aligned.
     let b = unsafe { mark_byte_of(p).read() };
-    if f.rseq_ready() && b != f.mark.load(Ordering::Relaxed) {
+    let base = f.rseq_base();
+    if !base.is_null() && b != MARK {
         // SAFETY: as above; the object is ours to mark.
         unsafe { p.cast::<u64>().write(f.key()) };
         // SAFETY: as in `malloc_small`; `p` is a free object of `class`.
         if unsafe {
             rseq_sys::arch::push_or_miss(
-                f.base.load(Ordering::Relaxed),
+                base,
                 class.index(),
                 f.cs_off.load(Ordering::Relaxed),
                 f.idx_off.load(Ordering::Relaxed),
@@ -338,7 +334,7 @@ pub(crate) unsafe fn dealloc(p: *mut u8, size: usize, align: usize) {
 }
 
 /// Generates the free mark: random, low `LINK_BITS` bits clear, top byte
-/// in `0xf5..=0xfe`.
+/// `MARK`.
 pub(crate) fn make_key() -> u64 {
     let mut r = 0u64;
     // SAFETY: getrandom writes at most 8 bytes into `r`.
@@ -366,9 +362,9 @@ pub(crate) fn make_key() -> u64 {
         r ^= (unsafe { libc::getpid() } as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15);
         r = r.wrapping_mul(0xD6E8_FEB8_6659_FD93);
     }
-    // Top byte in 0xf5..=0xfe: never a byte of UTF-8 text, never the top
-    // byte of a user-space pointer, a small or small negative integer, or
-    // a double of ordinary magnitude; the low LINK_BITS bits are clear.
-    let top = 0xf5 + (r >> 56) % 10;
+    // Top byte MARK (0xf7): never a byte of UTF-8 text, never the top byte
+    // of a user-space pointer, a small or small negative integer, or a
+    // double of ordinary magnitude; the low LINK_BITS bits are clear.
+    let top = MARK as u64;
     (top << 56) | (r & 0x00ff_ffff_ff00_0000 & !((1u64 << crate::double_free::LINK_BITS) - 1))
 }

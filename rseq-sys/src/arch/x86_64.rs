@@ -225,8 +225,9 @@ macro_rules! item_head {
             "mov {tmp:e}, dword ptr fs:[{idx}]\n", // tmp = rseq->(cpu_id | mm_cid)
             "shl {tmp}, {shift}\n",                // tmp = base + (tmp << SHIFT)
             "add {tmp}, {base}\n",
-            "mov {h:e}, dword ptr [{tmp} + {class}*8 + {current}]\n", // cur = hdr[class].current (32-bit word)
-            "cmp {h:x}, word ptr [{tmp} + {class}*8 + {bound}]\n", // compare cur, hdr[class].(begin | end)
+            "lea {hdr}, [{tmp} + {class}*8]\n", // hdr = &region.hdr[class]
+            "mov {h:e}, dword ptr [{hdr} + {current}]\n", // cur = hdr.current (32-bit word)
+            "cmp {h:x}, word ptr [{hdr} + {bound}]\n", // compare cur, hdr.(begin | end)
         )
     };
 }
@@ -234,7 +235,7 @@ macro_rules! item_commit {
     () => {
         concat!(
             delay!(),
-            "mov dword ptr [{tmp} + {class}*8 + {current}], {h:e}\n", // commit: hdr[class].current = cur
+            "mov dword ptr [{hdr} + {current}], {h:e}\n", // commit: hdr.current = cur
         )
     };
 }
@@ -278,6 +279,7 @@ macro_rules! item_section {
             item = $dir(reg) $item,
             tmp = out(reg) _,
             h = out(reg) _,
+            hdr = out(reg) _,
             current = const offset_of!(Header, current),
             bound = const offset_of!(Header, $bound),
             $($rest)*
