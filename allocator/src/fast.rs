@@ -15,8 +15,8 @@
 //! │  (the first leaf's GiB: one load after a shift, no root; else root +
 //! │  leaf; see `pagemap`)
 //! ├─ p is an object start of class e.class (offset from the span
-//! │  start from e; one multiplication by FAST.starts[class][0], one
-//! │  compare with FAST.starts[class][1])
+//! │  start from e; one multiplication by FAST.starts[0][class], one
+//! │  compare with FAST.starts[1][class])
 //! │                                                     : global::free_any
 //! └─ free_known(p, class)
 //!    ├─ FAST.base != null, byte 7 of p != MARK ?        : refill::free_small_slow
@@ -41,12 +41,12 @@
 //! its width) and, when it matches, the slow path compares the word and
 //! asks `double_free` for an exact answer (a live block may hold the key).
 //!
-//! `free`'s validation costs one 16-byte table entry beyond finding the
+//! `free`'s validation costs two table loads beyond finding the
 //! class: the page map entry already carries the class and the page's index
 //! in its span, so the offset from the span start needs no span record;
 //! whether that offset starts one of the span's objects (a multiple of the
 //! size, not in the span's tail waste) is one multiplication by
-//! `FAST.starts[class][0]` and one compare with `FAST.starts[class][1]`
+//! `FAST.starts[0][class]` and one compare with `FAST.starts[1][class]`
 //! (`size_class::object_start_table` has the proof).
 
 use crate::pagemap::PageMap;
@@ -75,8 +75,9 @@ pub(crate) struct Fast {
     key: AtomicU64,
 
     /// Per class byte, the object-start test `[multiplier, bound]`
-    /// (`size_class::object_start_table`; `[0, 0]` for non-classes).
-    starts: [[u64; 2]; 256],
+    /// (`size_class::object_start_table`: `[multipliers, bounds]`, zero for
+    /// non-classes).
+    starts: [[u64; 256]; 2],
     /// Size -> class for 16-byte alignment, step 16 B.
     t16: [u8; T16_LEN],
     /// Size -> class for alignment <= 8, step 8 B.
@@ -166,8 +167,8 @@ impl Fast {
     /// 2^32) is the start of one of the span's objects.
     #[inline(always)]
     pub(crate) fn is_object_start(&self, class: usize, off: usize) -> bool {
-        let [m, bound] = self.starts[class & 0xff];
-        (off as u64).wrapping_mul(m) < bound
+        let c = class & 0xff;
+        (off as u64).wrapping_mul(self.starts[0][c]) < self.starts[1][c]
     }
 }
 

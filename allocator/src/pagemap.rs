@@ -11,10 +11,10 @@
 //! lookup is two dependent loads (root entry, leaf entry) and a shift; an
 //! address above 2^47 or whose root entry is 0 is not ours, answered
 //! without touching anything but the root. Every lookup first compares the
-//! address's GiB with the one the first leaf installed covers (`FIRST`,
-//! written once, after that leaf's address biased by the GiB's first page
-//! in `FIRST_BASE`): there the entry is one
-//! load after the address's page number (`FIRST_BASE + page`; the base
+//! address's GiB with the one the first leaf installed covers
+//! (`FIRST_LEAF.gib`, written once, after that leaf's address biased by
+//! the GiB's first page in `FIRST_LEAF.base`): there the entry is one
+//! load after the address's page number (`FIRST_LEAF.base + page`; the base
 //! comes from a load that does not wait for the address), without the root
 //! entry, its decoding or a mask. `free` loads the entry's class byte on its
 //! own beside it (`entry_and_class_of`). That
@@ -66,17 +66,27 @@ const _: () = assert!(ADDR_BITS - LEAF_ALIGN_SHIFT <= 32);
 /// The root: shared by every `PageMap` (there is one heap per process; the
 /// unit tests' private heaps own disjoint chunks, so sharing is harmless).
 static ROOT: [AtomicU32; ROOT_LEN] = [const { AtomicU32::new(0) }; ROOT_LEN];
-/// The root index whose leaf `FIRST_BASE` addresses, or `u64::MAX`
-/// (matches no address's `addr >> 30`) before it is set; written once,
-/// after `FIRST_BASE`.
-static FIRST: AtomicU64 = AtomicU64::new(u64::MAX);
-/// The first leaf installed (never unmapped, like every leaf), biased by
-/// the first page of its GiB: entry `page` of that GiB is `FIRST_BASE +
-/// page` (no masking of the page number on the lookup's path). Null before;
-/// set once, by the installer that swaps it from null, before `FIRST`; an
-/// address outside the GiB never reaches it (the compare with `FIRST`
-/// comes first).
-static FIRST_BASE: AtomicPtr<AtomicU64> = AtomicPtr::new(core::ptr::null_mut());
+/// The first leaf installed, for the lookup's quick path: its two words
+/// in one static, so `free` reaches both from one address.
+#[repr(C)]
+struct FirstLeaf {
+    /// The root index whose leaf `base` addresses, or `u64::MAX` (matches
+    /// no address's `addr >> 30`) before it is set; written once, after
+    /// `base`.
+    gib: AtomicU64,
+    /// The leaf (never unmapped, like every leaf), biased by the first
+    /// page of its GiB: entry `page` of that GiB is `base + page` (no
+    /// masking of the page number on the lookup's path). Null before; set
+    /// once, by the installer that swaps it from null, before `gib`; an
+    /// address outside the GiB never reaches it (the compare with `gib`
+    /// comes first).
+    base: AtomicPtr<AtomicU64>,
+}
+
+static FIRST_LEAF: FirstLeaf = FirstLeaf {
+    gib: AtomicU64::new(u64::MAX),
+    base: AtomicPtr::new(core::ptr::null_mut()),
+};
 /// Leaves installed so far (statistics).
 static LEAVES: core::sync::atomic::AtomicUsize = core::sync::atomic::AtomicUsize::new(0);
 
@@ -95,15 +105,16 @@ impl PageMap {
     /// `free` (the readers of the fast and validation paths): an array and
     /// an index into it, which the caller's load folds into one addressing
     /// mode. The first leaf first: in its GiB the array is a static word
-    /// (`FIRST_BASE`, biased so that the index is the page number itself),
+    /// (`FIRST_LEAF.base`, biased so that the index is the page number),
     /// found after one compare against another (predicted), with no root
     /// entry, no decoding and no masking: the entry's load issues one
     /// shift after the address is known.
     #[inline(always)]
     fn entry_slot(page: usize) -> Option<(*const AtomicU64, usize)> {
         let r = page >> (LEAF_ADDR_SHIFT - PAGE_SHIFT);
-        if r as u64 == rip_ref!(AtomicU64, FIRST).load(Ordering::Acquire) {
-            let base = rip_ref!(AtomicPtr<AtomicU64>, FIRST_BASE).load(Ordering::Relaxed);
+        let first = rip_ref!(FirstLeaf, FIRST_LEAF);
+        if r as u64 == first.gib.load(Ordering::Acquire) {
+            let base = first.base.load(Ordering::Relaxed);
             return Some((base, page));
         }
         Self::root_slot(page)
@@ -113,11 +124,10 @@ impl PageMap {
     #[inline(always)]
     fn slot_entry(slot: (*const AtomicU64, usize)) -> &'static AtomicU64 {
         // SAFETY: `entry_slot` returns the first leaf biased by its GiB's
-        // first page with a page of that GiB (FIRST names a root index
-        // only after FIRST_BASE is stored, Release/Acquire), or (like
-        // `root_slot`) a leaf with an index masked into it; leaves hold
-        // LEAF_PAGES entries
-        // and are never unmapped. `wrapping_add` keeps the leaf's
+        // first page with a page of that GiB (FIRST_LEAF.gib names a root
+        // index only after FIRST_LEAF.base is stored, Release/Acquire), or
+        // (like `root_slot`) a leaf with an index masked into it; leaves
+        // hold LEAF_PAGES entries and are never unmapped. `wrapping_add` keeps the leaf's
         // provenance through the biased value and lands inside the leaf.
         unsafe { &*slot.0.wrapping_add(slot.1) }
     }
@@ -331,14 +341,15 @@ impl PageMap {
             } else {
                 LEAVES.fetch_add(1, Ordering::Relaxed);
                 // The first leaf installed claims the first-leaf lookup by
-                // swapping FIRST_BASE from null. (A leaf whose biased value
-                // is null, at exactly `r << 20`, cannot claim it and is
-                // served by the root like any other.)
+                // swapping FIRST_LEAF.base from null. (A leaf whose biased
+                // value is null, at exactly `r << 20`, cannot claim it and
+                // is served by the root like any other.)
                 let base = leaf
                     .cast::<AtomicU64>()
                     .wrapping_sub(r << (LEAF_ADDR_SHIFT - PAGE_SHIFT));
                 if !base.is_null()
-                    && FIRST_BASE
+                    && FIRST_LEAF
+                        .base
                         .compare_exchange(
                             core::ptr::null_mut(),
                             base,
@@ -347,7 +358,7 @@ impl PageMap {
                         )
                         .is_ok()
                 {
-                    FIRST.store(r as u64, Ordering::Release);
+                    FIRST_LEAF.gib.store(r as u64, Ordering::Release);
                 }
             }
         }
@@ -417,8 +428,8 @@ mod tests {
 
     /// `free`'s lookup (`entry_and_class_of`) agrees with the page heap's
     /// own root-only reads (`get_raw`) inside the first leaf (the biased
-    /// `FIRST_BASE` path) and outside it (the root path): the whole entry,
-    /// and a class byte equal to the entry's class; it answers (0, 0) for
+    /// `FIRST_LEAF.base` path) and outside it (the root path): the whole
+    /// entry, and a class byte equal to the entry's class; it answers (0, 0) for
     /// null, foreign and non-canonical addresses.
     #[test]
     fn first_leaf_entry_and_class_agree_with_the_root() {

@@ -325,7 +325,8 @@ pub(crate) const fn fast_table<const N: usize>(shift: u32) -> [u8; N] {
     t
 }
 
-/// Per class, the object-start test of `free`: `[m, bound]` with
+/// Per class, the object-start test of `free`: `m` (in `[0]`) and `bound`
+/// (in `[1]`, two arrays so that both are one scaled index away) with
 /// `m = u64::MAX / size + 1`, and `off` (an offset from a span start, below
 /// 2^32) is the start of one of the span's objects iff
 /// `off.wrapping_mul(m) < bound`: one multiplication and one compare check
@@ -341,9 +342,9 @@ pub(crate) const fn fast_table<const N: usize>(shift: u32) -> [u8; N] {
 /// span's size is an object. The page map writes small-object entries only
 /// for spans of exactly `span_pages_for(d)` pages, so `off` is below that.
 /// The table has 256 entries so that any class byte indexes it; entries
-/// that are not classes are `[0, 0]`, which no offset passes.
-pub(crate) const fn object_start_table() -> [[u64; 2]; 256] {
-    let mut t = [[0u64; 2]; 256];
+/// that are not classes are `m = bound = 0`, which no offset passes.
+pub(crate) const fn object_start_table() -> [[u64; 256]; 2] {
+    let mut t = [[0u64; 256]; 2];
     let mut i = 1;
     while i < NUM_CLASSES {
         let d = SIZES[i] as u64;
@@ -358,7 +359,8 @@ pub(crate) const fn object_start_table() -> [[u64; 2]; 256] {
         } else {
             n * e
         };
-        t[i] = [m, bound];
+        t[0][i] = m;
+        t[1][i] = bound;
         i += 1;
     }
     t
@@ -484,13 +486,13 @@ mod tests {
 
     #[test]
     fn object_start_table_accepts_exactly_the_object_starts() {
-        let t = object_start_table();
+        let [mults, bounds] = object_start_table();
         // Every offset a small-object page entry can give (the page map
         // writes such entries only for spans of the class's size), for
         // every class: accepted iff a multiple of the size below the last
         // object's end (so never in the tail waste).
         for c in SizeClass::all() {
-            let [m, bound] = t[c.index()];
+            let (m, bound) = (mults[c.index()], bounds[c.index()]);
             let d = c.size_bytes();
             let objects_end = c.objects_per_span() * d;
             for off in 0..c.span_pages() * PAGE_BYTES {
@@ -503,10 +505,9 @@ mod tests {
             }
         }
         // Bytes that are not classes accept nothing.
-        for (i, e) in t.iter().enumerate().skip(NUM_CLASSES) {
-            assert_eq!(*e, [0, 0], "byte {i}");
+        for i in (NUM_CLASSES..256).chain([0]) {
+            assert_eq!((mults[i], bounds[i]), (0, 0), "byte {i}");
         }
-        assert_eq!(t[0], [0, 0]);
     }
 
     #[test]
