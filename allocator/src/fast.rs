@@ -74,9 +74,8 @@ pub(crate) struct Fast {
     /// The free mark (see the module doc); set once at init.
     key: AtomicU64,
 
-    /// Per class byte, the object-start test `[multiplier, bound]`
-    /// (`size_class::object_start_table`: `[multipliers, bounds]`, zero for
-    /// non-classes).
+    /// The object-start test, `[multipliers, bounds]` indexed by class byte
+    /// (`size_class::object_start_table`; zero for non-classes).
     starts: [[u64; 256]; 2],
     /// Size -> class for 16-byte alignment, step 16 B.
     t16: [u8; T16_LEN],
