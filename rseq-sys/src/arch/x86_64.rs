@@ -121,7 +121,8 @@ macro_rules! section_text {
             "lea {tmp}, [rip + 3f]\n",                     // tmp = &descriptor
             "mov qword ptr fs:[{off} + {rseq_cs}], {tmp}\n", // rseq->rseq_cs = tmp (arm)
             "4:\n",                                        // start_ip
-            "cmp dword ptr fs:[{off} + {cpu_id}], 0\n",  // if (s32)rseq->cpu_id < 0
+            "mov {tmp:e}, dword ptr fs:[{off} + {cpu_id}]\n", // tmp = rseq->cpu_id
+            "test {tmp:e}, {tmp:e}\n",                     // if (s32)tmp < 0
             "js 7f\n",                                     //     goto unregistered
             $($body,)+
             "5:\n",                                        // post-commit
