@@ -51,7 +51,7 @@
 
 use crate::pagemap::PageMap;
 use crate::size_class::{self, SizeClass, FAST_MAX_BYTES};
-use core::sync::atomic::{AtomicBool, AtomicIsize, AtomicPtr, AtomicU64, Ordering};
+use core::sync::atomic::{AtomicBool, AtomicPtr, AtomicU64, Ordering};
 
 const T8_LEN: usize = size_class::fast_table_len(3);
 const T16_LEN: usize = size_class::fast_table_len(4);
@@ -67,10 +67,10 @@ pub(crate) struct Fast {
     /// Per-CPU caches on the CAS fallback (`refill` tries its quick
     /// pop/push first).
     cas: AtomicBool,
-    /// Thread-pointer offset of the rseq area (glibc's or ours).
-    cs_off: AtomicIsize,
-    /// Thread-pointer offset of the index field (`cpu_id` or `mm_cid`).
-    idx_off: AtomicIsize,
+    /// Thread-pointer offsets of the rseq area (glibc's or ours, low 32
+    /// bits) and of the index field (`cpu_id` or `mm_cid`, high 32 bits),
+    /// both signed: one load for both.
+    offs: AtomicU64,
     /// The free mark (see the module doc); set once at init.
     key: AtomicU64,
 
@@ -86,8 +86,7 @@ pub(crate) struct Fast {
 pub(crate) static FAST: Fast = Fast {
     base: AtomicPtr::new(core::ptr::null_mut()),
     cas: AtomicBool::new(false),
-    cs_off: AtomicIsize::new(0),
-    idx_off: AtomicIsize::new(0),
+    offs: AtomicU64::new(0),
     key: AtomicU64::new(0),
     starts: size_class::object_start_table(),
     t16: size_class::fast_table::<T16_LEN>(4),
@@ -105,10 +104,17 @@ fn map() -> &'static PageMap {
 }
 
 impl Fast {
-    /// Publishes the rseq parameters and turns the fast path on.
+    /// Publishes the rseq parameters and turns the fast path on. Offsets
+    /// beyond 32 bits (a thread-local block 2 GiB from the thread pointer:
+    /// never seen) leave it off; the full paths work without it.
     pub(crate) fn enable(&self, base: *mut u8, cs_off: isize, idx_off: isize) {
-        self.cs_off.store(cs_off, Ordering::Relaxed);
-        self.idx_off.store(idx_off, Ordering::Relaxed);
+        let (Ok(lo), Ok(hi)) = (i32::try_from(cs_off), i32::try_from(idx_off)) else {
+            return;
+        };
+        self.offs.store(
+            u64::from(hi as u32) << 32 | u64::from(lo as u32),
+            Ordering::Relaxed,
+        );
         self.cas.store(false, Ordering::Relaxed);
         self.base.store(base, Ordering::Release);
     }
@@ -136,6 +142,13 @@ impl Fast {
     #[inline(always)]
     fn rseq_base(&self) -> *mut u8 {
         self.base.load(Ordering::Acquire)
+    }
+
+    /// Thread-pointer offsets of the rseq area and of the index field.
+    #[inline(always)]
+    fn offs(&self) -> (isize, isize) {
+        let w = self.offs.load(Ordering::Relaxed);
+        (w as i32 as isize, (w as i64 >> 32) as isize)
     }
 
     /// Sets the free mark; called once, before any object is handed out.
@@ -210,17 +223,11 @@ pub(crate) fn malloc_small(class: SizeClass) -> *mut u8 {
     let f = fast();
     let base = f.rseq_base();
     if !base.is_null() {
+        let (cs_off, idx_off) = f.offs();
         // SAFETY: a base means `enable` published the parameters of SLABS,
         // initialised with the rseq discipline over a region for every
         // index the kernel can report; `class` is a valid header.
-        let p = unsafe {
-            rseq_sys::arch::pop_or_null(
-                base,
-                class.index(),
-                f.cs_off.load(Ordering::Relaxed),
-                f.idx_off.load(Ordering::Relaxed),
-            )
-        };
+        let p = unsafe { rseq_sys::arch::pop_or_null(base, class.index(), cs_off, idx_off) };
         if !p.is_null() {
             // SAFETY: `p` is a free object of `class` (>= 8 bytes, 8-aligned)
             // that the pop just made ours.
@@ -271,16 +278,9 @@ pub(crate) unsafe fn free_known(p: *mut u8, class: SizeClass, who: &'static str)
     if !base.is_null() && b != MARK {
         // SAFETY: as above; the object is ours to mark.
         unsafe { p.cast::<u64>().write(f.key()) };
+        let (cs_off, idx_off) = f.offs();
         // SAFETY: as in `malloc_small`; `p` is a free object of `class`.
-        if unsafe {
-            rseq_sys::arch::push_or_miss(
-                base,
-                class.index(),
-                f.cs_off.load(Ordering::Relaxed),
-                f.idx_off.load(Ordering::Relaxed),
-                p,
-            )
-        } {
+        if unsafe { rseq_sys::arch::push_or_miss(base, class.index(), cs_off, idx_off, p) } {
             return;
         }
         // SAFETY: `p` is marked free and in no structure yet.
