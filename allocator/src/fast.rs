@@ -8,7 +8,8 @@
 //!       ├─ p = pop_or_null(region of this cpu/cid)     : null -> refill::malloc_slow
 //!       └─ byte 7 of p = 0 (clear the free mark); return p
 //! alloc(size, align)        GlobalAlloc::alloc
-//! └─ align <= 8 : t8[(size+7)>>3] | align == 16 : t16 | else refill::alloc_uncommon
+//! └─ align <= 8 : SMALL_LOOKUP[(size+7)>>3] | align == 16 : t16 | else refill::alloc_uncommon
+//!    (SMALL_LOOKUP is a `const`: a constant size folds to its class)
 //! free(p)                   C ABI, raw::free
 //! ├─ e, class = page map entry of p, and its class byte loaded on its own
 //! │  (class 0: not ours / null)                          : global::free_any (tail call)
@@ -53,10 +54,11 @@ use crate::pagemap::PageMap;
 use crate::size_class::{self, SizeClass, FAST_MAX_BYTES};
 use core::sync::atomic::{AtomicBool, AtomicPtr, AtomicU64, Ordering};
 
-const T8_LEN: usize = size_class::fast_table_len(3);
 const T16_LEN: usize = size_class::fast_table_len(4);
 
-/// Everything the fast paths read, in one cache-line-aligned static.
+/// Everything the fast paths read, in one cache-line-aligned static, but
+/// `size_class::SMALL_LOOKUP` (a `const`, copied into each crate that
+/// inlines `alloc`, so that constant sizes fold).
 #[repr(C, align(64))]
 pub(crate) struct Fast {
     /// Region 0 of the per-CPU slabs while the rseq fast path is on; null
@@ -77,10 +79,9 @@ pub(crate) struct Fast {
     /// The object-start test, `[multipliers, bounds]` indexed by class byte
     /// (`size_class::object_start_table`; zero for non-classes).
     starts: [[u64; 256]; 2],
-    /// Size -> class for 16-byte alignment, step 16 B.
+    /// Size -> class for 16-byte alignment, step 16 B (C `malloc`'s table;
+    /// `alloc` with alignment <= 8 reads `size_class::SMALL_LOOKUP`).
     t16: [u8; T16_LEN],
-    /// Size -> class for alignment <= 8, step 8 B.
-    t8: [u8; T8_LEN],
 }
 
 pub(crate) static FAST: Fast = Fast {
@@ -90,7 +91,6 @@ pub(crate) static FAST: Fast = Fast {
     key: AtomicU64::new(0),
     starts: size_class::object_start_table(),
     t16: size_class::fast_table::<T16_LEN>(4),
-    t8: size_class::fast_table::<T8_LEN>(3),
 };
 
 #[inline(always)]
@@ -169,10 +169,12 @@ impl Fast {
         SizeClass::from_table(self.t16[(size + 15) >> 4])
     }
 
-    /// The class for `size <= FAST_MAX_BYTES` with alignment <= 8.
+    /// The class for `size <= FAST_MAX_BYTES` with alignment <= 8, from
+    /// the `const` `SMALL_LOOKUP` (not through `fast()`, whose address the
+    /// compiler cannot see through): a constant size folds to its class.
     #[inline(always)]
     pub(crate) fn class8(&self, size: usize) -> SizeClass {
-        SizeClass::from_table(self.t8[(size + 7) >> 3])
+        SizeClass::from_table(size_class::SMALL_LOOKUP[(size + 7) >> 3])
     }
 
     /// Whether `off` (an offset from the start of a span of `class`, below

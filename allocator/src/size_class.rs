@@ -278,9 +278,13 @@ const fn smallest_class_at_least(s: usize) -> u8 {
     0
 }
 
-/// `(size + 7) / 8` -> class, for sizes up to `FAST_MAX_BYTES` (the same
-/// table the front end keeps in `FAST`).
-static SMALL_LOOKUP: [u8; SMALL_LOOKUP_LEN] = fast_table::<SMALL_LOOKUP_LEN>(3);
+/// `(size + 7) / 8` -> class, for sizes up to `FAST_MAX_BYTES`. A `const`,
+/// so that every crate that inlines `RseqAlloc::alloc` / `dealloc` gets its
+/// own read-only copy, reached RIP-relative (a `static` of this crate is a
+/// GOT load from a user's crate built without LTO), and a constant size
+/// folds to its class at compile time; a loop of one run-time size looks it
+/// up once. C `malloc` uses `FAST.t16`.
+pub(crate) const SMALL_LOOKUP: [u8; SMALL_LOOKUP_LEN] = fast_table::<SMALL_LOOKUP_LEN>(3);
 /// `(size + 127) / 128` -> class, for sizes up to 256 KiB (all classes above
 /// 1 KiB are multiples of 128).
 static LARGE_LOOKUP: [u8; LARGE_LOOKUP_LEN] = fast_table::<LARGE_LOOKUP_LEN>(7);

@@ -326,6 +326,18 @@ pub unsafe fn golden_dealloc(p: *mut u8, size: usize) {
     rseq_alloc::RseqAlloc.dealloc(p, Layout::from_size_align_unchecked(size, 8))
 }
 
+#[no_mangle]
+#[inline(never)]
+pub unsafe fn golden_alloc_const() -> *mut u8 {
+    rseq_alloc::RseqAlloc.alloc(Layout::new::<[u64; 3]>())
+}
+
+#[no_mangle]
+#[inline(never)]
+pub unsafe fn golden_dealloc_const(p: *mut u8) {
+    rseq_alloc::RseqAlloc.dealloc(p, Layout::new::<[u64; 3]>())
+}
+
 fn main() {
     let n = black_box(48usize);
     unsafe {
@@ -333,6 +345,10 @@ fn main() {
         assert!(!p.is_null());
         p.write_bytes(7, n);
         golden_dealloc(p, n);
+        let q = golden_alloc_const();
+        assert!(!q.is_null());
+        q.write_bytes(7, 24);
+        golden_dealloc_const(q);
     }
     println!("golden-user ok");
 }
@@ -424,6 +440,16 @@ fn fast_paths_match_the_golden_table() {
         (
             "user-default-release:RseqAlloc::dealloc".into(),
             path_of(&user_dis, "golden_dealloc"),
+        ),
+        // A size known at compile time (a `Box<T>`): the class folds to a
+        // constant, so these have no size-class table load.
+        (
+            "user-default-release:RseqAlloc::alloc[24B-const]".into(),
+            path_of(&user_dis, "golden_alloc_const"),
+        ),
+        (
+            "user-default-release:RseqAlloc::dealloc[24B-const]".into(),
+            path_of(&user_dis, "golden_dealloc_const"),
         ),
     ];
     let update = std::env::var_os("RSEQ_GOLDEN_UPDATE").is_some();
