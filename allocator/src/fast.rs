@@ -169,14 +169,6 @@ impl Fast {
         SizeClass::from_table(self.t16[(size + 15) >> 4])
     }
 
-    /// The class for `size <= FAST_MAX_BYTES` with alignment <= 8, from
-    /// the `const` `SMALL_LOOKUP` (not through `fast()`, whose address the
-    /// compiler cannot see through): a constant size folds to its class.
-    #[inline(always)]
-    pub(crate) fn class8(&self, size: usize) -> SizeClass {
-        SizeClass::from_table(size_class::SMALL_LOOKUP[(size + 7) >> 3])
-    }
-
     /// Whether `off` (an offset from the start of a span of `class`, below
     /// 2^32) is the start of one of the span's objects.
     #[inline(always)]
@@ -190,6 +182,14 @@ impl Fast {
 /// compares it with an immediate (no load). The mark's other bits are
 /// random; the slow path compares them all.
 pub(crate) const MARK: u8 = 0xf7;
+
+/// The class for `size <= FAST_MAX_BYTES` with alignment <= 8, from the
+/// `const` `SMALL_LOOKUP` (not from `FAST`, whose address the compiler
+/// cannot see through): a constant size folds to its class.
+#[inline(always)]
+pub(crate) fn class8(size: usize) -> SizeClass {
+    SizeClass::from_table(size_class::SMALL_LOOKUP[(size + 7) >> 3])
+}
 
 /// Whether `w`, an object's first word, carries the free mark.
 #[inline(always)]
@@ -254,7 +254,7 @@ pub(crate) fn malloc(size: usize) -> *mut u8 {
 pub(crate) fn alloc(size: usize, align: usize) -> *mut u8 {
     if size <= FAST_MAX_BYTES {
         if align <= 8 {
-            return malloc_small(fast().class8(size));
+            return malloc_small(class8(size));
         }
         if align == 16 {
             return malloc_small(fast().class16(size));
@@ -322,7 +322,7 @@ pub(crate) unsafe fn free(p: *mut u8) {
 pub(crate) unsafe fn dealloc(p: *mut u8, size: usize, align: usize) {
     if size <= FAST_MAX_BYTES && align <= 16 {
         let class = if align <= 8 {
-            fast().class8(size)
+            class8(size)
         } else {
             fast().class16(size)
         };
