@@ -127,8 +127,9 @@ impl PageMap {
         // first page with a page of that GiB (FIRST_LEAF.gib names a root
         // index only after FIRST_LEAF.base is stored, Release/Acquire), or
         // (like `root_slot`) a leaf with an index masked into it; leaves
-        // hold LEAF_PAGES entries and are never unmapped. `wrapping_add` keeps the leaf's
-        // provenance through the biased value and lands inside the leaf.
+        // hold LEAF_PAGES entries and are never unmapped. `wrapping_add`
+        // keeps the leaf's provenance through the biased value and lands
+        // inside the leaf.
         unsafe { &*slot.0.wrapping_add(slot.1) }
     }
 
@@ -429,8 +430,8 @@ mod tests {
     /// `free`'s lookup (`entry_and_class_of`) agrees with the page heap's
     /// own root-only reads (`get_raw`) inside the first leaf (the biased
     /// `FIRST_LEAF.base` path) and outside it (the root path): the whole
-    /// entry, and a class byte equal to the entry's class; it answers (0, 0) for
-    /// null, foreign and non-canonical addresses.
+    /// entry, and a class byte equal to the entry's class; it answers
+    /// (0, 0) for null, foreign and non-canonical addresses.
     #[test]
     fn first_leaf_entry_and_class_agree_with_the_root() {
         let pm = PageMap::new();

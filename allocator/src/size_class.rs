@@ -282,8 +282,7 @@ const fn smallest_class_at_least(s: usize) -> u8 {
 /// so that every crate that inlines `RseqAlloc::alloc` / `dealloc` gets its
 /// own read-only copy, reached RIP-relative (a `static` of this crate is a
 /// GOT load from a user's crate built without LTO), and a constant size
-/// folds to its class at compile time; a loop of one run-time size looks it
-/// up once. C `malloc` uses `FAST.t16`.
+/// folds to its class at compile time. C `malloc` uses `FAST.t16`.
 pub(crate) const SMALL_LOOKUP: [u8; SMALL_LOOKUP_LEN] = fast_table::<SMALL_LOOKUP_LEN>(3);
 /// `(size + 127) / 128` -> class, for sizes up to 256 KiB (all classes above
 /// 1 KiB are multiples of 128).

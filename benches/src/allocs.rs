@@ -31,6 +31,15 @@ pub struct Alloc {
 }
 
 impl Alloc {
+    /// An allocator run with its defaults (no environment of its own).
+    pub fn new(name: &'static str, label: &'static str, kind: Install) -> Alloc {
+        Alloc {
+            name,
+            label,
+            kind,
+            env: &[],
+        }
+    }
     /// Runs the worker's workloads.
     pub fn runs_synthetic(&self) -> bool {
         true
@@ -59,63 +68,57 @@ pub fn all_allocs() -> Vec<Alloc> {
     let lib = |f: &str| PathBuf::from(LIBDIR).join(f);
     let mut v = Vec::new();
     if cfg!(feature = "ours") {
+        v.push(Alloc::new(
+            "rseq",
+            "rseq-alloc, in-process #[global_allocator]",
+            Install::InProc("rseq"),
+        ));
         v.push(Alloc {
-            name: "rseq",
-            label: "rseq-alloc, in-process #[global_allocator]",
-            kind: Install::InProc("rseq"),
-            env: &[],
-        });
-        v.push(Alloc {
-            name: "rseq-cas",
-            label: "rseq-alloc, in-process, with RSEQ_MALLOC_CONF=rseq=off: the compare-and-swap \
-                    fallback that valgrind, gVisor and seccomp sandboxes get",
-            kind: Install::InProc("rseq"),
             env: &[("RSEQ_MALLOC_CONF", "rseq=off")],
+            ..Alloc::new(
+                "rseq-cas",
+                "rseq-alloc, in-process, with RSEQ_MALLOC_CONF=rseq=off: the compare-and-swap \
+                 fallback that valgrind, gVisor and seccomp sandboxes get",
+                Install::InProc("rseq"),
+            )
         });
     }
     v.extend([
-        Alloc {
-            name: "jemalloc",
-            label: "jemalloc, tikv-jemallocator crate, in-process",
-            kind: Install::InProc("jemalloc"),
-            env: &[],
-        },
-        Alloc {
-            name: "mimalloc",
-            label: "mimalloc, mimalloc crate, in-process",
-            kind: Install::InProc("mimalloc"),
-            env: &[],
-        },
-        Alloc {
-            name: "glibc",
-            label: "glibc malloc (std::alloc::System; programs run without preload)",
-            kind: Install::Native,
-            env: &[],
-        },
-        Alloc {
-            name: "rseq-so",
-            label: "rseq-alloc as librseq_malloc.so via LD_PRELOAD",
-            kind: Install::Preload(target_dir().join("release/librseq_malloc.so")),
-            env: &[],
-        },
-        Alloc {
-            name: "jemalloc-so",
-            label: "Debian libjemalloc.so.2 via LD_PRELOAD",
-            kind: Install::Preload(lib("libjemalloc.so.2")),
-            env: &[],
-        },
-        Alloc {
-            name: "mimalloc-so",
-            label: "Debian libmimalloc.so.2 via LD_PRELOAD",
-            kind: Install::Preload(lib("libmimalloc.so.2")),
-            env: &[],
-        },
-        Alloc {
-            name: "tcmalloc-so",
-            label: "TCMalloc (gperftools) libtcmalloc_minimal.so.4 via LD_PRELOAD",
-            kind: Install::Preload(lib("libtcmalloc_minimal.so.4")),
-            env: &[],
-        },
+        Alloc::new(
+            "jemalloc",
+            "jemalloc, tikv-jemallocator crate, in-process",
+            Install::InProc("jemalloc"),
+        ),
+        Alloc::new(
+            "mimalloc",
+            "mimalloc, mimalloc crate, in-process",
+            Install::InProc("mimalloc"),
+        ),
+        Alloc::new(
+            "glibc",
+            "glibc malloc (std::alloc::System; programs run without preload)",
+            Install::Native,
+        ),
+        Alloc::new(
+            "rseq-so",
+            "rseq-alloc as librseq_malloc.so via LD_PRELOAD",
+            Install::Preload(target_dir().join("release/librseq_malloc.so")),
+        ),
+        Alloc::new(
+            "jemalloc-so",
+            "Debian libjemalloc.so.2 via LD_PRELOAD",
+            Install::Preload(lib("libjemalloc.so.2")),
+        ),
+        Alloc::new(
+            "mimalloc-so",
+            "Debian libmimalloc.so.2 via LD_PRELOAD",
+            Install::Preload(lib("libmimalloc.so.2")),
+        ),
+        Alloc::new(
+            "tcmalloc-so",
+            "TCMalloc (gperftools) libtcmalloc_minimal.so.4 via LD_PRELOAD",
+            Install::Preload(lib("libtcmalloc_minimal.so.4")),
+        ),
     ]);
     v
 }

@@ -117,12 +117,11 @@ fn parse(args: &[String]) -> Result<Option<Options>, String> {
                 }
                 // The harness is one short-lived process: leaking the few
                 // names keeps `Alloc` plain `&'static str` data.
-                o.libs.push(Alloc {
-                    name: Box::leak(name.to_string().into_boxed_str()),
-                    label: Box::leak(format!("{path} via LD_PRELOAD (--lib)").into_boxed_str()),
-                    kind: Install::Preload(PathBuf::from(path)),
-                    env: &[],
-                });
+                o.libs.push(Alloc::new(
+                    Box::leak(name.to_string().into_boxed_str()),
+                    Box::leak(format!("{path} via LD_PRELOAD (--lib)").into_boxed_str()),
+                    Install::Preload(PathBuf::from(path)),
+                ));
             }
             "--procs" => {
                 o.procs = Some(

@@ -219,8 +219,8 @@ fn pair_with<A: GlobalAlloc>(a: &A, p: &Params) {
                 *slot = alloc_touched(a, s);
             }
             for (&q, &s) in ptrs.iter().zip(&sizes) {
-                // SAFETY: q was allocated above with this layout and is freed once.
-                unsafe { a.dealloc(black_box(q), Layout::from_size_align_unchecked(s, 8)) };
+                // SAFETY: q was allocated above with size s and is freed once.
+                unsafe { free_touched(a, q, s) };
             }
         }
     }) / 1000.0;
@@ -246,19 +246,14 @@ fn pair_with<A: GlobalAlloc>(a: &A, p: &Params) {
             let (old, old_size) = live[k];
             // SAFETY: `old` was allocated by alloc_touched with this size and
             // leaves `live` here, so it is freed once.
-            unsafe {
-                a.dealloc(
-                    black_box(old),
-                    Layout::from_size_align_unchecked(old_size, 8),
-                )
-            };
+            unsafe { free_touched(a, old, old_size) };
             live[k] = (alloc_touched(a, s), s);
         }
     });
     emit("mix1000", ns, "ns/op", "lower");
     for (q, s) in live {
-        // SAFETY: every live block is freed once, with its layout.
-        unsafe { a.dealloc(q, Layout::from_size_align_unchecked(s, 8)) };
+        // SAFETY: every live block is freed once, with its size.
+        unsafe { free_touched(a, q, s) };
     }
 }
 
@@ -275,6 +270,18 @@ fn alloc_touched<A: GlobalAlloc>(a: &A, size: usize) -> *mut u8 {
     // SAFETY: q is a fresh block of size >= 1 bytes.
     unsafe { q.write_volatile(1) };
     q
+}
+
+/// Frees a block from [`alloc_touched`]; the pointer goes through
+/// `black_box` so the pair is not optimised away.
+///
+/// # Safety
+/// `q` came from `alloc_touched(a, size)` and is not used afterwards.
+#[inline(always)]
+unsafe fn free_touched<A: GlobalAlloc>(a: &A, q: *mut u8, size: usize) {
+    // SAFETY: `alloc_touched` made `q` with this size and alignment 8; the
+    // caller gives it up.
+    unsafe { a.dealloc(black_box(q), Layout::from_size_align_unchecked(size, 8)) };
 }
 
 /// Wall time of a parallel phase from each thread's own (start, end) stamps:

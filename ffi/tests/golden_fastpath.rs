@@ -9,9 +9,9 @@
 //! shortest way, in instructions, from the function's entry to a `ret`,
 //! taking either way of each conditional branch and following direct
 //! jumps inside the function (see `path_of`): the hit, since every miss
-//! leaves by a tail call and never returns there. The test fails when any count
-//! grows, when a function gets a stack frame (`push`/`sub %rsp`), or when
-//! a RIP-relative load (a GOT entry) appears on the path.
+//! leaves by a tail call and never returns there. The test fails when any
+//! count grows, when a function gets a stack frame (`push`/`sub %rsp`), or
+//! when a RIP-relative load (a GOT entry) appears on the path.
 //!
 //! To change the table on purpose (a cheaper path, or a cost you decided
 //! to pay), run `RSEQ_GOLDEN_UPDATE=1 cargo test --release -p
