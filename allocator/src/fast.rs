@@ -12,12 +12,12 @@
 //!    (SMALL_LOOKUP is a `const`: a constant size folds to its class)
 //! free(p)                   C ABI, raw::free
 //! ├─ e, class = page map entry of p, and its class byte loaded on its own
-//! │  (class 0: not ours / null)                          : global::free_any (tail call)
-//! │  (the first leaf's GiB: one load after a shift, no root; else root +
-//! │  leaf; see `pagemap`)
+//! │  (the first leaf's GiB: one load after a shift, no root; see `pagemap`)
+//! │                                         : free_beyond_first_leaf (root + leaf;
+//! │                                           tail call, then as below)
 //! ├─ p is an object start of class e.class (offset from the span
 //! │  start from e; one multiplication by FAST.starts[0][class], one
-//! │  compare with FAST.starts[1][class])
+//! │  compare with FAST.starts[1][class]; class 0 (not ours, null) fails it)
 //! │                                                     : global::free_any
 //! └─ free_known(p, class)
 //!    ├─ FAST.base != null, byte 7 of p != MARK ?        : refill::free_small_slow
@@ -299,11 +299,36 @@ pub(crate) unsafe fn free_known(p: *mut u8, class: SizeClass, who: &'static str)
 /// `p` is null or a block of this allocator not used afterwards.
 #[inline(always)]
 pub(crate) unsafe fn free(p: *mut u8) {
-    let (e, class) = map().entry_and_class_of(p as usize);
-    // Class 0 (not a small-object page, not ours, null) would fail the
-    // object-start test too (its bound is 0); testing it first lets the
-    // page map's misses jump straight to `free_any`.
-    if class != 0 && fast().is_object_start(class, PageMap::small_offset(e, p as usize)) {
+    match map().first_leaf_entry_and_class_of(p as usize) {
+        // SAFETY: this function's contract, passed on.
+        Some((e, class)) => unsafe { free_entry(p, e, class) },
+        // SAFETY: as above.
+        None => unsafe { free_beyond_first_leaf(p) },
+    }
+}
+
+/// `free` of an address outside the first leaf's GiB (a heap past 1 GiB,
+/// a foreign pointer, null), out of line: `free`'s own path stays straight.
+///
+/// # Safety
+/// As for `free`.
+#[inline(never)]
+unsafe fn free_beyond_first_leaf(p: *mut u8) {
+    let (e, class) = map().root_entry_and_class_of(p as usize);
+    // SAFETY: this function's contract, passed on.
+    unsafe { free_entry(p, e, class) }
+}
+
+/// `free` once the page map's entry `e` and class byte `class` for `p`
+/// are loaded.
+///
+/// # Safety
+/// As for `free`; `(e, class)` is the page map's answer for `p`.
+#[inline(always)]
+unsafe fn free_entry(p: *mut u8, e: u64, class: usize) {
+    // Class 0 (not a small-object page, not ours, null) fails the
+    // object-start test (its bound is 0): no test of its own.
+    if fast().is_object_start(class, PageMap::small_offset(e, p as usize)) {
         // SAFETY: the page map and the class's object-start test say `p`
         // is an object start of `class`.
         return unsafe { free_known(p, SizeClass::from_table(class as u8), "free()") };

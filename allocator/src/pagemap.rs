@@ -172,20 +172,51 @@ impl PageMap {
         Some((page, e.load(Ordering::Acquire)))
     }
 
-    /// `free`'s lookup: the entry of the page holding `addr` and, loaded
-    /// on its own, the entry's class byte (`entry_class`), or (0, 0) when
-    /// no leaf covers it. The class feeds the address of the push that
-    /// follows, which the next malloc of the class waits for: a byte load
-    /// gives it with no shift and mask after the load (two cycles off a C
-    /// malloc/free pair's loop-carried chain); the whole entry, loaded
-    /// beside it, feeds only the validation's branches.
+    /// `free`'s lookup in the first leaf's GiB: the entry of the page
+    /// holding `addr` and, loaded on its own, the entry's class byte
+    /// (`entry_class`); None when `addr` is in another GiB (then
+    /// `root_entry_and_class_of` answers). The class feeds the address of
+    /// the push that follows, which the next malloc of the class waits
+    /// for: a byte load gives it with no shift and mask after the load (two
+    /// cycles off a C malloc/free pair's loop-carried chain); the whole
+    /// entry, loaded beside it, feeds only the validation's branches.
+    /// `free` keeps the other GiBs out of line, so this path is straight
+    /// (no taken branch, no test of the class before the object-start
+    /// test, which rejects class 0 by itself).
     #[inline(always)]
+    pub fn first_leaf_entry_and_class_of(&self, addr: usize) -> Option<(u64, usize)> {
+        let page = addr >> PAGE_SHIFT;
+        let first = rip_ref!(FirstLeaf, FIRST_LEAF);
+        if (page >> (LEAF_ADDR_SHIFT - PAGE_SHIFT)) as u64 != first.gib.load(Ordering::Acquire) {
+            return None;
+        }
+        Some(Self::entry_and_class_at((
+            first.base.load(Ordering::Relaxed).cast_const(),
+            page,
+        )))
+    }
+
+    /// `first_leaf_entry_and_class_of` through the root (any GiB, the
+    /// first leaf's too), or (0, 0) when no leaf covers `addr`.
+    #[inline(always)]
+    pub fn root_entry_and_class_of(&self, addr: usize) -> (u64, usize) {
+        Self::root_slot(addr >> PAGE_SHIFT).map_or((0, 0), Self::entry_and_class_at)
+    }
+
+    /// Both lookups in the order `free` tries them (for the tests).
+    #[cfg(test)]
     pub fn entry_and_class_of(&self, addr: usize) -> (u64, usize) {
-        let Some(slot) = Self::entry_slot(addr >> PAGE_SHIFT) else {
-            return (0, 0);
-        };
-        let e = Self::slot_entry(slot);
-        (e.load(Ordering::Acquire), Self::class_byte(slot))
+        self.first_leaf_entry_and_class_of(addr)
+            .unwrap_or_else(|| self.root_entry_and_class_of(addr))
+    }
+
+    /// The entry at `slot` and its class byte, loaded on its own.
+    #[inline(always)]
+    fn entry_and_class_at(slot: (*const AtomicU64, usize)) -> (u64, usize) {
+        (
+            Self::slot_entry(slot).load(Ordering::Acquire),
+            Self::class_byte(slot),
+        )
     }
 
     /// Byte 5 of the entry at `slot` (bits 40..48: the class), read by one
@@ -443,10 +474,13 @@ mod tests {
         };
         let check = |addr: usize| {
             let want = pm.get_raw(addr >> PAGE_SHIFT);
-            let (e, class) = pm.entry_and_class_of(addr);
-            assert_eq!(e, want, "{addr:#x}");
-            assert_eq!(class, PageMap::entry_class(want), "{addr:#x}");
-            e
+            let want = (want, PageMap::entry_class(want));
+            assert_eq!(pm.root_entry_and_class_of(addr), want, "{addr:#x}");
+            if let Some(got) = pm.first_leaf_entry_and_class_of(addr) {
+                assert_eq!(got, want, "{addr:#x}");
+            }
+            assert_eq!(pm.entry_and_class_of(addr), want, "{addr:#x}");
+            want.0
         };
         let (a, b) = (map(), map());
         assert!(pm.ensure_leaves(a, len));

@@ -241,3 +241,42 @@ fn ffi_marked_live_blocks_are_not_reported() {
         assert!(frees > 50_000, "marked_live ({mode:?}): {frees} frees");
     }
 }
+
+/// Small blocks outside the page map's first leaf (`free` looks them up
+/// through the root, out of line): freed and allocated again, each once,
+/// with their neighbours intact.
+#[test]
+fn ffi_small_blocks_beyond_the_first_gib_are_freed() {
+    for mode in Mode::PRELOADED {
+        let mut cmd = Command::new(bad_input_exe());
+        cmd.arg("far_blocks");
+        mode.apply(&mut cmd, false);
+        let r = run(&mut cmd, Duration::from_secs(120));
+        assert!(
+            r.status.success(),
+            "far_blocks ({mode:?}): {}\n{}\n{}",
+            r.describe(),
+            r.stdout,
+            tail(&r.stderr, 2000)
+        );
+        let far: u32 = r
+            .stdout
+            .lines()
+            .find_map(|l| l.strip_prefix("far ok: "))
+            .and_then(|l| l.strip_suffix(" blocks"))
+            .and_then(|n| n.parse().ok())
+            .unwrap_or_else(|| panic!("far_blocks ({mode:?}): no result line: {}", r.stdout));
+        assert!(
+            far >= 1,
+            "far_blocks ({mode:?}): no block outside the first GiB"
+        );
+    }
+}
+
+/// The same validation outside the first leaf's GiB: an interior pointer
+/// and a double free of a small block there.
+#[test]
+fn ffi_bad_free_beyond_the_first_gib() {
+    check_case("interior_far", "free()");
+    check_case_says("double_far", "free()", "double free");
+}

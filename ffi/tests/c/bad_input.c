@@ -19,6 +19,12 @@
  * marked_live: not a bad call: live blocks whose first word holds the
  * allocator's free mark (read back from a freed block) are freed in a long
  * random workload; must exit 0 printing "marked ok: N frees".
+ *
+ * far_blocks: not a bad call: small blocks in a GiB other than the first
+ * heap block's (the page map's first leaf: `free` finds them through the
+ * root) are filled, freed and allocated again; must exit 0 printing
+ * "far ok: N blocks". interior_far and double_far are the bad calls on
+ * such a block.
  */
 #define _GNU_SOURCE
 #include <malloc.h>
@@ -93,6 +99,75 @@ static void *second_free(void *p)
 }
 
 
+/* A small block of `size` whose GiB differs from `first`'s: untouched
+ * 256 KiB blocks (page-heap spans, kept for ever) push the heap on until a
+ * new small span lands in another GiB. Exits 2 if 4 GiB are not enough. */
+static unsigned char *far_small(const void *first, size_t size)
+{
+    for (long i = 0; i < 16384; i++) {
+        if (!malloc(256 << 10))
+            break;
+        unsigned char *p = malloc(size);
+        if (p && ((uintptr_t)p >> 30) != ((uintptr_t)first >> 30))
+            return p;
+    }
+    printf("no small block outside the first GiB\n");
+    exit(2);
+}
+
+/* Pins the caller to CPU 0, so that freed blocks come back from the same
+ * per-CPU cache. */
+static void pin_cpu0(void)
+{
+    cpu_set_t set;
+    CPU_ZERO(&set);
+    CPU_SET(0, &set);
+    sched_setaffinity(0, sizeof set, &set);
+}
+
+static int far_blocks(void)
+{
+    enum { N = 16, SIZE = 48 };
+    pin_cpu0();
+    unsigned char *near = malloc(SIZE), *far[N], *again[N];
+    far[0] = far_small(near, SIZE);
+    for (int i = 1; i < N; i++)
+        far[i] = malloc(SIZE);
+    int n_far = 0;
+    for (int i = 0; i < N; i++) {
+        n_far += ((uintptr_t)far[i] >> 30) != ((uintptr_t)near >> 30);
+        memset(far[i], i + 1, SIZE);
+    }
+    for (int i = 0; i < N; i += 2)
+        free(launder(far[i]));
+    for (int i = 1; i < N; i += 2)
+        for (int j = 0; j < SIZE; j++)
+            if (far[i][j] != (unsigned char)(i + 1)) {
+                printf("block %d byte %d changed\n", i, j);
+                return 4;
+            }
+    /* The freed blocks come back, each once (this CPU's cache, LIFO). */
+    for (int i = 0; i < N / 2; i++) {
+        again[i] = malloc(SIZE);
+        int found = 0;
+        for (int k = 0; k < N; k += 2)
+            found += again[i] == far[k];
+        for (int k = 0; k < i; k++)
+            found += again[k] == again[i] ? 100 : 0;
+        if (found != 1) {
+            printf("malloc %d gave %p, not one of the freed far blocks\n", i, (void *)again[i]);
+            return 5;
+        }
+    }
+    for (int i = 0; i < N / 2; i++)
+        free(again[i]);
+    for (int i = 1; i < N; i += 2)
+        free(far[i]);
+    free(near);
+    printf("far ok: %d blocks\n", n_far);
+    return 0;
+}
+
 static int marked_live(void)
 {
     void *probe = malloc(64);
@@ -144,6 +219,8 @@ int main(int argc, char **argv)
     c = name;
     if (!strcmp(c, "marked_live"))
         return marked_live();
+    if (!strcmp(c, "far_blocks"))
+        return far_blocks();
     char stack_buf[256] __attribute__((aligned(64)));
     memset(stack_buf, 1, sizeof stack_buf);
     global_buf[0] = 1;
@@ -208,6 +285,11 @@ int main(int argc, char **argv)
          * is a multiple of 640 but tail waste, never an object start. */
         char *p = malloc(640);
         bad = p - ((uintptr_t)p & 8191) + 12 * 640;
+    } else if (!strcmp(c, "interior_far")) {
+        bad = far_small(live[0], 100) + 16;
+    } else if (!strcmp(c, "double_far")) {
+        bad = far_small(live[0], 100);
+        free(launder(bad));
     } else if (!strcmp(c, "foreign")) {
         bad = glibc_malloc(100);
     } else if (!strcmp(c, "usable_stack")) {
