@@ -11,7 +11,9 @@
 //! Index: `mm_cid` by default when the kernel maintains it (a process with 4
 //! threads on a 256-CPU machine uses 4 regions), else the CPU id;
 //! `RSEQ_MALLOC_CONF=index=cpu|cid` overrides. Discipline: rseq critical
-//! sections, or the CAS fallback when rseq is unavailable or `rseq=off`.
+//! sections, or the CAS fallback when rseq is unavailable or `rseq=off`
+//! (with a few objects per class in each thread's magazine in front of
+//! it: `magazine`).
 //! Threads that cannot use the cache (unregistered, restarts exhausted) go
 //! to the central lists directly.
 //!

@@ -138,5 +138,7 @@ pub(crate) fn is_free(p: *mut u8, class: SizeClass) -> bool {
 
 fn found(p: *mut u8, class: SizeClass) -> bool {
     let (central, heap) = (&crate::global::CENTRAL, &crate::global::HEAP);
-    central.get(class).contains(heap, class, p) || crate::cpu_cache::cached(class, p)
+    central.get(class).contains(heap, class, p)
+        || crate::cpu_cache::cached(class, p)
+        || crate::magazine::contains(class, p)
 }

@@ -544,6 +544,7 @@ pub(crate) fn trim() -> bool {
     if !ensure_init() {
         return false;
     }
+    crate::magazine::flush_mine();
     if cache_ready() {
         crate::cpu_cache::drain_all_into(&CENTRAL, &HEAP);
     }

@@ -186,6 +186,7 @@ mod fork;
 mod global;
 mod huge;
 mod lock;
+mod magazine;
 mod os;
 mod page_heap;
 mod pagemap;

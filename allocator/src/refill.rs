@@ -53,14 +53,18 @@ fn quick_id(class: SizeClass) -> Option<ClassId> {
 // ---------------------------------------------------------------- malloc
 
 /// An object of `class` when the fast pop did not give one. On the CAS
-/// fallback this is the fast path: the try-lock's quick pop, inline, with
-/// no stack frame (one locked instruction; see rseq-sys's `trylock.rs`);
-/// any miss is a tail call to [`malloc_full`].
+/// fallback this is the fast path: the thread's magazine (plain loads and
+/// stores, see `magazine`), else the try-lock's quick pop (one locked
+/// instruction; see rseq-sys's `trylock.rs`); any miss is a tail call to
+/// [`malloc_full`].
 #[cold]
 #[inline(never)]
 pub(crate) fn malloc_slow(class: SizeClass) -> *mut u8 {
     if let (true, Some(id)) = (FAST.cas_ready(), quick_id(class)) {
-        let p = crate::cpu_cache::SLABS.pop_fast(id);
+        let mut p = crate::magazine::pop(class);
+        if p.is_null() {
+            p = crate::cpu_cache::SLABS.pop_fast(id);
+        }
         if !p.is_null() {
             // SAFETY: a free object of `class` the pop made ours.
             unsafe { fast::clear_mark(p) };
@@ -163,6 +167,7 @@ pub(crate) fn reclaim() -> bool {
         return false;
     }
     let before = HEAP.stats().free_bytes;
+    crate::magazine::flush_mine();
     if global::cache_ready() {
         crate::cpu_cache::drain_all_into(&CENTRAL, &HEAP);
     }
@@ -221,10 +226,10 @@ pub(crate) unsafe fn free_overflow(p: *mut u8, class: SizeClass) {
 }
 
 /// Frees a validated object start of `class` when the fast path could not:
-/// checks the free mark, marks, then pushes (the CAS fallback's quick push,
-/// else `free_overflow`). On the CAS fallback this is the fast path: no
-/// stack frame, one locked instruction; a marked object (maybe a double
-/// free) and a refused push are tail calls.
+/// checks the free mark, marks, then pushes (the CAS fallback's magazine or
+/// quick push, else `free_overflow`). On the CAS fallback this is the fast
+/// path: the magazine, else one locked instruction; a marked object (maybe
+/// a double free) and a refused push are tail calls.
 ///
 /// # Safety
 /// `p` is an object start of `class` of this allocator, given up by the
@@ -269,8 +274,8 @@ unsafe fn free_marked(p: *mut u8, class: SizeClass, who: &'static str) {
     unsafe { mark_and_push(p, class, key) }
 }
 
-/// Marks `p` free and pushes it: the CAS fallback's quick push, else
-/// `free_overflow` (tail call).
+/// Marks `p` free and pushes it: the CAS fallback's magazine or quick push,
+/// else `free_overflow` (tail call).
 ///
 /// # Safety
 /// `p` is an object start of `class` of this allocator, given up by the
@@ -281,12 +286,14 @@ unsafe fn mark_and_push(p: *mut u8, class: SizeClass, key: u64) {
     unsafe { p.cast::<u64>().write(key) };
     // SAFETY: non-null object start.
     let nn = unsafe { NonNull::new_unchecked(p) };
-    // The CAS fallback's quick push runs without an errno guard (two calls
-    // of `__errno_location` on every free): it makes no call at all (the
-    // CPU number comes from the rseq area or rdpid; a process with neither
+    // The CAS fallback's magazine and quick push run without an errno
+    // guard (two calls of `__errno_location` on every free): they make no
+    // call that sets errno (the magazine's first use per thread, which maps
+    // memory and sets a pthread key, keeps errno itself; the CPU
+    // number comes from the rseq area or rdpid; a process with neither
     // misses here and takes `free_overflow`, which guards errno).
     if let (true, Some(id)) = (FAST.cas_ready(), quick_id(class)) {
-        if crate::cpu_cache::SLABS.push_fast(id, nn) {
+        if crate::magazine::push(class, p) || crate::cpu_cache::SLABS.push_fast(id, nn) {
             return;
         }
     }

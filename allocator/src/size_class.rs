@@ -140,7 +140,7 @@ const fn build_sizes() -> [u32; NUM_CLASSES] {
 
 /// Object size of each class (slot 0 unused).
 pub static CLASS_SIZE: [u32; NUM_CLASSES] = build_sizes();
-const SIZES: [u32; NUM_CLASSES] = build_sizes();
+pub(crate) const SIZES: [u32; NUM_CLASSES] = build_sizes();
 
 const fn clamp(v: usize, lo: usize, hi: usize) -> usize {
     if v < lo {

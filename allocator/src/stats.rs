@@ -79,7 +79,7 @@ pub fn snapshot() -> Counters {
         (0..SLABS.nregions()).map(cached_bytes_in_region).sum()
     } else {
         0
-    };
+    } + crate::magazine::cached_bytes();
     let mut small_used = 0usize;
     for c in SizeClass::all() {
         let (free, total) = CENTRAL.get(c).counts();
