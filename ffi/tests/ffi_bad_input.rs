@@ -216,28 +216,39 @@ fn ffi_bad_free_of_tail_waste_pointer() {
     check_case("tail_waste", "free()");
 }
 
+/// Runs `case`, which is not a bad call, in every preloaded mode: it must
+/// exit 0 and print `<prefix>N<suffix>`; returns N for each mode.
+fn check_good_case(case: &str, prefix: &str, suffix: &str) -> Vec<(Mode, u64)> {
+    Mode::PRELOADED
+        .into_iter()
+        .map(|mode| {
+            let mut cmd = Command::new(bad_input_exe());
+            cmd.arg(case);
+            mode.apply(&mut cmd, false);
+            let r = run(&mut cmd, Duration::from_secs(120));
+            assert!(
+                r.status.success(),
+                "{case} ({mode:?}): {}\n{}\n{}",
+                r.describe(),
+                r.stdout,
+                tail(&r.stderr, 2000)
+            );
+            let n = r
+                .stdout
+                .lines()
+                .find_map(|l| l.strip_prefix(prefix))
+                .and_then(|l| l.strip_suffix(suffix))
+                .and_then(|n| n.parse().ok())
+                .unwrap_or_else(|| panic!("{case} ({mode:?}): no result line: {}", r.stdout));
+            (mode, n)
+        })
+        .collect()
+}
+
 /// Live blocks holding the free mark by chance are freed normally.
 #[test]
 fn ffi_marked_live_blocks_are_not_reported() {
-    for mode in Mode::PRELOADED {
-        let mut cmd = Command::new(bad_input_exe());
-        cmd.arg("marked_live");
-        mode.apply(&mut cmd, false);
-        let r = run(&mut cmd, Duration::from_secs(120));
-        assert!(
-            r.status.success(),
-            "marked_live ({mode:?}): {}\n{}\n{}",
-            r.describe(),
-            r.stdout,
-            tail(&r.stderr, 2000)
-        );
-        let frees: u64 = r
-            .stdout
-            .lines()
-            .find_map(|l| l.strip_prefix("marked ok: "))
-            .and_then(|l| l.strip_suffix(" frees"))
-            .and_then(|n| n.parse().ok())
-            .unwrap_or_else(|| panic!("marked_live ({mode:?}): no result line: {}", r.stdout));
+    for (mode, frees) in check_good_case("marked_live", "marked ok: ", " frees") {
         assert!(frees > 50_000, "marked_live ({mode:?}): {frees} frees");
     }
 }
@@ -247,25 +258,7 @@ fn ffi_marked_live_blocks_are_not_reported() {
 /// with their neighbours intact.
 #[test]
 fn ffi_small_blocks_beyond_the_first_gib_are_freed() {
-    for mode in Mode::PRELOADED {
-        let mut cmd = Command::new(bad_input_exe());
-        cmd.arg("far_blocks");
-        mode.apply(&mut cmd, false);
-        let r = run(&mut cmd, Duration::from_secs(120));
-        assert!(
-            r.status.success(),
-            "far_blocks ({mode:?}): {}\n{}\n{}",
-            r.describe(),
-            r.stdout,
-            tail(&r.stderr, 2000)
-        );
-        let far: u32 = r
-            .stdout
-            .lines()
-            .find_map(|l| l.strip_prefix("far ok: "))
-            .and_then(|l| l.strip_suffix(" blocks"))
-            .and_then(|n| n.parse().ok())
-            .unwrap_or_else(|| panic!("far_blocks ({mode:?}): no result line: {}", r.stdout));
+    for (mode, far) in check_good_case("far_blocks", "far ok: ", " blocks") {
         assert!(
             far >= 1,
             "far_blocks ({mode:?}): no block outside the first GiB"
