@@ -3,14 +3,14 @@
 //!
 //! Without rseq the per-CPU stacks take one locked instruction per
 //! operation (the try-lock of rseq-sys's `trylock.rs`). A locked
-//! instruction costs 2-5 ns depending on the machine (4.9 ns on a Zen 5
-//! VM, where that made the fallback's pair 5.9x the rseq pair), so in CAS
+//! instruction costs 4.9 ns on a Zen 5 VM, where that made the fallback's
+//! pair 5.9x the rseq pair (2.2x on a Zen 4 VM), so in CAS
 //! mode a thread first tries its own magazine: up to [`CAP`] objects of
 //! each class of at most [`CLASS_BYTES`] bytes, [`CLASS_BYTES`] bytes at
 //! most per class, popped and pushed with plain loads and stores. A free
 //! then malloc of a class costs no locked instruction; a burst longer than
 //! the magazine goes to the per-CPU stacks as before. A thread holds at
-//! most about 58 KiB this way (every class full).
+//! most 52 KiB this way (every class full).
 //!
 //! ```text
 //! refill::malloc_slow (CAS)  pop(class)   : else the try-lock pop
