@@ -41,7 +41,8 @@ pub struct Stats {
     /// regions.
     pub metadata: usize,
     /// Free objects sitting in per-CPU caches, all regions together (see
-    /// [`cached_bytes_in_region`] for one region).
+    /// [`cached_bytes_in_region`] for one region), and in the CAS
+    /// fallback's thread magazines.
     pub cached: usize,
     /// Bytes of huge blocks (1 MiB and more, mapped directly).
     pub huge: usize,

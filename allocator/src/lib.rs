@@ -275,7 +275,8 @@ pub mod raw {
         pub mapped_bytes: usize,
         /// Bytes in live blocks (class / page granularity).
         pub in_use_bytes: usize,
-        /// Free objects held in per-CPU caches.
+        /// Free objects held in per-CPU caches and in the CAS fallback's
+        /// thread magazines.
         pub cached_bytes: usize,
         /// Bytes of huge blocks in use.
         pub huge_bytes: usize,

@@ -221,7 +221,7 @@ impl Report {
             let _ = writeln!(
                 s,
                 "## rseq-alloc internals (in-process runs; median over repetitions)\n\n\
-                 | workload | allocator | rseq aborts | fallback ops | mapped MiB at end | cached in per-CPU caches MiB |\n\
+                 | workload | allocator | rseq aborts | fallback ops | mapped MiB at end | cached in per-CPU caches (and CAS magazines) MiB |\n\
                  |---|---|---:|---:|---:|---:|"
             );
             let mut keys: Vec<(&str, &str)> = Vec::new();
