@@ -207,6 +207,17 @@ fn mark_byte_of(p: *mut u8) -> *mut u8 {
     p.wrapping_add(7)
 }
 
+/// The object's mark byte: `MARK` if it may be free already (the caller
+/// then compares the whole word with the key).
+///
+/// # Safety
+/// `p` is an object start (>= 8 bytes).
+#[inline(always)]
+pub(crate) unsafe fn mark_byte(p: *mut u8) -> u8 {
+    // SAFETY: byte 7 is inside the object per the contract.
+    unsafe { mark_byte_of(p).read() }
+}
+
 /// Clears the free mark of an object being handed out.
 ///
 /// # Safety
@@ -275,7 +286,7 @@ pub(crate) fn alloc(size: usize, align: usize) -> *mut u8 {
 pub(crate) unsafe fn free_known(p: *mut u8, class: SizeClass, who: &'static str) {
     let f = fast();
     // SAFETY: `p` is an object start of `class`: at least 8 bytes, 8-aligned.
-    let b = unsafe { mark_byte_of(p).read() };
+    let b = unsafe { mark_byte(p) };
     let base = f.rseq_base();
     if !base.is_null() && b != MARK {
         // SAFETY: as above; the object is ours to mark.

@@ -538,12 +538,11 @@ pub(crate) unsafe fn realloc(p: *mut u8, new_size: usize, align: usize, who: &st
 
 // ---------------------------------------------------------------- trim, fork
 
-/// Drains every per-CPU cache into the central lists, flushes the central
-/// transfer stacks, and releases all free pages. True if memory was released.
-pub(crate) fn trim() -> bool {
-    if !ensure_init() {
-        return false;
-    }
+/// Takes back the free objects the caches hold, for `trim` and
+/// `refill::reclaim`: the caller's own magazine (CAS mode; other threads'
+/// are theirs), every per-CPU cache (drained into the central lists), and
+/// the central transfer stacks (flushed to their spans).
+pub(crate) fn empty_caches() {
     crate::magazine::flush_mine();
     if cache_ready() {
         crate::cpu_cache::drain_all_into(&CENTRAL, &HEAP);
@@ -551,6 +550,15 @@ pub(crate) fn trim() -> bool {
     for class in SizeClass::all() {
         CENTRAL.get(class).flush(&HEAP, class);
     }
+}
+
+/// Empties the caches (`empty_caches`) and releases all free pages. True
+/// if memory was released.
+pub(crate) fn trim() -> bool {
+    if !ensure_init() {
+        return false;
+    }
+    empty_caches();
     let heap = HEAP.release_all();
     heap + HUGE.release_all() > 0
 }

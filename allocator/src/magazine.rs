@@ -80,6 +80,24 @@ struct Magazine {
     slots: [[AtomicPtr<u8>; CAP]; NUM_CLASSES],
 }
 
+impl Magazine {
+    /// Runs `f` (an operation of the owner) with `busy` set; None without
+    /// running it if `busy` is set already (this thread is inside an
+    /// operation that a signal handler interrupted).
+    #[inline(always)]
+    fn exclusive<R>(&self, f: impl FnOnce() -> R) -> Option<R> {
+        if self.busy.load(Ordering::Relaxed) {
+            return None;
+        }
+        self.busy.store(true, Ordering::Relaxed);
+        compiler_fence(Ordering::SeqCst);
+        let r = f();
+        compiler_fence(Ordering::SeqCst);
+        self.busy.store(false, Ordering::Relaxed);
+        Some(r)
+    }
+}
+
 /// `MAX_MAGAZINES` magazines, mapped on the first claim.
 static TABLE: AtomicPtr<Magazine> = AtomicPtr::new(ptr::null_mut());
 /// Magazines ever claimed: searches look at `TABLE[..HIGH]`.
@@ -119,20 +137,20 @@ pub(crate) fn pop(class: SizeClass) -> *mut u8 {
     };
     let c = class.index();
     // An empty class (a burst of mallocs) costs no flag stores.
-    if m.len[c].load(Ordering::Relaxed) == 0 || m.busy.load(Ordering::Relaxed) {
+    if m.len[c].load(Ordering::Relaxed) == 0 {
         return ptr::null_mut();
     }
-    m.busy.store(true, Ordering::Relaxed);
-    compiler_fence(Ordering::SeqCst);
-    let n = m.len[c].load(Ordering::Relaxed) as usize;
-    let mut p = ptr::null_mut();
-    if n != 0 {
-        p = m.slots[c][(n - 1) & (CAP - 1)].load(Ordering::Relaxed);
+    m.exclusive(|| {
+        // Again: a signal handler may have emptied it since.
+        let n = m.len[c].load(Ordering::Relaxed) as usize;
+        if n == 0 {
+            return ptr::null_mut();
+        }
+        let p = m.slots[c][(n - 1) & (CAP - 1)].load(Ordering::Relaxed);
         m.len[c].store((n - 1) as u8, Ordering::Relaxed);
-    }
-    compiler_fence(Ordering::SeqCst);
-    m.busy.store(false, Ordering::Relaxed);
-    p
+        p
+    })
+    .unwrap_or(ptr::null_mut())
 }
 
 /// Puts `p`, a marked free object of `class` in no structure, into this
@@ -144,20 +162,20 @@ pub(crate) fn push(class: SizeClass, p: *mut u8) -> bool {
     };
     let c = class.index();
     // A full class (a burst of frees) costs no flag stores.
-    if m.len[c].load(Ordering::Relaxed) >= CAPS[c] || m.busy.load(Ordering::Relaxed) {
+    if m.len[c].load(Ordering::Relaxed) >= CAPS[c] {
         return false;
     }
-    m.busy.store(true, Ordering::Relaxed);
-    compiler_fence(Ordering::SeqCst);
-    let n = m.len[c].load(Ordering::Relaxed);
-    let room = n < CAPS[c];
-    if room {
+    m.exclusive(|| {
+        // Again: a signal handler may have filled it since.
+        let n = m.len[c].load(Ordering::Relaxed);
+        if n >= CAPS[c] {
+            return false;
+        }
         m.slots[c][n as usize & (CAP - 1)].store(p, Ordering::Relaxed);
         m.len[c].store(n + 1, Ordering::Relaxed);
-    }
-    compiler_fence(Ordering::SeqCst);
-    m.busy.store(false, Ordering::Relaxed);
-    room
+        true
+    })
+    .unwrap_or(false)
 }
 
 /// Every magazine claimed so far.
@@ -198,27 +216,23 @@ pub(crate) fn cached_bytes() -> usize {
 
 /// Empties `m` (the caller's own) through `free_overflow`.
 fn flush(m: &Magazine) {
-    if m.busy.swap(true, Ordering::Relaxed) {
-        return;
-    }
-    compiler_fence(Ordering::SeqCst);
-    for class in SizeClass::all() {
-        let c = class.index();
-        let n = m.len[c].load(Ordering::Relaxed) as usize;
-        if n == 0 {
-            continue;
+    m.exclusive(|| {
+        for class in SizeClass::all() {
+            let c = class.index();
+            let n = m.len[c].load(Ordering::Relaxed) as usize;
+            if n == 0 {
+                continue;
+            }
+            let _moving = InFlight::class(class);
+            for i in (0..n.min(CAP)).rev() {
+                let p = m.slots[c][i].load(Ordering::Relaxed);
+                m.len[c].store(i as u8, Ordering::Relaxed);
+                // SAFETY: `p` was a marked free object of `class` in this
+                // magazine, which no longer lists it: in no structure.
+                unsafe { crate::refill::free_overflow(p, class) };
+            }
         }
-        let _moving = InFlight::class(class);
-        for i in (0..n.min(CAP)).rev() {
-            let p = m.slots[c][i].load(Ordering::Relaxed);
-            m.len[c].store(i as u8, Ordering::Relaxed);
-            // SAFETY: `p` was a marked free object of `class` in this
-            // magazine, which no longer lists it: in no structure.
-            unsafe { crate::refill::free_overflow(p, class) };
-        }
-    }
-    compiler_fence(Ordering::SeqCst);
-    m.busy.store(false, Ordering::Relaxed);
+    });
 }
 
 /// Empties the calling thread's magazine (`trim`, `reclaim`).

@@ -17,7 +17,7 @@
 //! load after the address's page number (`FIRST_LEAF.base + page`; the base
 //! comes from a load that does not wait for the address), without the root
 //! entry, its decoding or a mask. `free` loads the entry's class byte on its
-//! own beside it (`entry_and_class_of`). That
+//! own beside it (`first_leaf_entry_and_class_of`). That
 //! latency counts: a C `free`'s push needs the class, and the next malloc
 //! of the class waits for that push, so the lookup is on a pair loop's
 //! loop-carried chain.
@@ -101,23 +101,27 @@ impl PageMap {
         PageMap { _private: () }
     }
 
-    /// Where the entry of `page` is, if a leaf covers it, for `lookup` and
-    /// `free` (the readers of the fast and validation paths): an array and
-    /// an index into it, which the caller's load folds into one addressing
-    /// mode. The first leaf first: in its GiB the array is a static word
-    /// (`FIRST_LEAF.base`, biased so that the index is the page number),
-    /// found after one compare against another (predicted), with no root
-    /// entry, no decoding and no masking: the entry's load issues one
-    /// shift after the address is known.
+    /// Where the entry of `page` is, if a leaf covers it, for `lookup` (a
+    /// reader of the validation paths): an array and an index into it,
+    /// which the caller's load folds into one addressing mode. The first
+    /// leaf first (`first_leaf_slot`), then the root.
     #[inline(always)]
     fn entry_slot(page: usize) -> Option<(*const AtomicU64, usize)> {
-        let r = page >> (LEAF_ADDR_SHIFT - PAGE_SHIFT);
+        Self::first_leaf_slot(page).or_else(|| Self::root_slot(page))
+    }
+
+    /// `entry_slot` in the first leaf's GiB, None elsewhere: the array is a
+    /// static word (`FIRST_LEAF.base`, biased so that the index is the page
+    /// number), found after one compare against another (predicted), with
+    /// no root entry, no decoding and no masking: the entry's load issues
+    /// one shift after the address is known.
+    #[inline(always)]
+    fn first_leaf_slot(page: usize) -> Option<(*const AtomicU64, usize)> {
         let first = rip_ref!(FirstLeaf, FIRST_LEAF);
-        if r as u64 == first.gib.load(Ordering::Acquire) {
-            let base = first.base.load(Ordering::Relaxed);
-            return Some((base, page));
+        if (page >> (LEAF_ADDR_SHIFT - PAGE_SHIFT)) as u64 != first.gib.load(Ordering::Acquire) {
+            return None;
         }
-        Self::root_slot(page)
+        Some((first.base.load(Ordering::Relaxed).cast_const(), page))
     }
 
     /// The entry at a slot from `entry_slot`.
@@ -185,15 +189,7 @@ impl PageMap {
     /// test, which rejects class 0 by itself).
     #[inline(always)]
     pub fn first_leaf_entry_and_class_of(&self, addr: usize) -> Option<(u64, usize)> {
-        let page = addr >> PAGE_SHIFT;
-        let first = rip_ref!(FirstLeaf, FIRST_LEAF);
-        if (page >> (LEAF_ADDR_SHIFT - PAGE_SHIFT)) as u64 != first.gib.load(Ordering::Acquire) {
-            return None;
-        }
-        Some(Self::entry_and_class_at((
-            first.base.load(Ordering::Relaxed).cast_const(),
-            page,
-        )))
+        Self::first_leaf_slot(addr >> PAGE_SHIFT).map(Self::entry_and_class_at)
     }
 
     /// `first_leaf_entry_and_class_of` through the root (any GiB, the

@@ -167,13 +167,7 @@ pub(crate) fn reclaim() -> bool {
         return false;
     }
     let before = HEAP.stats().free_bytes;
-    crate::magazine::flush_mine();
-    if global::cache_ready() {
-        crate::cpu_cache::drain_all_into(&CENTRAL, &HEAP);
-    }
-    for class in SizeClass::all() {
-        CENTRAL.get(class).flush(&HEAP, class);
-    }
+    global::empty_caches();
     let after = HEAP.stats().free_bytes;
     // Kept huge ranges hold address space the heap may need (under an
     // address-space limit a new chunk can fail for want of it).
@@ -244,7 +238,7 @@ pub(crate) unsafe fn free_small_slow(p: *mut u8, class: SizeClass, who: &'static
     // SAFETY: an object start: at least 8 bytes, 8-aligned. The top byte
     // first (a one-byte load always forwards), the whole word only if it
     // matches.
-    if unsafe { p.add(7).read() } == (key >> 56) as u8 {
+    if unsafe { fast::mark_byte(p) } == fast::MARK {
         // SAFETY: this function's contract.
         return unsafe { free_marked(p, class, who) };
     }

@@ -9,19 +9,10 @@
 
 mod common;
 use common::announce;
-use rseq_test_support::class_sizes;
+use rseq_test_support::{class_sizes, pin_to_cpu};
 use std::alloc::{GlobalAlloc, Layout};
 
 const CASE_VAR: &str = "RSEQ_ALLOC_DF_CASE";
-
-fn pin(cpu: usize) {
-    // SAFETY: a zeroed cpu_set_t is valid; sched_setaffinity reads it.
-    unsafe {
-        let mut set: libc::cpu_set_t = std::mem::zeroed();
-        libc::CPU_SET(cpu, &mut set);
-        libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set);
-    }
-}
 
 fn ncpus() -> usize {
     std::thread::available_parallelism().map_or(1, |n| n.get())
@@ -65,11 +56,11 @@ fn case_body(case: &str) {
                 raw::free(keep);
             }
             "other_cpu" => {
-                pin(0);
+                pin_to_cpu(0);
                 let p = raw::malloc(size) as usize;
                 raw::free(p as *mut u8);
                 std::thread::spawn(move || {
-                    pin(1 % ncpus());
+                    pin_to_cpu(1 % ncpus());
                     announce(p as *const u8);
                     raw::free(p as *mut u8);
                 })

@@ -5,25 +5,15 @@
 //! with `RSEQ_MALLOC_CONF=index=cpu` so that regions are CPU numbers.
 
 use rseq_alloc::raw;
-use rseq_test_support::child_test;
-
-fn pin(cpu: usize) -> bool {
-    // SAFETY: a zeroed cpu_set_t is valid; CPU_SET writes inside it;
-    // sched_setaffinity on the calling thread.
-    unsafe {
-        let mut set: libc::cpu_set_t = std::mem::zeroed();
-        libc::CPU_SET(cpu, &mut set);
-        libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) == 0
-    }
-}
+use rseq_test_support::{child_test, pin_to_cpu};
 
 fn body() {
-    if !pin(0) {
+    if !pin_to_cpu(0) {
         eprintln!("SKIP cannot pin to CPU 0");
         return;
     }
     let helper = std::thread::spawn(|| {
-        if !pin(1) {
+        if !pin_to_cpu(1) {
             return false;
         }
         let v: Vec<usize> = (0..500).map(|_| raw::malloc(64) as usize).collect();

@@ -5,17 +5,8 @@
 //! magazines). Each case runs in a child process with `rseq=off`.
 
 use rseq_alloc::raw;
-use rseq_test_support::child_test;
+use rseq_test_support::{child_test, pin_to_cpu};
 use std::sync::mpsc;
-
-fn pin(cpu: usize) {
-    // SAFETY: a zeroed cpu_set_t is valid; sched_setaffinity reads it.
-    unsafe {
-        let mut set: libc::cpu_set_t = std::mem::zeroed();
-        libc::CPU_SET(cpu, &mut set);
-        libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set);
-    }
-}
 
 /// Frees a live block from `raw::malloc`.
 fn free(p: *mut u8) {
@@ -35,11 +26,11 @@ fn cas_magazine_is_private_and_flushed_at_exit() {
         Some("rseq=off"),
         || {
             assert_eq!(rseq_alloc::mode_name(), "cmpxchg");
-            pin(0);
+            pin_to_cpu(0);
             let (to_b, b_rx) = mpsc::channel::<usize>();
             let (to_a, a_rx) = mpsc::channel::<()>();
             let a = std::thread::spawn(move || {
-                pin(0);
+                pin_to_cpu(0);
                 let p = raw::malloc(64);
                 free(p);
                 to_b.send(p as usize).unwrap();

@@ -211,10 +211,9 @@ fn path_of(disasm: &str, sym: &str) -> Path_ {
     let mut i = 0;
     loop {
         let x = &insns[i];
-        let insn = x.text();
-        text.push_str(&insn);
+        text.push_str(&x.text());
         text.push('\n');
-        count(x, insn, &mut c, &mut got, &mut frame);
+        count(x, &mut c, &mut got, &mut frame);
         if x.is_ret() {
             return Path_ {
                 counts: c,
@@ -230,9 +229,10 @@ fn path_of(disasm: &str, sym: &str) -> Path_ {
     }
 }
 
-/// Adds one instruction (`insn` is its text) to the counts.
-fn count(x: &Insn, insn: String, c: &mut Counts, got: &mut Vec<String>, frame: &mut Vec<String>) {
+/// Adds one instruction to the counts.
+fn count(x: &Insn, c: &mut Counts, got: &mut Vec<String>, frame: &mut Vec<String>) {
     let (mn, rest) = (x.mn.as_str(), x.rest.as_str());
+    let insn = x.text();
     let ops = operands(rest);
     c.instructions += 1;
     if mn.starts_with('j') || mn.starts_with("call") {

@@ -17,7 +17,7 @@ use rseq_sys::percpu::{
     self, ClassId, Discipline, Index, OpError, PerCpuSlabs, RegionId, REGION_BYTES,
 };
 use rseq_sys::registration;
-use rseq_test_support::{gettid, Regions, Rng};
+use rseq_test_support::{gettid, pin_to_cpu, Regions, Rng};
 use std::ptr::NonNull;
 use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU64, Ordering};
 use std::sync::{Arc, Barrier, Mutex};
@@ -481,7 +481,7 @@ fn fence_restarts_running_sections() {
     let w = {
         let (fx, stop, ready) = (fx.clone(), stop.clone(), ready.clone());
         std::thread::spawn(move || {
-            pin(target);
+            pin_to_cpu(target);
             ready.wait();
             let mut ops = 0u64;
             while !stop.load(Ordering::Relaxed) {
@@ -492,7 +492,7 @@ fn fence_restarts_running_sections() {
             ops
         })
     };
-    pin(0);
+    pin_to_cpu(0);
     #[cfg(rseq_inject_delay)]
     percpu::set_injected_delay(20_000);
     ready.wait();
@@ -512,15 +512,6 @@ fn fence_restarts_running_sections() {
     percpu::set_injected_delay(0);
     eprintln!("{fences} fences: {aborts} aborts, worker did {ops} push/pop pairs");
     assert!(aborts > 0, "no fence restarted the running section");
-}
-
-fn pin(cpu: usize) {
-    // SAFETY: cpu_set_t is plain data; affects only the calling thread.
-    unsafe {
-        let mut set: libc::cpu_set_t = std::mem::zeroed();
-        libc::CPU_SET(cpu, &mut set);
-        libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set);
-    }
 }
 
 /// Back-to-back drains of a region while workers push and pop on it: no

@@ -24,6 +24,18 @@ pub use child::{
 pub use regions::{mmap_aligned, Regions};
 pub use rng::Rng;
 
+/// Pins the calling thread to `cpu`; false if the kernel refused (no such
+/// CPU, or a cpuset without it).
+pub fn pin_to_cpu(cpu: usize) -> bool {
+    // SAFETY: a zeroed cpu_set_t is valid; CPU_SET writes inside it;
+    // sched_setaffinity reads it and affects the calling thread only.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(cpu, &mut set);
+        libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) == 0
+    }
+}
+
 /// The calling thread's kernel thread id.
 pub fn gettid() -> libc::pid_t {
     // SAFETY: gettid has no preconditions.
