@@ -122,11 +122,16 @@ thread_local! {
 fn mine() -> Option<&'static Magazine> {
     match MINE.with(Cell::get) {
         UNSET => claim(),
-        NONE => None,
-        // SAFETY: a magazine of TABLE (mapped for ever) that `claim` gave
-        // this thread.
-        m => Some(unsafe { &*(m as *const Magazine) }),
+        m => claimed(m),
     }
+}
+
+/// The magazine a `MINE` value other than UNSET names, if any.
+#[inline(always)]
+fn claimed(m: usize) -> Option<&'static Magazine> {
+    // SAFETY: a value above NONE is a magazine of TABLE (mapped for ever)
+    // that `claim` gave this thread.
+    (m > NONE).then(|| unsafe { &*(m as *const Magazine) })
 }
 
 /// An object of `class` from this thread's magazine, or null.
@@ -237,9 +242,8 @@ fn flush(m: &Magazine) {
 
 /// Empties the calling thread's magazine (`trim`, `reclaim`).
 pub(crate) fn flush_mine() {
-    if let m @ 2.. = MINE.with(Cell::get) {
-        // SAFETY: as in `mine`.
-        flush(unsafe { &*(m as *const Magazine) });
+    if let Some(m) = claimed(MINE.with(Cell::get)) {
+        flush(m);
     }
 }
 
