@@ -50,9 +50,9 @@
 //! `FAST.starts[0][class]` and one compare with `FAST.starts[1][class]`
 //! (`size_class::object_start_table` has the proof).
 
-use crate::pagemap::PageMap;
+use crate::pagemap::{MaskedLeaf, PageMap, NO_LEAF};
 use crate::size_class::{self, SizeClass, FAST_MAX_BYTES};
-use core::sync::atomic::{AtomicBool, AtomicPtr, AtomicU64, Ordering};
+use core::sync::atomic::{AtomicBool, AtomicPtr, AtomicU64, AtomicUsize, Ordering};
 
 const T16_LEN: usize = size_class::fast_table_len(4);
 
@@ -75,6 +75,8 @@ pub(crate) struct Fast {
     offs: AtomicU64,
     /// The free mark (see the module doc); set once at init.
     key: AtomicU64,
+    /// The page map's first leaf for `dealloc_checked`'s class check.
+    pub(crate) first_leaf: MaskedLeaf,
 
     /// The object-start test, `[multipliers, bounds]` indexed by class byte
     /// (`size_class::object_start_table`; zero for non-classes).
@@ -89,6 +91,10 @@ pub(crate) static FAST: Fast = Fast {
     cas: AtomicBool::new(false),
     offs: AtomicU64::new(0),
     key: AtomicU64::new(0),
+    first_leaf: MaskedLeaf {
+        leaf: AtomicPtr::new(&NO_LEAF as *const AtomicU64 as *mut AtomicU64),
+        mask: AtomicUsize::new(0),
+    },
     starts: size_class::object_start_table(),
     t16: size_class::fast_table::<T16_LEN>(4),
 };
@@ -349,6 +355,58 @@ unsafe fn free_entry(p: *mut u8, e: u64, class: usize) {
     unsafe { crate::global::free_any(p, "free()") }
 }
 
+/// `FAST.first_leaf.class_of(addr)` (see `MaskedLeaf`) in four
+/// instructions after `fast()`'s `lea` (which the push shares): the mask is
+/// an operand of the `and`.
+#[inline(always)]
+fn first_leaf_class_of(addr: usize) -> usize {
+    #[cfg(target_arch = "x86_64")]
+    {
+        use core::mem::offset_of;
+        let class: usize;
+        // SAFETY: reads FAST.first_leaf's mask, then its leaf (x86 keeps
+        // loads in order; the mask of a leaf is stored after the leaf, see
+        // `MaskedLeaf`), then one byte of entry `(addr >> PAGE_SHIFT) &
+        // mask` of it: inside `NO_LEAF` (mask 0) or a mapped leaf.
+        unsafe {
+            core::arch::asm!(
+                "mov {i}, {a}",
+                "shr {i}, {shift}",
+                "and {i}, qword ptr [{fast} + {mask}]",
+                "mov {l}, qword ptr [{fast} + {leaf}]",
+                "movzx {c:e}, byte ptr [{l} + {i} * 8 + 5]",
+                a = in(reg) addr,
+                fast = in(reg) fast(),
+                i = out(reg) _,
+                l = out(reg) _,
+                c = lateout(reg) class,
+                mask = const offset_of!(Fast, first_leaf) + offset_of!(MaskedLeaf, mask),
+                leaf = const offset_of!(Fast, first_leaf) + offset_of!(MaskedLeaf, leaf),
+                shift = const size_class::PAGE_SHIFT,
+                options(pure, readonly, nostack),
+            )
+        };
+        // SAFETY: `movzx` zero-extends one byte.
+        unsafe { core::hint::assert_unchecked(class <= 0xff) };
+        class
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        fast().first_leaf.class_of(addr)
+    }
+}
+
+/// The class `alloc` gives a layout of `size <= FAST_MAX_BYTES` and
+/// `align <= 16`.
+#[inline(always)]
+fn layout_class(size: usize, align: usize) -> SizeClass {
+    if align <= 8 {
+        class8(size)
+    } else {
+        fast().class16(size)
+    }
+}
+
 /// `GlobalAlloc::dealloc`: the class comes from the layout (Rust's
 /// contract; debug builds check it against the page map).
 ///
@@ -357,11 +415,7 @@ unsafe fn free_entry(p: *mut u8, e: u64, class: usize) {
 #[inline(always)]
 pub(crate) unsafe fn dealloc(p: *mut u8, size: usize, align: usize) {
     if size <= FAST_MAX_BYTES && align <= 16 {
-        let class = if align <= 8 {
-            class8(size)
-        } else {
-            fast().class16(size)
-        };
+        let class = layout_class(size, align);
         debug_assert!(crate::global::debug_is_small_of(p, class));
         // SAFETY: per the contract `p` is a live object of `class`.
         return unsafe { free_known(p, class, "free()") };
@@ -369,6 +423,63 @@ pub(crate) unsafe fn dealloc(p: *mut u8, size: usize, align: usize) {
     // SAFETY: `p` was allocated with (size, align) and is given up (this
     // function's contract), as `dealloc_uncommon` requires.
     unsafe { crate::refill::dealloc_uncommon(p, size, align) }
+}
+
+/// `RseqAllocChecked`'s `dealloc`: the class of the layout, checked
+/// against the page map's class byte for `p` (`first_leaf_class_of`: one
+/// shift, one mask, two loads, no compare of the GiB); the push uses the
+/// page map's class. Equal, they are one value to the compiler, which
+/// keeps whichever it has first:
+/// - a size known early (a constant, or a value already in a register)
+///   keeps the layout's class: the push's address does not wait for the
+///   page map, and the check is a predicted branch beside it;
+/// - a size loaded just before the call (C-style code that keeps the size
+///   in the block's header and reads it on a cache miss) keeps the page
+///   map's class: the push waits for the page map (cached), not for the
+///   miss. `dealloc` pushes with the layout's class, and there the next
+///   `alloc` stalls behind that miss (BENCHMARKS.md, eighth round).
+///
+/// Anything else (a wrong layout, a block beyond the first leaf's GiB,
+/// whose masked entry is another page's, sizes beyond the fast path's
+/// tables) goes to `dealloc_validated`.
+///
+/// # Safety
+/// `p` was allocated by this allocator and is not used afterwards; a
+/// layout that does not match it is reported, not trusted.
+#[inline(always)]
+pub(crate) unsafe fn dealloc_checked(p: *mut u8, size: usize, align: usize) {
+    if size <= FAST_MAX_BYTES && align <= 16 {
+        let class = layout_class(size, align);
+        let c = first_leaf_class_of(p as usize);
+        if c == class.index() {
+            // SAFETY: per the contract `p` is a live block of ours, and the
+            // page map says its page holds objects of `c`, the layout's
+            // class (the object start is the contract's, as for `dealloc`).
+            return unsafe { free_known(p, SizeClass::from_table(c as u8), "free()") };
+        }
+    }
+    // SAFETY: this function's contract, passed on.
+    unsafe { dealloc_validated(p, size, align) }
+}
+
+/// The rest of `dealloc_checked`: the page map decides (any GiB, object
+/// start validated, as for `free`), and a small layout that does not match
+/// the block aborts with `rseq-malloc: free(): size N does not match the
+/// block 0x... of M bytes` instead of corrupting a class's cache.
+///
+/// # Safety
+/// As for `dealloc_checked`.
+#[cold]
+#[inline(never)]
+unsafe fn dealloc_validated(p: *mut u8, size: usize, align: usize) {
+    if size_class::class_for(size, align).is_some() {
+        // SAFETY: this function's contract, passed on.
+        return unsafe { crate::global::free_sized_checked(p, size, align, "free()") };
+    }
+    // A large or huge layout: the block's own record decides (its pages
+    // may exceed the size for an alignment beyond a page).
+    // SAFETY: as above.
+    unsafe { crate::global::free_any(p, "free()") }
 }
 
 /// Generates the free mark: random, low `LINK_BITS` bits clear, top byte

@@ -20,7 +20,11 @@
 //! own beside it (`first_leaf_entry_and_class_of`). That
 //! latency counts: a C `free`'s push needs the class, and the next malloc
 //! of the class waits for that push, so the lookup is on a pair loop's
-//! loop-carried chain.
+//! loop-carried chain. `RseqAllocChecked`'s `dealloc` reads the class byte
+//! through the first leaf's plain address (`FAST.first_leaf`, a
+//! `MaskedLeaf`) with the page number masked into it, no compare: any
+//! address reads some entry of that leaf, which is enough to check a class
+//! the caller already knows from its layout.
 //!
 //! Pages are named by their absolute page number (`addr >> PAGE_SHIFT`), so
 //! `page_addr` is a shift.
@@ -87,6 +91,51 @@ static FIRST_LEAF: FirstLeaf = FirstLeaf {
     gib: AtomicU64::new(u64::MAX),
     base: AtomicPtr::new(core::ptr::null_mut()),
 };
+/// The first leaf as `dealloc_checked` reads it: its plain address and the
+/// mask of its page indices, so that any address reads one of its entries
+/// (`class_of`). Before the first leaf is installed, one zero entry
+/// (`NO_LEAF`, whose class byte never matches a class) and mask 0, so the
+/// reader needs no test of its own. Published leaf first, mask second
+/// (Release); read mask first, leaf second: a reader that sees the leaf's
+/// mask sees the leaf.
+#[repr(C)]
+pub(crate) struct MaskedLeaf {
+    /// The leaf (`NO_LEAF` before).
+    pub(crate) leaf: AtomicPtr<AtomicU64>,
+    /// `LEAF_PAGES - 1` (0 before).
+    pub(crate) mask: core::sync::atomic::AtomicUsize,
+}
+
+/// `MaskedLeaf::leaf` before the first leaf is installed.
+pub(crate) static NO_LEAF: AtomicU64 = AtomicU64::new(0);
+
+impl MaskedLeaf {
+    /// Publishes the first leaf (once, when it is installed; leaves are
+    /// never unmapped).
+    pub(crate) fn publish(&self, leaf: *mut AtomicU64) {
+        self.leaf.store(leaf, Ordering::Relaxed);
+        self.mask.store(LEAF_PAGES - 1, Ordering::Release);
+    }
+
+    /// The class byte of entry `(addr >> PAGE_SHIFT) & mask` of the leaf:
+    /// the class of `addr`'s page if `addr` is in the first leaf's GiB,
+    /// else the class of some page of that GiB (or 0), for
+    /// `dealloc_checked`, which compares it with the class of its layout.
+    /// (On x86_64 `fast::first_leaf_class_of` reads it in four
+    /// instructions after `FAST`'s address.)
+    #[inline(always)]
+    #[cfg_attr(target_arch = "x86_64", allow(dead_code))]
+    pub(crate) fn class_of(&self, addr: usize) -> usize {
+        let mask = self.mask.load(Ordering::Acquire);
+        let leaf = self.leaf.load(Ordering::Relaxed);
+        // SAFETY: a mask of a leaf's pages is only stored after that
+        // leaf's address (Release/Acquire), so the entry is inside
+        // `NO_LEAF` (mask 0) or a mapped leaf, never unmapped.
+        let e = unsafe { &*leaf.wrapping_add((addr >> PAGE_SHIFT) & mask) };
+        PageMap::entry_class(e.load(Ordering::Relaxed))
+    }
+}
+
 /// Leaves installed so far (statistics).
 static LEAVES: core::sync::atomic::AtomicUsize = core::sync::atomic::AtomicUsize::new(0);
 
@@ -386,6 +435,7 @@ impl PageMap {
                         )
                         .is_ok()
                 {
+                    crate::fast::FAST.first_leaf.publish(leaf.cast());
                     FIRST_LEAF.gib.store(r as u64, Ordering::Release);
                 }
             }

@@ -53,13 +53,15 @@ impl Alloc {
     /// the Debian builds of jemalloc/mimalloc and our .so (through the C
     /// ABI, `free` without a size: the preload pair the fast path is
     /// judged by; they also run the real programs) and for our CAS
-    /// fallback (its pair against the rseq pair, measured in the same run).
+    /// fallback (its pair against the rseq pair, measured in the same run);
+    /// `pair` and the two larson workloads for `RseqAllocChecked` (what
+    /// its check costs, and what the class from the page map gains).
     pub fn quick_synthetic(&self, workload: &str) -> bool {
-        workload == "pair"
-            || !matches!(
-                self.name,
-                "rseq-so" | "jemalloc-so" | "mimalloc-so" | "rseq-cas"
-            )
+        match self.name {
+            "rseq-so" | "jemalloc-so" | "mimalloc-so" | "rseq-cas" => workload == "pair",
+            "rseq-checked" => matches!(workload, "pair" | "larson" | "larson2t"),
+            _ => true,
+        }
     }
 }
 
@@ -72,6 +74,12 @@ pub fn all_allocs() -> Vec<Alloc> {
             "rseq",
             "rseq-alloc, in-process #[global_allocator]",
             Install::InProc("rseq"),
+        ));
+        v.push(Alloc::new(
+            "rseq-checked",
+            "rseq-alloc's RseqAllocChecked, in-process: every dealloc's layout checked against \
+             the page map, which gives the class",
+            Install::InProc("rseq-checked"),
         ));
         v.push(Alloc {
             env: &[("RSEQ_MALLOC_CONF", "rseq=off")],

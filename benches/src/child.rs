@@ -48,7 +48,7 @@ pub fn main(args: &[String]) -> i32 {
             );
         }
         #[cfg(feature = "ours")]
-        if backend == "rseq" {
+        if backend.starts_with("rseq") {
             // Allocate once so the allocator initialises and picks its mode.
             let v = vec![1u8; 64];
             std::hint::black_box(&v);
@@ -80,7 +80,7 @@ pub fn main(args: &[String]) -> i32 {
     match run {
         Ok(()) => {
             #[cfg(feature = "ours")]
-            if backend == "rseq" {
+            if backend.starts_with("rseq") {
                 // Internals of our allocator for this run (no allocation).
                 let st = rseq_alloc::raw::stats();
                 println!(

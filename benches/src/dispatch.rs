@@ -22,41 +22,56 @@ const MIMALLOC: u8 = 3;
 #[cfg(feature = "ours")]
 const RSEQ: u8 = 4;
 const UNKNOWN: u8 = 5;
+#[cfg(feature = "ours")]
+const RSEQ_CHECKED: u8 = 6;
 
 static BACKEND: AtomicU8 = AtomicU8::new(UNSET);
 
 #[cfg(feature = "ours")]
 static OURS: rseq_alloc::RseqAlloc = rseq_alloc::RseqAlloc;
-
-/// Our backend behind out-of-line calls, like the peers (whose code lives in
-/// C libraries), so that inlining its fast path into the four-way dispatch
-/// function cannot change the other backends' register allocation.
 #[cfg(feature = "ours")]
-mod ours {
-    use super::OURS;
-    use std::alloc::{GlobalAlloc, Layout};
+static OURS_CHECKED: rseq_alloc::RseqAllocChecked = rseq_alloc::RseqAllocChecked;
 
-    #[inline(never)]
-    pub unsafe fn alloc(layout: Layout) -> *mut u8 {
-        // SAFETY: forwarded GlobalAlloc contract.
-        unsafe { OURS.alloc(layout) }
-    }
-    #[inline(never)]
-    pub unsafe fn alloc_zeroed(layout: Layout) -> *mut u8 {
-        // SAFETY: forwarded GlobalAlloc contract.
-        unsafe { OURS.alloc_zeroed(layout) }
-    }
-    #[inline(never)]
-    pub unsafe fn dealloc(ptr: *mut u8, layout: Layout) {
-        // SAFETY: forwarded GlobalAlloc contract.
-        unsafe { OURS.dealloc(ptr, layout) }
-    }
-    #[inline(never)]
-    pub unsafe fn realloc(ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        // SAFETY: forwarded GlobalAlloc contract.
-        unsafe { OURS.realloc(ptr, layout, new_size) }
-    }
+/// A module of out-of-line calls to one of our allocators (see `ours`).
+#[cfg(feature = "ours")]
+macro_rules! out_of_line {
+    ($m:ident, $a:ident) => {
+        mod $m {
+            use super::$a;
+            use std::alloc::{GlobalAlloc, Layout};
+
+            #[inline(never)]
+            pub unsafe fn alloc(layout: Layout) -> *mut u8 {
+                // SAFETY: forwarded GlobalAlloc contract.
+                unsafe { $a.alloc(layout) }
+            }
+            #[inline(never)]
+            pub unsafe fn alloc_zeroed(layout: Layout) -> *mut u8 {
+                // SAFETY: forwarded GlobalAlloc contract.
+                unsafe { $a.alloc_zeroed(layout) }
+            }
+            #[inline(never)]
+            pub unsafe fn dealloc(ptr: *mut u8, layout: Layout) {
+                // SAFETY: forwarded GlobalAlloc contract.
+                unsafe { $a.dealloc(ptr, layout) }
+            }
+            #[inline(never)]
+            pub unsafe fn realloc(ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+                // SAFETY: forwarded GlobalAlloc contract.
+                unsafe { $a.realloc(ptr, layout, new_size) }
+            }
+        }
+    };
 }
+
+// Our backends behind out-of-line calls, like the peers (whose code lives
+// in C libraries), so that inlining a fast path into the dispatch function
+// cannot change the other backends' register allocation.
+#[cfg(feature = "ours")]
+out_of_line!(ours, OURS);
+#[cfg(feature = "ours")]
+out_of_line!(ours_checked, OURS_CHECKED);
+
 static JE: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 static MI: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
@@ -80,6 +95,8 @@ fn choose() -> u8 {
             b"mimalloc" => MIMALLOC,
             #[cfg(feature = "ours")]
             b"rseq" => RSEQ,
+            #[cfg(feature = "ours")]
+            b"rseq-checked" => RSEQ_CHECKED,
             _ => UNKNOWN,
         }
     };
@@ -120,6 +137,8 @@ pub fn visit_backend<V: Visit>(v: V) -> V::Out {
         MIMALLOC => v.visit(&MI),
         #[cfg(feature = "ours")]
         RSEQ => v.visit(&OURS),
+        #[cfg(feature = "ours")]
+        RSEQ_CHECKED => v.visit(&OURS_CHECKED),
         _ => v.visit(&System),
     }
 }
@@ -133,6 +152,8 @@ pub fn backend_name() -> Option<&'static str> {
         MIMALLOC => Some("mimalloc"),
         #[cfg(feature = "ours")]
         RSEQ => Some("rseq"),
+        #[cfg(feature = "ours")]
+        RSEQ_CHECKED => Some("rseq-checked"),
         _ => None,
     }
 }
@@ -144,6 +165,8 @@ macro_rules! dispatch {
             MIMALLOC => MI.$method($($arg),*),
             #[cfg(feature = "ours")]
             RSEQ => ours::$method($($arg),*),
+            #[cfg(feature = "ours")]
+            RSEQ_CHECKED => ours_checked::$method($($arg),*),
             // UNKNOWN also lands here: the worker reports the bad name and exits.
             _ => System.$method($($arg),*),
         }

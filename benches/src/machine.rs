@@ -58,6 +58,10 @@ fn versions(glibc: &str, commit: &str, mimalloc_c: Option<&str>) -> Vec<(String,
             format!("rseq-alloc {} at {commit}", env!("CARGO_PKG_VERSION")),
         ),
         (
+            "rseq-checked".to_string(),
+            format!("rseq-alloc {} at {commit}", env!("CARGO_PKG_VERSION")),
+        ),
+        (
             "rseq-so".to_string(),
             format!("rseq-malloc {} at {commit}", env!("CARGO_PKG_VERSION")),
         ),

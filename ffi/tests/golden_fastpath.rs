@@ -3,7 +3,8 @@
 //! committed table `ffi/tests/golden/fastpath.txt`.
 //!
 //! Measured: `malloc` and `free` of `librseq_malloc.so` (release build, as
-//! shipped), and `RseqAlloc::alloc` / `dealloc` inlined into a user's crate
+//! shipped), and `RseqAlloc::alloc` / `dealloc` (and `RseqAllocChecked`'s
+//! `dealloc`) inlined into a user's crate
 //! built with cargo's default release profile (no LTO): a crate generated
 //! at test time that depends on `rseq-alloc` by path. A path is the
 //! shortest way, in instructions, from the function's entry to a `ret`,
@@ -293,8 +294,9 @@ fn objdump(file: &Path) -> String {
     String::from_utf8(out.stdout).unwrap()
 }
 
-/// Builds a user crate with the default release profile whose two
-/// functions are `RseqAlloc::alloc` / `dealloc` with run-time sizes.
+/// Builds a user crate with the default release profile whose functions
+/// are `RseqAlloc::alloc` / `dealloc` and `RseqAllocChecked::dealloc`, with
+/// run-time and with constant sizes.
 fn user_binary() -> PathBuf {
     let root = ffi_common::workspace_root();
     let dir = ffi_common::scratch_path("golden-user");
@@ -328,6 +330,18 @@ pub unsafe fn golden_dealloc(p: *mut u8, size: usize) {
 
 #[no_mangle]
 #[inline(never)]
+pub unsafe fn golden_dealloc_checked(p: *mut u8, size: usize) {
+    rseq_alloc::RseqAllocChecked.dealloc(p, Layout::from_size_align_unchecked(size, 8))
+}
+
+#[no_mangle]
+#[inline(never)]
+pub unsafe fn golden_dealloc_checked_const(p: *mut u8) {
+    rseq_alloc::RseqAllocChecked.dealloc(p, Layout::new::<[u64; 3]>())
+}
+
+#[no_mangle]
+#[inline(never)]
 pub unsafe fn golden_alloc_const() -> *mut u8 {
     rseq_alloc::RseqAlloc.alloc(Layout::new::<[u64; 3]>())
 }
@@ -349,6 +363,10 @@ fn main() {
         assert!(!q.is_null());
         q.write_bytes(7, 24);
         golden_dealloc_const(q);
+        let p = golden_alloc(n);
+        golden_dealloc_checked(p, n);
+        let q = golden_alloc_const();
+        golden_dealloc_checked_const(q);
     }
     println!("golden-user ok");
 }
@@ -450,6 +468,16 @@ fn fast_paths_match_the_golden_table() {
         (
             "user-default-release:RseqAlloc::dealloc[24B-const]".into(),
             path_of(&user_dis, "golden_dealloc_const"),
+        ),
+        // RseqAllocChecked: the layout's class checked against the page
+        // map's (one masked class-byte load, a compare, a branch).
+        (
+            "user-default-release:RseqAllocChecked::dealloc".into(),
+            path_of(&user_dis, "golden_dealloc_checked"),
+        ),
+        (
+            "user-default-release:RseqAllocChecked::dealloc[24B-const]".into(),
+            path_of(&user_dis, "golden_dealloc_checked_const"),
         ),
     ];
     let update = std::env::var_os("RSEQ_GOLDEN_UPDATE").is_some();
