@@ -14,7 +14,8 @@
 //! ```
 //!
 //! ## API
-//! - [`RseqAlloc`]: the `GlobalAlloc`.
+//! - [`RseqAlloc`]: the `GlobalAlloc`; [`RseqAllocChecked`]: the same,
+//!   with every `dealloc`'s layout checked against the page map.
 //! - [`stats()`]: a [`Stats`] snapshot (`allocated`, `active`, `mapped`,
 //!   `resident`, `retained`, `metadata`, `cached` and per region with
 //!   [`cached_bytes_in_region`], peaks), in jemalloc-ctl's vocabulary.
@@ -173,7 +174,7 @@ macro_rules! atomic_state {
 }
 
 // Internal layers: private, so that the public API is only what is below
-// (`RseqAlloc`, `stats`, `trim`, `options`, `version`, the mode names and
+// (`RseqAlloc`, `RseqAllocChecked`, `stats`, `trim`, `options`, `version`, the mode names and
 // `raw` for the C shim).
 mod api;
 mod central;
