@@ -224,33 +224,44 @@ pub use global::{index_name, mode_name};
 #[derive(Clone, Copy, Debug, Default)]
 pub struct RseqAlloc;
 
-// SAFETY: every method honours the GlobalAlloc contract: blocks are at least
-// `layout.size()` bytes, aligned to `layout.align()`, disjoint while live;
-// null is returned on failure; dealloc/realloc accept exactly the blocks
-// returned by alloc/realloc with the same layout.
-unsafe impl GlobalAlloc for RseqAlloc {
-    #[inline(always)]
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        fast::alloc(layout.size(), layout.align())
-    }
+/// `GlobalAlloc` for one of our allocator types: `alloc`, `alloc_zeroed`
+/// and `realloc` are the same for all; `$dealloc` is the type's `dealloc`.
+macro_rules! global_alloc {
+    ($ty:ty, $dealloc:path) => {
+        // SAFETY: every method honours the GlobalAlloc contract: blocks are
+        // at least `layout.size()` bytes, aligned to `layout.align()`,
+        // disjoint while live; null is returned on failure; dealloc/realloc
+        // accept the blocks returned by alloc/realloc with the same layout
+        // (`realloc` does not use the old layout's size: the page map gives
+        // the block's).
+        unsafe impl GlobalAlloc for $ty {
+            #[inline(always)]
+            unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+                fast::alloc(layout.size(), layout.align())
+            }
 
-    #[inline(always)]
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        // SAFETY: GlobalAlloc contract: `ptr` was allocated with `layout`.
-        unsafe { fast::dealloc(ptr, layout.size(), layout.align()) }
-    }
+            #[inline(always)]
+            unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+                // SAFETY: GlobalAlloc contract: `ptr` was allocated with
+                // `layout` (which `fast::dealloc_checked` checks).
+                unsafe { $dealloc(ptr, layout.size(), layout.align()) }
+            }
 
-    #[inline]
-    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
-        global::alloc_zeroed(layout.size(), layout.align())
-    }
+            #[inline]
+            unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
+                global::alloc_zeroed(layout.size(), layout.align())
+            }
 
-    #[inline]
-    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        // SAFETY: GlobalAlloc contract: `ptr` is live with `layout`.
-        unsafe { global::realloc(ptr, new_size, layout.align(), "realloc()") }
-    }
+            #[inline]
+            unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+                // SAFETY: GlobalAlloc contract: `ptr` is live with `layout`.
+                unsafe { global::realloc(ptr, new_size, layout.align(), "realloc()") }
+            }
+        }
+    };
 }
+
+global_alloc!(RseqAlloc, fast::dealloc);
 
 /// [`RseqAlloc`] with every `dealloc` checked against the page map:
 ///
@@ -285,34 +296,7 @@ unsafe impl GlobalAlloc for RseqAlloc {
 #[derive(Clone, Copy, Debug, Default)]
 pub struct RseqAllocChecked;
 
-// SAFETY: as for RseqAlloc (the same functions), and `dealloc` accepts at
-// least every block RseqAlloc's does: a matching layout frees it as there,
-// anything else is validated by the page map.
-unsafe impl GlobalAlloc for RseqAllocChecked {
-    #[inline(always)]
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        fast::alloc(layout.size(), layout.align())
-    }
-
-    #[inline(always)]
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        // SAFETY: GlobalAlloc contract: `ptr` was allocated by this
-        // allocator; the layout is checked, not trusted.
-        unsafe { fast::dealloc_checked(ptr, layout.size(), layout.align()) }
-    }
-
-    #[inline]
-    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
-        global::alloc_zeroed(layout.size(), layout.align())
-    }
-
-    #[inline]
-    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        // SAFETY: GlobalAlloc contract: `ptr` is live (its old layout is
-        // not used: the page map gives the block's size).
-        unsafe { global::realloc(ptr, new_size, layout.align(), "realloc()") }
-    }
-}
+global_alloc!(RseqAllocChecked, fast::dealloc_checked);
 
 /// The C-flavoured entry points the ffi crate and benches use. None of them
 /// sets errno, panics, or allocates on its own behalf.

@@ -67,25 +67,11 @@ fn child_entry() {
 /// Runs `case` in a child (with `conf`) and asserts that it died by SIGABRT
 /// after printing exactly the size-mismatch line for the announced block.
 fn expect_mismatch(case: &str, conf: Option<&str>, size: usize, block: usize) {
-    use std::os::unix::process::ExitStatusExt;
-    let out = common::run_case(CASE_VAR, case, conf);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(
-        out.status.signal(),
-        Some(libc::SIGABRT),
-        "case {case} ({conf:?}): want SIGABRT:\n{stderr}"
-    );
-    let addr = stderr
-        .lines()
-        .find_map(|l| l.strip_prefix("child-addr="))
-        .unwrap_or_else(|| panic!("case {case}: no address line: {stderr}"));
-    let want = format!(
-        "rseq-malloc: free(): size {size} does not match the block 0x{addr} of {block} bytes"
-    );
-    assert!(
-        stderr.lines().any(|l| l == want),
-        "case {case} ({conf:?}): want `{want}` in:\n{stderr}"
-    );
+    common::expect_abort_line(CASE_VAR, case, conf, |addr| {
+        format!(
+            "rseq-malloc: free(): size {size} does not match the block 0x{addr} of {block} bytes"
+        )
+    });
 }
 
 #[test]

@@ -90,6 +90,19 @@ pub fn case_entry(case_var: &str, body: impl FnOnce(&str)) {
 /// Runs `case` in a child and asserts it died by SIGABRT after printing
 /// exactly `rseq-malloc: <who>: <what> 0x<the announced pointer>`.
 pub fn expect_pointer_abort(case_var: &str, case: &str, conf: Option<&str>, who: &str, what: &str) {
+    expect_abort_line(case_var, case, conf, |addr| {
+        format!("rseq-malloc: {who}: {what} 0x{addr}")
+    });
+}
+
+/// Runs `case` in a child and asserts it died by SIGABRT after printing
+/// exactly the line `line(<the announced pointer, hex>)`.
+pub fn expect_abort_line(
+    case_var: &str,
+    case: &str,
+    conf: Option<&str>,
+    line: impl FnOnce(&str) -> String,
+) {
     use std::os::unix::process::ExitStatusExt;
     let out = run_case(case_var, case, conf);
     let stderr = String::from_utf8_lossy(&out.stderr);
@@ -103,7 +116,7 @@ pub fn expect_pointer_abort(case_var: &str, case: &str, conf: Option<&str>, who:
         .lines()
         .find_map(|l| l.strip_prefix("child-addr="))
         .unwrap_or_else(|| panic!("{label}: no address line: {stderr}"));
-    let want = format!("rseq-malloc: {who}: {what} 0x{addr}");
+    let want = line(addr);
     assert!(
         stderr.lines().any(|l| l == want),
         "{label}: want `{want}` in:\n{stderr}"
