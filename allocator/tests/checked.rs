@@ -124,30 +124,46 @@ fn check(p: *mut u8, len: usize, tag: usize) {
 /// layouts, three rounds: `allocated` ends where it started.
 #[test]
 fn matching_layouts_free_every_kind_of_block() {
-    child_test("matching_layouts_free_every_kind_of_block", None, || {
-        let before = rseq_alloc::stats().allocated;
-        let mut sizes = class_sizes();
-        sizes.extend(class_sizes().iter().map(|s| s - 1).filter(|&s| s > 0));
-        sizes.extend([300 << 10, 1 << 20, 3 << 20]);
-        for round in 0..3 {
-            let mut live = Vec::new();
-            for (i, &size) in sizes.iter().enumerate() {
-                let align = 8 << ((i + round) % 10);
-                let l = layout(size, align);
-                // SAFETY: a non-zero size.
-                let p = unsafe { A.alloc(l) };
-                assert!(!p.is_null() && (p as usize).is_multiple_of(align), "{l:?}");
-                fill(p, size, i);
-                live.push((p, l, i));
-            }
-            for (p, l, i) in live {
-                check(p, l.size(), i);
-                // SAFETY: allocated above with `l`, freed once.
-                unsafe { A.dealloc(p, l) };
-            }
+    child_test(
+        "matching_layouts_free_every_kind_of_block",
+        None,
+        every_kind_of_block,
+    );
+}
+
+/// `matching_layouts_free_every_kind_of_block` in CAS mode.
+#[test]
+fn matching_layouts_free_every_kind_of_block_cas() {
+    child_test(
+        "matching_layouts_free_every_kind_of_block_cas",
+        Some("rseq=off"),
+        every_kind_of_block,
+    );
+}
+
+fn every_kind_of_block() {
+    let before = rseq_alloc::stats().allocated;
+    let mut sizes = class_sizes();
+    sizes.extend(class_sizes().iter().map(|s| s - 1).filter(|&s| s > 0));
+    sizes.extend([300 << 10, 1 << 20, 3 << 20]);
+    for round in 0..3 {
+        let mut live = Vec::new();
+        for (i, &size) in sizes.iter().enumerate() {
+            let align = 8 << ((i + round) % 10);
+            let l = layout(size, align);
+            // SAFETY: a non-zero size.
+            let p = unsafe { A.alloc(l) };
+            assert!(!p.is_null() && (p as usize).is_multiple_of(align), "{l:?}");
+            fill(p, size, i);
+            live.push((p, l, i));
         }
-        assert_eq!(rseq_alloc::stats().allocated, before, "blocks lost");
-    });
+        for (p, l, i) in live {
+            check(p, l.size(), i);
+            // SAFETY: allocated above with `l`, freed once.
+            unsafe { A.dealloc(p, l) };
+        }
+    }
+    assert_eq!(rseq_alloc::stats().allocated, before, "blocks lost");
 }
 
 /// A small block in a GiB other than the first heap block's (the page
@@ -214,55 +230,67 @@ fn blocks_beyond_the_first_gib() {
 /// it started.
 #[test]
 fn sizes_read_from_the_blocks_across_threads() {
+    child_test("sizes_read_from_the_blocks_across_threads", None, churn);
+}
+
+/// `sizes_read_from_the_blocks_across_threads` in CAS mode.
+#[test]
+fn sizes_read_from_the_blocks_across_threads_cas() {
+    child_test(
+        "sizes_read_from_the_blocks_across_threads_cas",
+        Some("rseq=off"),
+        churn,
+    );
+}
+
+fn churn() {
     use std::sync::atomic::{AtomicPtr, Ordering};
-    child_test("sizes_read_from_the_blocks_across_threads", None, || {
-        const SLOTS: usize = 4096;
-        const THREADS: usize = 4;
-        const OPS: usize = 50_000;
-        let before = rseq_alloc::stats().allocated;
-        let make = |size: usize, slot: usize| {
-            // SAFETY: size >= 16.
-            let p = unsafe { A.alloc(layout(size, 8)) }.cast::<usize>();
-            // SAFETY: a fresh block of at least 16 bytes, 8-aligned.
-            unsafe {
-                p.write(size);
-                p.add(1).write(slot);
-            }
-            p.cast::<u8>()
-        };
-        let free = |p: *mut u8, slot: usize| {
-            let w = p.cast::<usize>();
-            // SAFETY: a live block from `make`, taken out of its slot by
-            // this thread alone.
-            unsafe {
-                let size = w.read();
-                assert_eq!(w.add(1).read(), slot, "block {p:?} changed");
-                A.dealloc(p, layout(size, 8));
-            }
-        };
-        let arr: Vec<AtomicPtr<u8>> = (0..SLOTS)
-            .map(|i| AtomicPtr::new(make(16 + i % 1009, i)))
-            .collect();
-        std::thread::scope(|s| {
-            for t in 0..THREADS {
-                let arr = &arr;
-                s.spawn(move || {
-                    let mut x = 0x9E37_79B9_7F4A_7C15u64 ^ t as u64;
-                    for _ in 0..OPS {
-                        x ^= x << 13;
-                        x ^= x >> 7;
-                        x ^= x << 17;
-                        let slot = (x >> 20) as usize % SLOTS;
-                        let size = 16 + (x >> 40) as usize % 1009;
-                        let old = arr[slot].swap(make(size, slot), Ordering::AcqRel);
-                        free(old, slot);
-                    }
-                });
-            }
-        });
-        for (i, a) in arr.iter().enumerate() {
-            free(a.load(Ordering::Relaxed), i);
+    const SLOTS: usize = 4096;
+    const THREADS: usize = 4;
+    const OPS: usize = 50_000;
+    let before = rseq_alloc::stats().allocated;
+    let make = |size: usize, slot: usize| {
+        // SAFETY: size >= 16.
+        let p = unsafe { A.alloc(layout(size, 8)) }.cast::<usize>();
+        // SAFETY: a fresh block of at least 16 bytes, 8-aligned.
+        unsafe {
+            p.write(size);
+            p.add(1).write(slot);
         }
-        assert_eq!(rseq_alloc::stats().allocated, before, "blocks lost");
+        p.cast::<u8>()
+    };
+    let free = |p: *mut u8, slot: usize| {
+        let w = p.cast::<usize>();
+        // SAFETY: a live block from `make`, taken out of its slot by
+        // this thread alone.
+        unsafe {
+            let size = w.read();
+            assert_eq!(w.add(1).read(), slot, "block {p:?} changed");
+            A.dealloc(p, layout(size, 8));
+        }
+    };
+    let arr: Vec<AtomicPtr<u8>> = (0..SLOTS)
+        .map(|i| AtomicPtr::new(make(16 + i % 1009, i)))
+        .collect();
+    std::thread::scope(|s| {
+        for t in 0..THREADS {
+            let arr = &arr;
+            s.spawn(move || {
+                let mut x = 0x9E37_79B9_7F4A_7C15u64 ^ t as u64;
+                for _ in 0..OPS {
+                    x ^= x << 13;
+                    x ^= x >> 7;
+                    x ^= x << 17;
+                    let slot = (x >> 20) as usize % SLOTS;
+                    let size = 16 + (x >> 40) as usize % 1009;
+                    let old = arr[slot].swap(make(size, slot), Ordering::AcqRel);
+                    free(old, slot);
+                }
+            });
+        }
     });
+    for (i, a) in arr.iter().enumerate() {
+        free(a.load(Ordering::Relaxed), i);
+    }
+    assert_eq!(rseq_alloc::stats().allocated, before, "blocks lost");
 }
