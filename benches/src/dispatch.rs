@@ -32,7 +32,7 @@ static OURS: rseq_alloc::RseqAlloc = rseq_alloc::RseqAlloc;
 #[cfg(feature = "ours")]
 static OURS_CHECKED: rseq_alloc::RseqAllocChecked = rseq_alloc::RseqAllocChecked;
 
-/// A module of out-of-line calls to one of our allocators (see `ours`).
+/// A module of out-of-line calls to one of our allocators (why: below).
 #[cfg(feature = "ours")]
 macro_rules! out_of_line {
     ($m:ident, $a:ident) => {
@@ -143,8 +143,9 @@ pub fn visit_backend<V: Visit>(v: V) -> V::Out {
     }
 }
 
-/// The name of the backend in use ("system", "jemalloc", "mimalloc", "rseq"),
-/// or `None` if the variable named one this binary does not have.
+/// The name of the backend in use ("system", "jemalloc", "mimalloc", "rseq",
+/// "rseq-checked"), or `None` if the variable named one this binary does
+/// not have.
 pub fn backend_name() -> Option<&'static str> {
     match backend() {
         SYSTEM => Some("system"),

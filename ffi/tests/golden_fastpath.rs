@@ -3,9 +3,9 @@
 //! committed table `ffi/tests/golden/fastpath.txt`.
 //!
 //! Measured: `malloc` and `free` of `librseq_malloc.so` (release build, as
-//! shipped), and `RseqAlloc::alloc` / `dealloc` (and `RseqAllocChecked`'s
-//! `dealloc`) inlined into a user's crate
-//! built with cargo's default release profile (no LTO): a crate generated
+//! shipped), and `RseqAlloc::alloc` / `dealloc` and `RseqAllocChecked`'s
+//! `dealloc` inlined into a user's crate built with cargo's default
+//! release profile (no LTO): a crate generated
 //! at test time that depends on `rseq-alloc` by path. A path is the
 //! shortest way, in instructions, from the function's entry to a `ret`,
 //! taking either way of each conditional branch and following direct
