@@ -429,15 +429,18 @@ pub(crate) unsafe fn dealloc(p: *mut u8, size: usize, align: usize) {
 /// against the page map's class byte for `p` (`first_leaf_class_of`: one
 /// shift, one mask, two loads, no compare of the GiB); the push uses the
 /// page map's class. Equal, they are one value to the compiler, which
-/// keeps whichever it has first:
-/// - a size known early (a constant, or a value already in a register)
-///   keeps the layout's class: the push's address does not wait for the
-///   page map, and the check is a predicted branch beside it;
-/// - a size loaded just before the call (C-style code that keeps the size
-///   in the block's header and reads it on a cache miss) keeps the page
-///   map's class: the push waits for the page map (cached), not for the
-///   miss. `dealloc` pushes with the layout's class, and there the next
-///   `alloc` stalls behind that miss (BENCHMARKS.md, eighth round).
+/// keeps one of them:
+/// - with a constant size (a `Box<T>`) the constant: the push's address
+///   does not wait for the page map, and the check is a predicted branch
+///   beside it (the golden table's `[24B-const]` row);
+/// - with a run-time size, whichever the optimiser settles on for the
+///   code around it: the harness's pair loop keeps the layout's class,
+///   criterion's pair loop and the harness's out-of-line `dealloc` the
+///   page map's. The page map's costs the pair loop a dependent load, and
+///   spares a program that reads the size from the block on a cache miss
+///   (C-style code with a header) the wait for that miss before the
+///   push, which `dealloc` makes and the next `alloc` then stalls behind
+///   (BENCHMARKS.md, eighth round).
 ///
 /// Anything else (a wrong layout, a block beyond the first leaf's GiB,
 /// whose masked entry is another page's, sizes beyond the fast path's

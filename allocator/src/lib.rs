@@ -288,9 +288,9 @@ global_alloc!(RseqAlloc, fast::dealloc);
 /// pointers; that costs more).
 ///
 /// Cost and gain (BENCHMARKS.md, eighth round): 7 more instructions per
-/// `dealloc` (two of them cached loads), about 0.2 ns more per alloc/free
-/// pair when the size is known early; and no wait for a size read from
-/// memory just before the free (C-style code that keeps it in the block's
+/// `dealloc` (two of them cached loads): 0.2-0.45 ns more per alloc/free
+/// pair of a size known early; and no wait for a size read from memory
+/// just before the free (C-style code that keeps it in the block's
 /// header, read on a cache miss): the harness's `larson` runs at about
 /// 1.4x `RseqAlloc`'s speed on one thread, 1.1x on four.
 #[derive(Clone, Copy, Debug, Default)]

@@ -1,6 +1,7 @@
 //! Allocator micro-benchmarks, every allocator in the same run, each called
 //! through its `GlobalAlloc` methods on an instance (so one binary compares
-//! them all): rseq-alloc (`RseqAlloc`, with the `ours` feature), glibc
+//! them all): rseq-alloc (`RseqAlloc` and `RseqAllocChecked`, with the
+//! `ours` feature), glibc
 //! (`std::alloc::System`), jemalloc (`tikv_jemallocator::Jemalloc`) and
 //! mimalloc (`mimalloc::MiMalloc`).
 //!
@@ -23,6 +24,8 @@ use std::time::{Duration, Instant};
 
 #[cfg(feature = "ours")]
 static RSEQ: rseq_alloc::RseqAlloc = rseq_alloc::RseqAlloc;
+#[cfg(feature = "ours")]
+static RSEQ_CHECKED: rseq_alloc::RseqAllocChecked = rseq_alloc::RseqAllocChecked;
 static JEMALLOC: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 static MIMALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
 static SYSTEM: System = System;
@@ -33,6 +36,8 @@ macro_rules! for_each_alloc {
     (|$name:ident, $a:ident| $body:block) => {{
         #[cfg(feature = "ours")]
         for_each_alloc!(@one $name = "rseq", $a = RSEQ, $body);
+        #[cfg(feature = "ours")]
+        for_each_alloc!(@one $name = "rseq-checked", $a = RSEQ_CHECKED, $body);
         for_each_alloc!(@one $name = "jemalloc", $a = JEMALLOC, $body);
         for_each_alloc!(@one $name = "mimalloc", $a = MIMALLOC, $body);
         for_each_alloc!(@one $name = "glibc", $a = SYSTEM, $body);
