@@ -38,6 +38,12 @@
 //!   their objects, which are free.
 //! - No magazine (the table is full, the key or the mapping failed, the
 //!   thread is exiting) just means the try-lock, as before.
+//!
+//! The magazines are mapped [`BLOCK`] at a time, when a thread claims one
+//! and every mapped one is taken: a process with few threads spends 28 KiB
+//! of address space on them, not the 448 KiB of all [`MAX_MAGAZINES`]
+//! (which cost a program under a 30 MiB `RLIMIT_AS` 7 of its 64 KiB
+//! blocks, `ffi_as_limit`).
 
 use crate::double_free::InFlight;
 use crate::size_class::{SizeClass, NUM_CLASSES, SIZES};
@@ -51,6 +57,8 @@ pub(crate) const CAP: usize = 4;
 pub(crate) const CLASS_BYTES: usize = 4096;
 /// Magazines in the process; threads beyond them use the try-lock.
 const MAX_MAGAZINES: usize = 256;
+/// Magazines mapped at once.
+const BLOCK: usize = 16;
 
 const fn caps() -> [u8; NUM_CLASSES] {
     let mut t = [0u8; NUM_CLASSES];
@@ -98,9 +106,12 @@ impl Magazine {
     }
 }
 
-/// `MAX_MAGAZINES` magazines, mapped on the first claim.
-static TABLE: AtomicPtr<Magazine> = AtomicPtr::new(ptr::null_mut());
-/// Magazines ever claimed: searches look at `TABLE[..HIGH]`.
+/// The magazines, `BLOCK` per entry; an entry is null until a claim finds
+/// every magazine before it taken, then mapped for ever (zeroed: a valid
+/// `Magazine`, atomics only).
+static TABLE: [AtomicPtr<Magazine>; MAX_MAGAZINES / BLOCK] =
+    [const { AtomicPtr::new(ptr::null_mut()) }; MAX_MAGAZINES / BLOCK];
+/// Magazines ever claimed: searches look at the first `HIGH`.
 static HIGH: AtomicUsize = AtomicUsize::new(0);
 /// The pthread key whose destructor flushes an exiting thread's magazine,
 /// plus one (0: not created yet; `usize::MAX`: creation failed).
@@ -183,23 +194,24 @@ pub(crate) fn push(class: SizeClass, p: *mut u8) -> bool {
     .unwrap_or(false)
 }
 
+/// Magazine `i` (< MAX_MAGAZINES), if its block is mapped.
+fn magazine(i: usize) -> Option<&'static Magazine> {
+    let block = TABLE[i / BLOCK].load(Ordering::Acquire);
+    // SAFETY: a non-null entry holds BLOCK magazines, mapped for ever and
+    // zero-initialised (a valid `Magazine`: atomics only).
+    (!block.is_null()).then(|| unsafe { &*block.add(i % BLOCK) })
+}
+
 /// Every magazine claimed so far.
-fn all() -> &'static [Magazine] {
-    let t = TABLE.load(Ordering::Acquire);
-    if t.is_null() {
-        return &[];
-    }
-    // SAFETY: TABLE holds MAX_MAGAZINES magazines, mapped for ever and
-    // zero-initialised (a valid `Magazine`: atomics only); HIGH never
-    // exceeds MAX_MAGAZINES.
-    unsafe { core::slice::from_raw_parts(t, HIGH.load(Ordering::Acquire)) }
+fn all() -> impl Iterator<Item = &'static Magazine> {
+    (0..HIGH.load(Ordering::Acquire)).filter_map(magazine)
 }
 
 /// Whether `p` sits in some thread's magazine of `class` (racy; see the
 /// module doc).
 pub(crate) fn contains(class: SizeClass, p: *mut u8) -> bool {
     let c = class.index();
-    all().iter().any(|m| {
+    all().any(|m| {
         let n = (m.len[c].load(Ordering::Relaxed) as usize).min(CAP);
         m.slots[c][..n]
             .iter()
@@ -210,7 +222,6 @@ pub(crate) fn contains(class: SizeClass, p: *mut u8) -> bool {
 /// Bytes of free objects in every magazine (racy snapshot).
 pub(crate) fn cached_bytes() -> usize {
     all()
-        .iter()
         .map(|m| {
             SizeClass::all()
                 .map(|c| m.len[c.index()].load(Ordering::Relaxed) as usize * c.size_bytes())
@@ -257,34 +268,55 @@ extern "C" fn on_thread_exit(arg: *mut libc::c_void) {
     m.owned.store(false, Ordering::Release);
 }
 
-/// Maps the table and creates the key, once; false if either failed.
-fn setup() -> bool {
+/// Runs `f` holding the `SETUP` spin lock.
+fn locked<R>(f: impl FnOnce() -> R) -> R {
     while SETUP
         .compare_exchange_weak(false, true, Ordering::Acquire, Ordering::Relaxed)
         .is_err()
     {
         core::hint::spin_loop();
     }
-    if KEY.load(Ordering::Relaxed) == 0 {
-        let mut key: libc::pthread_key_t = 0;
-        let table = crate::os::map(
-            MAX_MAGAZINES * core::mem::size_of::<Magazine>(),
-            libc::PROT_READ | libc::PROT_WRITE,
-            true,
-        );
-        // SAFETY: creates a key with an extern "C" destructor that lives as
-        // long as this object; pthread_key_create does not allocate.
-        let ok = table.is_some()
-            && unsafe { libc::pthread_key_create(&mut key, Some(on_thread_exit)) } == 0;
-        if let (true, Some(t)) = (ok, table) {
-            TABLE.store(t.as_ptr().cast(), Ordering::Release);
-            KEY.store(key as usize + 1, Ordering::Release);
-        } else {
-            KEY.store(usize::MAX, Ordering::Release);
-        }
-    }
+    let r = f();
     SETUP.store(false, Ordering::Release);
+    r
+}
+
+/// Creates the key, once; false if that failed.
+fn setup() -> bool {
+    locked(|| {
+        if KEY.load(Ordering::Relaxed) == 0 {
+            let mut key: libc::pthread_key_t = 0;
+            // SAFETY: creates a key with an extern "C" destructor that
+            // lives as long as this object; pthread_key_create does not
+            // allocate.
+            let ok = unsafe { libc::pthread_key_create(&mut key, Some(on_thread_exit)) } == 0;
+            KEY.store(
+                if ok { key as usize + 1 } else { usize::MAX },
+                Ordering::Release,
+            );
+        }
+    });
     KEY.load(Ordering::Acquire) != usize::MAX
+}
+
+/// Magazine `i`, mapping its block if no one has yet; None if that
+/// mapping failed.
+fn magazine_or_map(i: usize) -> Option<&'static Magazine> {
+    magazine(i).or_else(|| {
+        locked(|| {
+            let entry = &TABLE[i / BLOCK];
+            if entry.load(Ordering::Relaxed).is_null() {
+                let block = crate::os::map(
+                    BLOCK * core::mem::size_of::<Magazine>(),
+                    libc::PROT_READ | libc::PROT_WRITE,
+                    true,
+                )?;
+                entry.store(block.as_ptr().cast(), Ordering::Release);
+            }
+            Some(())
+        })?;
+        magazine(i)
+    })
 }
 
 /// Gives this thread a magazine, or records that it has none.
@@ -298,10 +330,8 @@ fn claim() -> Option<&'static Magazine> {
     if !setup() {
         return None;
     }
-    let t = TABLE.load(Ordering::Acquire);
     for i in 0..MAX_MAGAZINES {
-        // SAFETY: `setup` mapped MAX_MAGAZINES magazines at `t`.
-        let m = unsafe { &*t.add(i) };
+        let m = magazine_or_map(i)?;
         if m.owned.load(Ordering::Relaxed)
             || m.owned
                 .compare_exchange(false, true, Ordering::Acquire, Ordering::Relaxed)
