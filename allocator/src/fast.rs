@@ -374,7 +374,7 @@ fn first_leaf_class_of(addr: usize) -> usize {
                 "shr {i}, {shift}",
                 "and {i}, qword ptr [{fast} + {mask}]",
                 "mov {l}, qword ptr [{fast} + {leaf}]",
-                "movzx {c:e}, byte ptr [{l} + {i} * 8 + 5]",
+                "movzx {c:e}, byte ptr [{l} + {i} * 8 + {cb}]",
                 a = in(reg) addr,
                 fast = in(reg) fast(),
                 i = out(reg) _,
@@ -383,6 +383,7 @@ fn first_leaf_class_of(addr: usize) -> usize {
                 mask = const offset_of!(Fast, first_leaf) + offset_of!(MaskedLeaf, mask),
                 leaf = const offset_of!(Fast, first_leaf) + offset_of!(MaskedLeaf, leaf),
                 shift = const size_class::PAGE_SHIFT,
+                cb = const crate::pagemap::CLASS_BYTE,
                 options(pure, readonly, nostack),
             )
         };

@@ -91,9 +91,14 @@ static FIRST_LEAF: FirstLeaf = FirstLeaf {
     gib: AtomicU64::new(u64::MAX),
     base: AtomicPtr::new(core::ptr::null_mut()),
 };
-/// The first leaf as `dealloc_checked` reads it: its plain address and the
-/// mask of its page indices, so that any address reads one of its entries
-/// (`class_of`). Before the first leaf is installed, one zero entry
+/// Which byte of an entry holds the class (bits 40..48, little-endian):
+/// the class-byte loads read it alone.
+pub(crate) const CLASS_BYTE: usize = 5;
+
+/// The first leaf as `dealloc_checked` reads it: the leaf `FIRST_LEAF.base`
+/// names biased, here at its plain address (the same leaf, kept twice so
+/// each reader gets it with one load), and the mask of its page indices,
+/// so that any address reads one of its entries (`class_of`). Before the first leaf is installed, one zero entry
 /// (`NO_LEAF`, whose class byte never matches a class) and mask 0, so the
 /// reader needs no test of its own. Published leaf first, mask second
 /// (Release); read mask first, leaf second: a reader that sees the leaf's
@@ -124,7 +129,7 @@ impl MaskedLeaf {
     /// (On x86_64 `fast::first_leaf_class_of` reads it in four
     /// instructions after `FAST`'s address.)
     #[inline(always)]
-    #[cfg_attr(target_arch = "x86_64", allow(dead_code))]
+    #[cfg(not(target_arch = "x86_64"))]
     pub(crate) fn class_of(&self, addr: usize) -> usize {
         let mask = self.mask.load(Ordering::Acquire);
         let leaf = self.leaf.load(Ordering::Relaxed);
@@ -278,10 +283,11 @@ impl PageMap {
             // `slot_entry`); the asm reads one byte of it and nothing else.
             unsafe {
                 core::arch::asm!(
-                    "movzx {c:e}, byte ptr [{b} + {i} * 8 + 5]",
+                    "movzx {c:e}, byte ptr [{b} + {i} * 8 + {cb}]",
                     c = out(reg) class,
                     b = in(reg) slot.0,
                     i = in(reg) slot.1,
+                    cb = const CLASS_BYTE,
                     options(pure, readonly, nostack, preserves_flags),
                 )
             };
